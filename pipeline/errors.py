@@ -1,0 +1,78 @@
+"""The exception tree. Library code raises these; only ``cli.py`` turns them into exit codes.
+
+Every error carries the context it applies to as attributes (``source``, ``path``, ``step``,
+``rule``) and formats its message once, so the CLI, the JSON output and the Python API all say
+the same thing.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.message = message
+        self.source = source
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        return f"{self.source}: {self.message}" if self.source else self.message
+
+    def with_source(self, source: str) -> PipelineError:
+        """Attach the input's name to an error raised below the layer that knows it."""
+        if self.source is None:
+            self.source = source
+            self.args = (self._format(),)
+        return self
+
+
+class InvalidEpisode(PipelineError):
+    """The file breaks a rule of the episode format; nothing of it reaches the lake.
+
+    ``rule`` is a stable identifier of the broken rule (for example ``reward.exactly_one``),
+    ``path`` the JSON path of the offending value (``inference.steps[41].agent_steps[0]``),
+    ``step`` the step's ``number`` when it is known, ``offset`` the byte offset where parsing
+    stopped when the file itself is malformed.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        message: str,
+        *,
+        path: str | None = None,
+        step: int | None = None,
+        offset: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.rule = rule
+        self.path = path
+        self.step = step
+        self.offset = offset
+        super().__init__(message, source=source)
+
+    def _format(self) -> str:
+        where = self.path or ""
+        if self.step is not None:
+            where = f"{where} (step number {self.step})" if where else f"step number {self.step}"
+        if self.offset is not None:
+            where = f"{where} (byte {self.offset})" if where else f"byte {self.offset}"
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{self.source}: {text}" if self.source else text
+
+
+class SourceError(PipelineError):
+    """The input could not be opened, downloaded or decompressed."""
+
+
+class LakeError(PipelineError):
+    """The lake could not be written (disk full, permissions, a failed commit)."""
+
+
+class EpisodeNotFound(PipelineError):
+    """No committed episode matches the given id or prefix."""
+
+
+class AmbiguousEpisodeId(PipelineError):
+    """An abbreviated episode id matches more than one episode."""

@@ -1,0 +1,197 @@
+"""One file through every stage: source -> rules -> tables -> writer -> lake.
+
+:func:`ingest` streams one input into the lake and returns an :class:`IngestResult`;
+:func:`validate` does all the same checks and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from . import __version__
+from .errors import InvalidEpisode, LakeError, PipelineError
+from .lake import Staging, resolve_lake
+from .rules import EpisodeChecker, check_part, check_step
+from .source import STEP, Source, open_source, read_document
+from .tables import EpisodeTables, episode_table
+from .writer import EpisodeWriter
+
+Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
+ProgressCallback = Callable[[int, "int | None"], None]
+SourceLike = str | os.PathLike[str] | IO[bytes]
+# Progress is reported every this many steps (and once at the end).
+PROGRESS_EVERY = 128
+EPISODE_ID_LENGTH = 32  # hex digits of the content hash: 128 bits
+
+
+@dataclass
+class IngestResult:
+    """What happened to one input; ``to_dict()`` is the ``--json`` line."""
+
+    source: str
+    status: Status
+    episode_id: str | None = None
+    environment: str | None = None
+    steps: int = 0
+    agent_steps: int = 0
+    unit_steps: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    error: PipelineError | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ingested", "exists", "valid")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "status": self.status,
+            "episode_id": self.episode_id,
+            "steps": self.steps,
+            "agent_steps": self.agent_steps,
+            "unit_steps": self.unit_steps,
+            "error": _error_dict(self.error),
+        }
+
+
+def _error_dict(error: PipelineError | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, InvalidEpisode):
+        return {"message": str(error), "path": error.path, "step": error.step, "rule": error.rule}
+    return {"message": str(error), "path": None, "step": None, "rule": None}
+
+
+def ingest(
+    source: SourceLike,
+    *,
+    lake: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    raise_errors: bool = False,
+    progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Stream one episode file into the lake and publish it atomically.
+
+    ``source`` is a path, a URL (``file://``, ``http(s)://``) or an open binary stream; ``name``
+    labels a stream in messages and selects its decompression (``-`` or ``episode.json.gz``).
+    Returns an :class:`IngestResult` whose ``status`` is ``"ingested"``, ``"exists"`` (the same
+    content is already in the lake), ``"invalid"`` or ``"failed"``. With ``raise_errors=True``
+    the last two raise :class:`~pipeline.errors.InvalidEpisode`,
+    :class:`~pipeline.errors.SourceError` or :class:`~pipeline.errors.LakeError` instead.
+    The lake is never left with part of an episode.
+    """
+    return _run(source, lake=resolve_lake(lake), name=name, raise_errors=raise_errors, progress=progress)
+
+
+def validate(
+    source: SourceLike,
+    *,
+    name: str | None = None,
+    raise_errors: bool = False,
+    progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Check one episode file against every rule without writing anything (status ``"valid"``)."""
+    return _run(source, lake=None, name=name, raise_errors=raise_errors, progress=progress)
+
+
+def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_errors: bool,
+         progress: ProgressCallback | None) -> IngestResult:
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>"))
+    if not isinstance(label, str):
+        label = "<stream>"
+    result = IngestResult(source=label, status="failed")
+    started = time.perf_counter()
+    try:
+        with open_source(source, name=name) as src:
+            result.source = src.name
+            try:
+                if lake is None:
+                    _stream(src, None, result, progress)
+                    result.status = "valid"
+                else:
+                    with Staging(lake) as staging:
+                        writer = EpisodeWriter(staging.folder)
+                        try:
+                            environment = _stream(src, writer, result, progress)
+                            writer.close()
+                        except BaseException:
+                            writer.abort()
+                            raise
+                        result.environment = environment
+                        committed = staging.commit(environment, result.episode_id or "")
+                        result.status = "ingested" if committed else "exists"
+            finally:
+                result.bytes_read = src.bytes_read
+    except PipelineError as exc:
+        exc.with_source(result.source)
+        result.error = exc
+        result.status = "invalid" if isinstance(exc, InvalidEpisode) else "failed"
+        if raise_errors:
+            raise
+    except MemoryError:
+        raise
+    except OSError as exc:  # an I/O failure not already wrapped by a stage
+        error = LakeError(f"{exc.strerror or exc}", source=result.source)
+        result.error, result.status = error, "failed"
+        if raise_errors:
+            raise error from exc
+    finally:
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def _stream(src: Source, writer: EpisodeWriter | None, result: IngestResult,
+            progress: ProgressCallback | None) -> str:
+    """Read, check and (with a writer) tabulate the whole document; return the environment."""
+    checker = EpisodeChecker()
+    header: dict[str, Any] = {}
+    tables = EpisodeTables(writer.write if writer else _discard)
+    index = 0
+    for part, value in read_document(src):
+        if part == STEP:
+            check_step(value, index)
+            checker.check_step(value, index)
+            tables.add_step(value, index)
+            index += 1
+            if progress is not None and index % PROGRESS_EVERY == 0:
+                progress(src.bytes_read, src.size)
+            continue
+        check_part(part, value)
+        header[part] = value
+        if part == "training":
+            checker.set_reward_mapping(value.get("reward_mapping"))
+    tables.flush()
+    result.steps, result.agent_steps, result.unit_steps = tables.steps, tables.agent_steps, tables.unit_steps
+    digest = src.reader.hexdigest()
+    result.episode_id = digest[:EPISODE_ID_LENGTH]
+    if progress is not None:
+        progress(src.bytes_read, src.size)
+    if writer is not None:
+        writer.write("episode_agents", tables.episode_agents())
+        writer.write("episodes", episode_table(
+            header, tables,
+            source=src.name,
+            content_hash=digest,
+            source_bytes=src.reader.consumed,
+            ingested_at=dt.datetime.now(dt.timezone.utc),
+            pipeline_version=__version__,
+        ))
+    return header["training"]["environment"]
+
+
+def _discard(table: str, batch: Any) -> None:
+    """The sink of ``validate``: batches are built (so their checks run) and dropped."""
+
+
+__all__ = ["IngestResult", "ingest", "validate"]

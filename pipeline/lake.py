@@ -1,0 +1,160 @@
+"""The lake on disk: where it is, its layout, staging folders, and the commit by one rename.
+
+::
+
+    lake/
+      _staging/<token>/            one in-flight ingest: owner.lock (held while it runs), episode/
+      environment=<name>/          the name percent-encoded, so "ALE/Pong-v5" is one folder
+        episode_id=<id>/           one committed episode: its five tables, published by one rename
+
+An ingest writes everything under ``_staging/<token>/episode`` and publishes it with a single
+``rename`` to ``environment=<name>/episode_id=<id>``. A reader sees the whole episode or none
+of it. If that folder already exists the same content was ingested before (or is being
+committed by another process right now): the rename fails and the ingest reports "exists".
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote, unquote
+
+from .errors import LakeError
+from .writer import fsync_path
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "INGEST_PIPELINE_LAKE"
+DEFAULT_LAKE = "lake"
+STAGING = "_staging"
+ENVIRONMENT_PREFIX = "environment="
+EPISODE_PREFIX = "episode_id="
+OWNER_LOCK = "owner.lock"
+TABLES = ("episodes", "episode_agents", "steps", "agent_steps", "unit_steps")
+
+
+def resolve_lake(path: str | os.PathLike[str] | None = None) -> Path:
+    """The lake folder: ``path``, else ``$INGEST_PIPELINE_LAKE``, else ``./lake``."""
+    if path is None:
+        path = os.environ.get(ENV_VAR) or DEFAULT_LAKE
+    return Path(path).expanduser().absolute()
+
+
+def environment_folder(environment: str) -> str:
+    """The partition folder name of an environment; any character is safe in a name."""
+    return ENVIRONMENT_PREFIX + quote(environment, safe="")
+
+
+def environment_name(folder: str) -> str:
+    """Inverse of :func:`environment_folder`."""
+    return unquote(folder[len(ENVIRONMENT_PREFIX):])
+
+
+@dataclass(frozen=True)
+class EpisodeLocation:
+    """Where one committed episode lives."""
+
+    environment: str
+    episode_id: str
+    path: Path
+
+    def table(self, name: str) -> Path:
+        return self.path / f"{name}.parquet"
+
+
+def episode_path(lake: Path, environment: str, episode_id: str) -> Path:
+    return lake / environment_folder(environment) / (EPISODE_PREFIX + episode_id)
+
+
+def list_episodes(lake: Path) -> list[EpisodeLocation]:
+    """Every committed episode in the lake, sorted by environment then id."""
+    found = []
+    try:
+        env_dirs = sorted(os.scandir(lake), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    for env_dir in env_dirs:
+        if not env_dir.name.startswith(ENVIRONMENT_PREFIX) or not env_dir.is_dir():
+            continue
+        environment = environment_name(env_dir.name)
+        try:
+            entries = sorted(os.scandir(env_dir.path), key=lambda e: e.name)
+        except FileNotFoundError:  # removed while we looked
+            continue
+        for entry in entries:
+            if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
+                found.append(EpisodeLocation(environment, entry.name[len(EPISODE_PREFIX):], Path(entry.path)))
+    return found
+
+
+def find_episode(lake: Path, episode_id: str) -> EpisodeLocation | None:
+    """The committed episode with exactly this id, in any environment."""
+    for location in list_episodes(lake):
+        if location.episode_id == episode_id:
+            return location
+    return None
+
+
+class Staging:
+    """A private folder for one ingest, removed on failure; :meth:`commit` publishes it.
+
+    The staging folder holds an exclusive ``flock`` on ``owner.lock`` for as long as the ingest
+    runs, so a later ``gc`` can tell a crashed ingest's leftovers from one still in progress.
+    """
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        token = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.root = lake / STAGING / token
+        self.folder = self.root / "episode"
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> Staging:
+        try:
+            self.folder.mkdir(parents=True)
+            self._lock_fd = os.open(self.root / OWNER_LOCK, os.O_CREAT | os.O_WRONLY, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(self._lock_fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        except OSError as exc:
+            self._cleanup()
+            raise LakeError(f"cannot create a staging folder in {self.lake}: {exc.strerror or exc}") from exc
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def commit(self, environment: str, episode_id: str) -> bool:
+        """Publish the staged episode with one rename; False if it is already in the lake."""
+        target = episode_path(self.lake, environment, episode_id)
+        env_dir = target.parent
+        try:
+            created_env = not env_dir.is_dir()
+            env_dir.mkdir(exist_ok=True)
+            if created_env:
+                fsync_path(self.lake)
+            if target.exists():
+                return False
+            log.info("commit %s -> %s", self.folder, target)
+            os.rename(self.folder, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise LakeError(f"could not publish the episode into {env_dir}: {exc.strerror or exc}") from exc
+        fsync_path(env_dir)
+        return True

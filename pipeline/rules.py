@@ -1,0 +1,307 @@
+"""The episode format's rules: the JSON Schema (compiled) and the rules a schema cannot state.
+
+``schemas/episode.schema.json`` is the single statement of the format. On the hot path each
+part of the document is checked against its ``$defs`` entry with ``jsonschema-rs`` (compiled,
+hundreds of times faster than the pure-Python ``jsonschema``, which stays the reference in the
+tests). :class:`EpisodeChecker` then applies what a schema cannot say: unique step numbers,
+agents and units; one reward kind per episode; reward-vector length against
+``reward_mapping``; rectangular observations; decodable images. It also normalises each step
+in place (image decoded to bytes, observation flattened with its shape) so that the table stage
+only has to place values in columns.
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import json
+import warnings
+from array import array
+from functools import cache
+from importlib import resources
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import pybase64
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidEpisode
+
+SCHEMA_FILE = "episode.schema.json"
+STEPS_PATH = "inference.steps"
+# Largest image (in pixels) accepted in a frame; bigger is treated as a decompression bomb.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def schema_path() -> Path:
+    """Where the schema file is: inside the installed package, or at the repository's top level."""
+    installed = resources.files("pipeline") / "schemas" / SCHEMA_FILE
+    if installed.is_file():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The episode JSON Schema (2020-12) as a dict."""
+    with open(schema_path(), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def part_schema(definition: str) -> dict[str, Any]:
+    """A schema document that validates one ``$defs`` entry of the episode schema."""
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+
+
+# Which ``$defs`` entry checks each part of the document that the source yields.
+PART_DEFINITIONS = {
+    "training": "training",
+    "action_mapping": "action_mapping",
+    "inference.parallel": "inference_parallel",
+    "inference.config": "inference_config",
+    "step": "step",
+}
+
+
+@cache
+def _validator(definition: str) -> Any:
+    return jsonschema_rs.validator_for(part_schema(definition))
+
+
+def check_part(part: str, value: Any, *, path: str | None = None, step: int | None = None) -> None:
+    """Check one part (a header value or a step) against the schema; raise :class:`InvalidEpisode`."""
+    validator = _validator(PART_DEFINITIONS[part])
+    if validator.is_valid(value):
+        return
+    errors = list(validator.iter_errors(value))
+    # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
+    error = max(errors, key=lambda e: len(e.instance_path))
+    raise _explain(error, path or part, step)
+
+
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+_ARTICLES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "a boolean",
+             "array": "an array", "object": "an object", "null": "null"}
+
+
+def _join_path(base: str, parts: Any) -> str:
+    out = base
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _explain(error: Any, base: str, step: int | None) -> InvalidEpisode:
+    """Turn a jsonschema-rs error into a message a person can act on."""
+    kind = error.kind
+    name = type(kind).__name__
+    path = _join_path(base, error.instance_path)
+    value = error.instance
+    found = _JSON_TYPES.get(type(value), type(value).__name__)
+    if name == "Type":
+        wanted = " or ".join(_ARTICLES[t] for t in kind.types if t != "null")
+        return InvalidEpisode("type", f"must be {wanted}, found {found}", path=path, step=step)
+    if name == "Required":
+        return InvalidEpisode("required", f'"{kind.property}" is required', path=path, step=step)
+    if name == "AdditionalProperties":
+        keys = ", ".join(f'"{k}"' for k in kind.unexpected)
+        return InvalidEpisode("unknown_key", f"unknown key {keys}", path=path, step=step)
+    if name in ("MinLength", "MaxLength"):
+        return InvalidEpisode(
+            "length", f"must be 1 to 200 characters long, found {len(value)}", path=path, step=step
+        )
+    if name == "Minimum":
+        return InvalidEpisode("minimum", f"must be at least {kind.limit}, found {value}", path=path, step=step)
+    if name == "MinItems":
+        return InvalidEpisode(
+            "min_items", f"must have at least {kind.limit} element{'s' if kind.limit != 1 else ''}",
+            path=path, step=step,
+        )
+    if name == "PropertyNames":
+        key = kind.error.instance
+        return InvalidEpisode(
+            "key_pattern",
+            f'key "{key}" must be an integer written as a string (like "0" or "-1")',
+            path=path, step=step,
+        )
+    if name in ("OneOfMultipleValid", "OneOfNotValid"):
+        both = name == "OneOfMultipleValid"
+        return InvalidEpisode(
+            "reward.exactly_one",
+            f'exactly one of "reward" or "rewards" is required, found {"both" if both else "neither"}',
+            path=path, step=step,
+        )
+    if name == "AnyOf" and path.endswith("observation_space"):
+        return InvalidEpisode(
+            "observation.shape",
+            "must be a 1-D array of numbers or a 2-D array of arrays of numbers",
+            path=path, step=step,
+        )
+    return InvalidEpisode("schema", error.message, path=path, step=step)  # pragma: no cover
+
+
+def decode_image(text: str, *, path: str, step: int) -> bytes:
+    """Decode a frame's base64 text and check an image decoder recognises the bytes."""
+    try:
+        data = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEpisode(
+            "image.base64", "is not valid standard base64 (A-Z a-z 0-9 + / with = padding)",
+            path=path, step=step,
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            message = f"image is too large to accept (more than {MAX_IMAGE_PIXELS} pixels)"
+        else:
+            message = "is not an image any decoder recognises (PNG, JPEG, GIF, BMP, WebP, ...)"
+        raise InvalidEpisode("image.decodable", message, path=path, step=step) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidEpisode(
+            "image.decodable", f"image is too large to accept (more than {MAX_IMAGE_PIXELS} pixels)",
+            path=path, step=step,
+        )
+    return data
+
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[list[Any], list[int]]:
+    """Flatten an observation row-major and return it with its shape; ragged rows are an error."""
+    if not obs or type(obs[0]) is not list:
+        return obs, [len(obs)]
+    width = len(obs[0])
+    for row, values in enumerate(obs):
+        if len(values) != width:
+            raise InvalidEpisode(
+                "observation.rectangular",
+                f"row {row} has {len(values)} values but row 0 has {width}; a 2-D observation must be rectangular",
+                path=f"{path}[{row}]", step=step,
+            )
+    return list(chain.from_iterable(obs)), [len(obs), width]
+
+
+class EpisodeChecker:
+    """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
+
+    def __init__(self) -> None:
+        self._numbers = array("q")
+        self._numbers_sorted = True
+        self._number_index: dict[int, int] | None = None
+        self._reward_kind: tuple[str, str, int] | None = None  # kind, first path, first step
+        self._reward_lengths: dict[int, tuple[str, int]] = {}  # length -> first path, step
+        self._expected_length: int | None = None
+
+    def set_reward_mapping(self, mapping: list[str] | None) -> None:
+        """Called once ``training`` is known; checks reward vectors seen before it too."""
+        self._expected_length = len(mapping) if mapping else 1
+        for length, (path, step) in self._reward_lengths.items():
+            self._check_length(length, path, step)
+
+    def check_step(self, step: dict[str, Any], index: int) -> None:
+        """Check one schema-valid step and normalise it in place (image bytes, flat observations)."""
+        base = f"{STEPS_PATH}[{index}]"
+        number = step["number"]
+        self._check_number(number, index)
+        image = step.get("image")
+        if image is not None:
+            step["image"] = decode_image(image, path=f"{base}.image", step=number)
+        agent_steps = step.get("agent_steps")
+        if not agent_steps:
+            return
+        if len(agent_steps) > 1:
+            _check_unique(agent_steps, "agent", f"{base}.agent_steps", number)
+        for j, agent_step in enumerate(agent_steps):
+            path = f"{base}.agent_steps[{j}]"
+            self._check_rewards(agent_step, path, number, consistent=True)
+            agent_step["observation_space"], agent_step["observation_shape"] = flatten_observation(
+                agent_step["observation_space"], path=f"{path}.observation_space", step=number
+            )
+            units = agent_step.get("unit_steps")
+            if units:
+                if len(units) > 1:
+                    _check_unique(units, "unit", f"{path}.unit_steps", number)
+                for k, unit_step in enumerate(units):
+                    self._check_rewards(unit_step, f"{path}.unit_steps[{k}]", number, consistent=False)
+
+    def _check_number(self, number: int, index: int) -> None:
+        numbers = self._numbers
+        if self._numbers_sorted and (not numbers or number > numbers[-1]):
+            numbers.append(number)
+            return
+        if self._number_index is None:
+            # Steps arrived out of order: from now on keep an index from number to position.
+            self._numbers_sorted = False
+            self._number_index = {n: i for i, n in enumerate(numbers)}
+        first = self._number_index.get(number)
+        if first is not None:
+            raise InvalidEpisode(
+                "step.number_unique",
+                f"step number {number} is used twice (first by {STEPS_PATH}[{first}]); step numbers must be unique",
+                path=f"{STEPS_PATH}[{index}].number", step=number,
+            )
+        self._number_index[number] = index
+
+    def _check_rewards(self, row: dict[str, Any], path: str, step: int, *, consistent: bool) -> None:
+        rewards = row.get("rewards")
+        kind = "reward" if rewards is None else "rewards"
+        if consistent:
+            if self._reward_kind is None:
+                self._reward_kind = (kind, path, step)
+            elif self._reward_kind[0] != kind:
+                first_kind, first_path, _ = self._reward_kind
+                raise InvalidEpisode(
+                    "reward.consistent",
+                    f'uses "{kind}" but {first_path} uses "{first_kind}"; every agent step of an episode '
+                    f'must use the same one of "reward" or "rewards"',
+                    path=path, step=step,
+                )
+        if rewards is not None:
+            length = len(rewards)
+            if self._expected_length is not None:
+                self._check_length(length, f"{path}.rewards", step)
+            elif length not in self._reward_lengths:
+                self._reward_lengths[length] = (f"{path}.rewards", step)
+
+    def _check_length(self, length: int, path: str, step: int) -> None:
+        expected = self._expected_length
+        if length == expected:
+            return
+        if expected == 1:
+            why = 'without "training.reward_mapping", "rewards" must have exactly 1 element'
+        else:
+            why = f'"training.reward_mapping" names {expected} reward components, so "rewards" must have {expected} elements'
+        raise InvalidEpisode("reward.length", f"{why}, found {length}", path=path, step=step)
+
+
+def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) -> None:
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        name = row[key]
+        if name in seen:
+            raise InvalidEpisode(
+                f"{key}.unique",
+                f'{key} "{name}" appears twice in this step (also at [{seen[name]}]); {key}s must be unique',
+                path=f"{path}[{i}].{key}", step=step,
+            )
+        seen[name] = i
+
+
+
+def check_step(step: Any, index: int) -> None:
+    """Check one step against the schema (the hot path: one compiled ``is_valid`` call)."""
+    validator = _validator("step")
+    if validator.is_valid(step):
+        return
+    number = step.get("number") if type(step) is dict else None
+    check_part("step", step, path=f"{STEPS_PATH}[{index}]", step=number if type(number) is int else None)

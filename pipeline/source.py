@@ -1,0 +1,353 @@
+"""Open any input once, hash it while reading, and stream its header parts and steps.
+
+The input is a local path, a ``file://`` or ``http(s)://`` URL (through fsspec), or an open
+binary stream such as standard input; compression is inferred from the name (``.gz``,
+``.bz2``, ``.xz``, ``.zst``). It is read exactly once, front to back, so it may be a pipe.
+
+Parsing uses ijson's C backend and its fastest path, ``items()``. A plain ``items()`` call
+follows a single prefix; we need the steps *and* the few header values (``training``,
+``action_mapping``, ``inference.parallel``, ``inference.config``), in whatever order the file
+has them, without a second parser over the same bytes (which halves throughput) or a Python loop
+over every event (1.6-3x slower). ijson matches prefixes with ``==``, and Python lets a ``str``
+subclass's ``__eq__`` answer first when compared with a plain ``str``; so :class:`_Prefixes`
+matches several prefixes and remembers, in document order, which one each yielded value came
+from. The match is only consulted between values, never inside one, so the cost is one Python
+call per step. ``tests/test_source.py`` pins this behaviour for the installed ijson.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+import fsspec.compression
+import fsspec.utils
+import ijson
+
+from .errors import InvalidEpisode, SourceError
+
+# ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
+READ_SIZE = 256 * 1024
+
+STEP = "inference.steps.item"
+HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.config")
+# Paths the parser walks through on its way to the parts above; anything else is an unknown key.
+_CONTAINERS = frozenset({"", "inference", "inference.steps"})
+_BOM = b"\xef\xbb\xbf"
+_WHITESPACE = b" \t\r\n"
+
+
+def _c_backend() -> Any:
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError as exc:  # pragma: no cover - depends on the installed wheel
+        raise SourceError(
+            "ijson's C backend (yajl2_c) is not available, and the pure-Python parser is far "
+            "too slow for episode files; reinstall ijson from a binary wheel: "
+            "pip install --force-reinstall --only-binary ijson ijson"
+        ) from exc
+
+
+class _RawCounter(io.RawIOBase):
+    """Counts the bytes taken from the underlying (possibly compressed) file, for progress.
+
+    Errors here are the transport's (a dropped connection, an I/O error), not the file's.
+    """
+
+    def __init__(self, raw: IO[bytes], name: str) -> None:
+        self._raw = raw
+        self._name = name
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._raw.read(size)
+        except Exception as exc:
+            raise SourceError(f"could not read the input: {exc}", source=self._name) from exc
+        self.count += len(data)
+        return data
+
+
+class HashingReader:
+    """The decompressed byte stream handed to ijson: hashed, counted, with a leading BOM dropped."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._hash = hashlib.sha256()
+        self._pending = b""
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson probes with read(0) to tell bytes from text
+            return b""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        data = self._read(size)
+        self.consumed += len(data)
+        return data
+
+    def _read(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except SourceError:
+            raise
+        except Exception as exc:
+            # Anything the decompressor raises means the compressed file itself is broken.
+            raise InvalidEpisode(
+                "file.compression",
+                f"the compressed file is corrupt or truncated ({exc or type(exc).__name__})",
+                offset=self.consumed,
+                source=self._name,
+            ) from exc
+        self._hash.update(data)
+        return data
+
+    def first_byte(self) -> bytes:
+        """The first byte of the document proper (after a BOM and whitespace), b"" if empty."""
+        head = self._read(READ_SIZE)
+        self.consumed += len(head)
+        if head.startswith(_BOM):
+            head = head[len(_BOM) :]
+        while True:
+            stripped = head.lstrip(_WHITESPACE)
+            if stripped:
+                self._pending = stripped
+                return stripped[:1]
+            more = self._read(READ_SIZE)
+            if not more:
+                return b""
+            self.consumed += len(more)
+            head = more
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass
+class Source:
+    """One opened input: its display name, the decompressed stream, and progress counters."""
+
+    name: str
+    reader: HashingReader
+    size: int | None
+    _raw_counter: _RawCounter | None
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes taken from the input as stored (compressed bytes for a compressed file)."""
+        return self._raw_counter.count if self._raw_counter else self.reader.consumed
+
+
+class _OpenedSource:
+    """Context manager returned by :func:`open_source`; closes everything it opened."""
+
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes], name: str | None) -> None:
+        self._source = source
+        self._name = name
+        self._closers: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Source:
+        try:
+            return self._open()
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:
+                pass
+        self._closers.clear()
+
+    def _open(self) -> Source:
+        src = self._source
+        if hasattr(src, "read"):
+            name = self._name or getattr(src, "name", None) or "<stream>"
+            if not isinstance(name, str):
+                name = "<stream>"
+            compression = fsspec.utils.infer_compression(name) if self._name else None
+            raw, size = src, None
+        else:
+            name = self._name or os.fspath(src)  # type: ignore[arg-type]
+            raw, size = self._open_path(name)
+            compression = fsspec.utils.infer_compression(name)
+        counter = _RawCounter(raw, name)  # type: ignore[arg-type]
+        stream: IO[bytes] = io.BufferedReader(counter, buffer_size=READ_SIZE)
+        if compression:
+            stream = fsspec.compression.compr[compression](stream, mode="rb")
+            self._closers.append(stream.close)
+        return Source(name=name, reader=HashingReader(stream, name), size=size, _raw_counter=counter)
+
+    def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
+        try:
+            fs, path = fsspec.core.url_to_fs(name)
+            if fs.isdir(path):
+                raise SourceError("is a directory, not an episode file", source=name)
+            raw = fs.open(path, "rb")
+        except SourceError:
+            raise
+        except FileNotFoundError as exc:
+            raise SourceError("no such file", source=name) from exc
+        except PermissionError as exc:
+            raise SourceError("permission denied", source=name) from exc
+        except Exception as exc:
+            raise SourceError(f"could not open: {exc}", source=name) from exc
+        self._closers.append(raw.close)
+        try:
+            size = fs.size(path)
+        except Exception:
+            size = None
+        return raw, size
+
+
+def open_source(source: str | os.PathLike[str] | IO[bytes], *, name: str | None = None) -> _OpenedSource:
+    """Open ``source`` for one streaming read: ``with open_source("ep.json.gz") as src: ...``."""
+    return _OpenedSource(source, name)
+
+
+class _Prefixes(str):
+    """A prefix that ijson's ``items()`` sees as equal to every path we want (see module doc)."""
+
+    wanted: frozenset[str]
+
+    def __new__(cls) -> _Prefixes:
+        self = super().__new__(cls, STEP)
+        self.wanted = frozenset((STEP, *HEADER_PARTS))
+        self.matched: deque[str] = deque()
+        self.containers_seen: dict[str, int] = {}
+        self.unknown: str | None = None
+        return self
+
+    def __eq__(self, path: object) -> bool:
+        if path in self.wanted:
+            self.matched.append(path)  # type: ignore[arg-type]
+            return True
+        if path in _CONTAINERS:
+            self.containers_seen[path] = self.containers_seen.get(path, 0) + 1  # type: ignore[index]
+        elif self.unknown is None:
+            self.unknown = path  # type: ignore[assignment]
+        return False
+
+    def __ne__(self, path: object) -> bool:
+        return not self.__eq__(path)
+
+    __hash__ = str.__hash__
+
+
+def read_document(source: Source) -> Iterator[tuple[str, Any]]:
+    """Yield ``(part, value)`` in file order: header parts by name, each step as ``(STEP, dict)``.
+
+    Structural rules of the document itself (a JSON object at the root, no unknown or repeated
+    top-level keys, a non-empty steps array, parseable JSON) are enforced here, as the stream
+    goes; everything inside the parts is left to :mod:`pipeline.rules`.
+    """
+    reader = source.reader
+    first = reader.first_byte()
+    if first != b"{":
+        raise InvalidEpisode("document.object", _root_message(first, reader), source=source.name)
+    prefixes = _Prefixes()
+    matched = prefixes.matched
+    seen_parts: set[str] = set()
+    steps = 0
+    items = _c_backend().items(reader, prefixes, use_float=True, buf_size=READ_SIZE)
+    try:
+        for value in items:
+            part = matched.popleft()
+            if prefixes.unknown is not None:
+                raise _unknown_key(prefixes.unknown)
+            if part == STEP:
+                yield part, value
+                steps += 1
+                continue
+            if part in seen_parts:
+                raise InvalidEpisode("document.duplicate_key", f'the key "{part.rsplit(".", 1)[-1]}" appears twice', path=part)
+            seen_parts.add(part)
+            yield part, value
+    except ijson.JSONError as exc:
+        raise _parse_error(exc, prefixes, steps, reader) from None
+    if prefixes.unknown is not None:
+        raise _unknown_key(prefixes.unknown)
+    _check_structure(prefixes, seen_parts, steps)
+
+
+def _root_message(first: bytes, reader: HashingReader) -> str:
+    if not first:
+        return "the file is empty" if reader.consumed == 0 else "the file holds only whitespace"
+    kind = {b"[": "an array", b'"': "a string", b"n": "null", b"t": "a boolean", b"f": "a boolean"}.get(
+        first, "a number" if first in b"-0123456789" else "not JSON"
+    )
+    return f"the document must be a JSON object with \"training\" and \"inference\", found {kind}"
+
+
+def _unknown_key(path: str) -> InvalidEpisode:
+    parent, _, key = path.rpartition(".")
+    allowed = '"training", "inference", "action_mapping"' if not parent else '"parallel", "config", "steps"'
+    return InvalidEpisode(
+        "document.unknown_key", f'unknown key "{key}" (allowed here: {allowed})', path=path
+    )
+
+
+def _check_structure(prefixes: _Prefixes, seen_parts: set[str], steps: int) -> None:
+    containers = prefixes.containers_seen
+    if "training" not in seen_parts:
+        raise InvalidEpisode("document.required", '"training" is required', path="training")
+    if "inference" not in containers:
+        raise InvalidEpisode("document.required", '"inference" is required', path="inference")
+    if "inference.steps" not in containers:
+        raise InvalidEpisode(
+            "document.required",
+            'must be an object with a "steps" array',
+            path="inference",
+        )
+    if steps == 0:
+        raise InvalidEpisode(
+            "document.steps", "must be an array with at least one step", path="inference.steps"
+        )
+
+
+_PARSE_RULES = (
+    ("premature EOF", "file.truncated", "the file ends before the JSON document is complete (truncated?)"),
+    ("trailing garbage", "file.trailing_data", "unexpected data after the end of the JSON document"),
+    ("integer overflow", "number.int64", "an integer does not fit in a signed 64-bit integer"),
+    ("floating point) overflow", "number.finite", "a number is beyond the range of a 64-bit float"),
+    ("invalid bytes in UTF8", "file.utf8", "the file is not valid UTF-8"),
+)
+
+
+def _parse_error(exc: Exception, prefixes: _Prefixes, steps: int, reader: HashingReader) -> InvalidEpisode:
+    text = str(exc)
+    if isinstance(exc.args[0] if exc.args else None, bytes):
+        text = exc.args[0].decode("utf-8", "replace")
+    detail = text.strip().splitlines()[0] if text.strip() else "malformed JSON"
+    rule, message = "file.json", f"not valid JSON ({detail})"
+    for needle, known_rule, known_message in _PARSE_RULES:
+        if needle in text:
+            rule, message = known_rule, known_message
+            break
+    in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1 and steps >= 0
+    if "inference.steps" in prefixes.containers_seen and in_steps and rule != "file.trailing_data":
+        path = f"inference.steps[{steps}]"
+    else:
+        path = None
+    return InvalidEpisode(rule, message, path=path, offset=reader.consumed)

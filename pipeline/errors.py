@@ -57,7 +57,7 @@ class InvalidEpisode(PipelineError):
         if self.step is not None:
             where = f"{where} (step number {self.step})" if where else f"step number {self.step}"
         if self.offset is not None:
-            where = f"{where} (byte {self.offset})" if where else f"byte {self.offset}"
+            where = f"{where} (at or before byte {self.offset})" if where else f"at or before byte {self.offset}"
         text = f"{where}: {self.message}" if where else self.message
         return f"{self.source}: {text}" if self.source else text
 
@@ -76,3 +76,25 @@ class EpisodeNotFound(PipelineError):
 
 class AmbiguousEpisodeId(PipelineError):
     """An abbreviated episode id matches more than one episode."""
+
+
+class DatasetError(PipelineError):
+    """A trajectory or export cannot be built as asked: unknown agent, mixed shapes, missing frames.
+
+    ``episode_id`` and ``agent`` name what was asked for, when they apply.
+    """
+
+    def __init__(self, message: str, *, episode_id: str | None = None, agent: str | None = None) -> None:
+        self.episode_id = episode_id
+        self.agent = agent
+        super().__init__(message)
+
+
+class MissingExtra(PipelineError, ImportError):
+    """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.extra = extra
+        self.package = package
+        self.install = f"pip install 'ingest-pipeline[{extra}]'"
+        super().__init__(f"{feature} needs {package}, which is not installed: {self.install}")

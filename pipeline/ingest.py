@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -151,9 +153,31 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     return result
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, restoring the caller's setting afterwards.
+
+    Parsed JSON is acyclic, so reference counting frees all of it; but the collector would
+    rescan every pending row of a batch again and again (measured: 23% of a 24 MB ingest).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _stream(src: Source, writer: EpisodeWriter | None, result: IngestResult,
             progress: ProgressCallback | None) -> str:
     """Read, check and (with a writer) tabulate the whole document; return the environment."""
+    with _gc_paused():
+        return _stream_steps(src, writer, result, progress)
+
+
+def _stream_steps(src: Source, writer: EpisodeWriter | None, result: IngestResult,
+                  progress: ProgressCallback | None) -> str:
     checker = EpisodeChecker()
     header: dict[str, Any] = {}
     tables = EpisodeTables(writer.write if writer else _discard)

@@ -79,7 +79,15 @@ def check_part(part: str, value: Any, *, path: str | None = None, step: int | No
     errors = list(validator.iter_errors(value))
     # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
     error = max(errors, key=lambda e: len(e.instance_path))
-    raise _explain(error, path or part, step)
+    raise _explain(error, path or part, step, value)
+
+
+def check_step(step: Any, index: int) -> None:
+    """Check one step against the schema (the hot path: one compiled ``is_valid`` call)."""
+    if _validator("step").is_valid(step):
+        return
+    number = step.get("number") if type(step) is dict else None
+    check_part("step", step, path=f"{STEPS_PATH}[{index}]", step=number if type(number) is int else None)
 
 
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
@@ -88,18 +96,25 @@ _ARTICLES = {"integer": "an integer", "number": "a number", "string": "a string"
              "array": "an array", "object": "an object", "null": "null"}
 
 
-def _join_path(base: str, parts: Any) -> str:
-    out = base
+def _join_path(base: str, parts: Any, root: Any) -> str:
+    """``base`` plus an instance path; walks ``root`` so keys like "0" stay keys, not indexes."""
+    out, node = base, root
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(node, list):
+            out += f"[{part}]"
+            node = node[int(part)]
+        else:
+            key = str(part)
+            out += f".{key}" if out else key
+            node = node.get(key) if isinstance(node, dict) else None
     return out
 
 
-def _explain(error: Any, base: str, step: int | None) -> InvalidEpisode:
+def _explain(error: Any, base: str, step: int | None, root: Any) -> InvalidEpisode:
     """Turn a jsonschema-rs error into a message a person can act on."""
     kind = error.kind
     name = type(kind).__name__
-    path = _join_path(base, error.instance_path)
+    path = _join_path(base, error.instance_path, root)
     value = error.instance
     found = _JSON_TYPES.get(type(value), type(value).__name__)
     if name == "Type":
@@ -199,6 +214,7 @@ class EpisodeChecker:
         self._numbers_sorted = True
         self._number_index: dict[int, int] | None = None
         self._reward_kind: tuple[str, str, int] | None = None  # kind, first path, first step
+        self._reward_kind_name: str | None = None  # the kind alone, for the per-row fast path
         self._reward_lengths: dict[int, tuple[str, int]] = {}  # length -> first path, step
         self._expected_length: int | None = None
 
@@ -209,7 +225,7 @@ class EpisodeChecker:
             self._check_length(length, path, step)
 
     def check_step(self, step: dict[str, Any], index: int) -> None:
-        """Check one schema-valid step and normalise it in place (image bytes, flat observations)."""
+        """Check one schema-valid step and normalise it in place: image bytes, flat ``observation``."""
         base = f"{STEPS_PATH}[{index}]"
         number = step["number"]
         self._check_number(number, index)
@@ -222,17 +238,24 @@ class EpisodeChecker:
         if len(agent_steps) > 1:
             _check_unique(agent_steps, "agent", f"{base}.agent_steps", number)
         for j, agent_step in enumerate(agent_steps):
-            path = f"{base}.agent_steps[{j}]"
-            self._check_rewards(agent_step, path, number, consistent=True)
-            agent_step["observation_space"], agent_step["observation_shape"] = flatten_observation(
-                agent_step["observation_space"], path=f"{path}.observation_space", step=number
+            rewards = agent_step.get("rewards")
+            kind = "reward" if rewards is None else "rewards"
+            if kind != self._reward_kind_name or (rewards is not None and len(rewards) != self._expected_length):
+                self._check_rewards(agent_step, f"{base}.agent_steps[{j}]", number, consistent=True)
+            # The table stage reads the flat "observation"; the nested original is dropped to save memory.
+            agent_step["observation"], agent_step["observation_shape"] = flatten_observation(
+                agent_step.pop("observation_space"), path=f"{base}.agent_steps[{j}].observation_space", step=number
             )
             units = agent_step.get("unit_steps")
             if units:
                 if len(units) > 1:
-                    _check_unique(units, "unit", f"{path}.unit_steps", number)
+                    _check_unique(units, "unit", f"{base}.agent_steps[{j}].unit_steps", number)
+                expected = self._expected_length
                 for k, unit_step in enumerate(units):
-                    self._check_rewards(unit_step, f"{path}.unit_steps[{k}]", number, consistent=False)
+                    rewards = unit_step.get("rewards")
+                    if rewards is not None and len(rewards) != expected:
+                        self._check_rewards(unit_step, f"{base}.agent_steps[{j}].unit_steps[{k}]", number,
+                                            consistent=False)
 
     def _check_number(self, number: int, index: int) -> None:
         numbers = self._numbers
@@ -258,6 +281,7 @@ class EpisodeChecker:
         if consistent:
             if self._reward_kind is None:
                 self._reward_kind = (kind, path, step)
+                self._reward_kind_name = kind
             elif self._reward_kind[0] != kind:
                 first_kind, first_path, _ = self._reward_kind
                 raise InvalidEpisode(
@@ -285,6 +309,8 @@ class EpisodeChecker:
 
 
 def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) -> None:
+    if len({row[key] for row in rows}) == len(rows):
+        return
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         name = row[key]
@@ -295,13 +321,3 @@ def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) ->
                 path=f"{path}[{i}].{key}", step=step,
             )
         seen[name] = i
-
-
-
-def check_step(step: Any, index: int) -> None:
-    """Check one step against the schema (the hot path: one compiled ``is_valid`` call)."""
-    validator = _validator("step")
-    if validator.is_valid(step):
-        return
-    number = step.get("number") if type(step) is dict else None
-    check_part("step", step, path=f"{STEPS_PATH}[{index}]", step=number if type(number) is int else None)

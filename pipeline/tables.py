@@ -118,53 +118,50 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 STREAMED = ("steps", "agent_steps", "unit_steps")
 
-# A batch is flushed when it holds this many rows, or this many numbers/bytes in its lists and
-# binaries (Python objects cost ~4x their Arrow size, so this bounds memory to tens of MB).
-BATCH_ROWS = 65_536
+# A batch is flushed when it holds this many rows, or this many numbers (and image bytes / 8) in
+# its lists: Python objects cost ~4x their Arrow size, so this keeps a batch to a few tens of MB.
+BATCH_ROWS = 16_384
 BATCH_VALUES = 1_000_000
-
 
 def json_text(value: Any) -> str | None:
     """Lossless JSON text of a config or custom-metrics value (key order and numbers kept)."""
     return None if value is None else orjson.dumps(value).decode()
 
 
-def floats(values: list[Any]) -> pa.Array:
-    """float64 array from Python numbers and None; integers beyond 2^53 are rounded, not refused."""
+def _float_fields(schema: pa.Schema) -> list[tuple[str, bool]]:
+    """Names of float64 and list<float64> fields, each with whether it is a list."""
+    return [(f.name, f.type == LIST_F64) for f in schema if f.type in (F64, LIST_F64)]
+
+
+def _as_floats(rows: list[dict[str, Any]], fields: list[tuple[str, bool]]) -> None:
+    """Turn every number in the float fields into a float (slow path for integers beyond 2^53)."""
+    for row in rows:
+        for name, is_list in fields:
+            value = row.get(name)
+            if value is not None:
+                row[name] = [float(v) for v in value] if is_list else float(value)
+
+
+def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+    """Convert row dicts to a record batch of ``schema`` in one pass of pyarrow's C++ converter.
+
+    Keys a row lacks become nulls; keys the schema does not name are ignored. Integers beyond
+    2^53 cannot become float64 exactly, which pyarrow refuses; FORMAT.md accepts the rounding.
+    """
+    struct = pa.struct(list(schema))
     try:
-        return pa.array(values, F64)
+        array = pa.array(rows, type=struct)
     except (pa.ArrowInvalid, OverflowError):
-        return pa.array([None if v is None else float(v) for v in values], F64)
-
-
-class _Lists:
-    """A list<float64> column built from flat values and offsets (no per-row Python lists)."""
-
-    __slots__ = ("values", "offsets", "nulls", "has_null")
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-        self.offsets = [0]
-        self.nulls: list[bool] = []
-        self.has_null = False
-
-    def append(self, seq: list[Any] | None) -> None:
-        if seq is None:
-            self.has_null = True
-            self.nulls.append(True)
-        else:
-            self.values.extend(seq)
-            self.nulls.append(False)
-        self.offsets.append(len(self.values))
-
-    def array(self) -> pa.Array:
-        mask = pa.array(self.nulls, pa.bool_()) if self.has_null else None
-        return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), floats(self.values), mask=mask)
+        _as_floats(rows, _float_fields(schema))
+        array = pa.array(rows, type=struct)
+    return pa.RecordBatch.from_struct_array(array)
 
 
 class _AgentSummary:
-    __slots__ = ("length", "first_step", "last_step", "total", "totals", "min", "max",
-                 "health", "health_step", "value_sum", "value_count", "unit_steps", "units")
+    """Running per-agent figures, summed in file order like a reader of the JSON would."""
+
+    __slots__ = ("first_step", "health", "health_step", "last_step", "length", "max", "min", "total",
+                 "totals", "unit_steps", "units", "value_count", "value_sum")
 
     def __init__(self, step: int) -> None:
         self.length = 0
@@ -181,111 +178,60 @@ class _AgentSummary:
         self.unit_steps = 0
         self.units: set[str] = set()
 
-
-class _ScoredColumns:
-    """Columns shared by agent and unit steps (action, rewards and optional metrics)."""
-
-    def __init__(self) -> None:
-        self.step: list[int] = []
-        self.agent: list[str] = []
-        self.action: list[Any] = []
-        self.reward: list[Any] = []
-        self.rewards = _Lists()
-        self.total_reward: list[float] = []
-        self.action_distribution = _Lists()
-        self.health: list[Any] = []
-        self.value_estimate: list[Any] = []
-        self.predicted_reward: list[Any] = []
-        self.custom_metrics: list[str | None] = []
-
-    def add(self, number: int, agent: str, row: dict[str, Any]) -> float:
-        """Append one agent or unit step; return its total reward."""
-        self.step.append(number)
-        self.agent.append(agent)
-        self.action.append(row["action"])
+    def add(self, number: int, total: Any, row: dict[str, Any]) -> None:
+        self.length += 1
+        if number < self.first_step:
+            self.first_step = number
+        if number > self.last_step:
+            self.last_step = number
+        self.total += total
+        if total < self.min:
+            self.min = total
+        if total > self.max:
+            self.max = total
         rewards = row.get("rewards")
-        if rewards is None:
-            total = row["reward"]
-            self.reward.append(total)
-            self.rewards.append(None)
-        else:
-            total = sum(rewards)
-            self.reward.append(None)
-            self.rewards.append(rewards)
-        self.total_reward.append(total)
-        get = row.get
-        self.action_distribution.append(get("action_distribution"))
-        self.health.append(get("health"))
-        self.value_estimate.append(get("value_estimate"))
-        self.predicted_reward.append(get("predicted_reward"))
-        metrics = get("custom_metrics")
-        self.custom_metrics.append(None if metrics is None else orjson.dumps(metrics).decode())
-        return total
+        if rewards is not None:
+            totals = self.totals
+            if totals is None:
+                totals = self.totals = [0.0] * len(rewards)
+            for i, r in enumerate(rewards):
+                totals[i] += r
+        health = row.get("health")
+        if health is not None and number >= self.health_step:
+            self.health, self.health_step = health, number
+        value = row.get("value_estimate")
+        if value is not None:
+            self.value_sum += value
+            self.value_count += 1
 
-    def scored_arrays(self) -> list[pa.Array]:
-        return [floats(self.action), floats(self.reward), self.rewards.array(), floats(self.total_reward)]
-
-    def metric_arrays(self) -> list[pa.Array]:
-        return [self.action_distribution.array(), floats(self.health),
-                floats(self.value_estimate), floats(self.predicted_reward)]
-
-
-class _AgentStepColumns(_ScoredColumns):
-    def __init__(self) -> None:
-        super().__init__()
-        self.observation = _Lists()
-        self.observation_shape: list[list[int]] = []
-        self.enemy_agent_health = _Lists()
-        self.enemy_unit_health = _Lists()
-
-    def batch(self) -> pa.RecordBatch:
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(self.step, I64), pa.array(self.agent, pa.string()),
-                *self.scored_arrays(),
-                self.observation.array(), pa.array(self.observation_shape, pa.list_(pa.int32())),
-                *self.metric_arrays(),
-                self.enemy_agent_health.array(), self.enemy_unit_health.array(),
-                pa.array(self.custom_metrics, pa.string()),
-            ],
-            schema=AGENT_STEPS,
-        )
+    def row(self, agent: str) -> dict[str, Any]:
+        return {
+            "agent": agent, "length": self.length, "first_step": self.first_step, "last_step": self.last_step,
+            "total_reward": self.total, "reward_totals": self.totals,
+            "mean_reward": self.total / self.length, "min_reward": self.min, "max_reward": self.max,
+            "last_health": self.health,
+            "mean_value_estimate": self.value_sum / self.value_count if self.value_count else None,
+            "unit_steps": self.unit_steps, "units": len(self.units),
+        }
 
 
-class _UnitStepColumns(_ScoredColumns):
-    def __init__(self) -> None:
-        super().__init__()
-        self.unit: list[str] = []
-
-    def batch(self) -> pa.RecordBatch:
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(self.step, I64), pa.array(self.agent, pa.string()), pa.array(self.unit, pa.string()),
-                *self.scored_arrays(), *self.metric_arrays(),
-                pa.array(self.custom_metrics, pa.string()),
-            ],
-            schema=UNIT_STEPS,
-        )
-
-
-class _StepColumns:
-    def __init__(self) -> None:
-        self.step: list[int] = []
-        self.index: list[int] = []
-        self.image: list[bytes | None] = []
-
-    def batch(self) -> pa.RecordBatch:
-        return pa.RecordBatch.from_arrays(
-            [pa.array(self.step, I64), pa.array(self.index, I64), pa.array(self.image, pa.binary())],
-            schema=STEPS,
-        )
+def _scored(row: dict[str, Any]) -> Any:
+    """Set a row's total reward (``reward``, or the sum of ``rewards``) and its metrics as JSON text."""
+    rewards = row.get("rewards")
+    total = row["total_reward"] = row["reward"] if rewards is None else sum(rewards)
+    metrics = row.get("custom_metrics")
+    if metrics is not None:
+        row["custom_metrics"] = orjson.dumps(metrics).decode()
+    return total
 
 
 class EpisodeTables:
-    """Collects checked steps into column batches and hands full batches to ``sink``.
+    """Collects checked steps into batches of the three step tables and hands them to ``sink``.
 
     ``sink(table_name, record_batch)`` is called whenever a batch is full and by :meth:`flush`.
-    Per-agent summaries and episode counts are accumulated on the way, for the two small tables.
+    Rows are the parsed dicts themselves, completed in place with their keys (``step``,
+    ``agent``, ``total_reward``), and converted per batch by pyarrow in C++. Per-agent summaries
+    and episode counts accumulate on the way, for the two small tables.
     """
 
     def __init__(self, sink: Callable[[str, pa.RecordBatch], None], *,
@@ -304,19 +250,20 @@ class EpisodeTables:
         self._new_batches()
 
     def _new_batches(self) -> None:
-        self._step_cols = _StepColumns()
-        self._agent_cols = _AgentStepColumns()
-        self._unit_cols = _UnitStepColumns()
+        self._step_numbers: list[int] = []
+        self._step_indexes: list[int] = []
+        self._images: list[bytes | None] = []
+        self._agent_rows: list[dict[str, Any]] = []
+        self._unit_rows: list[dict[str, Any]] = []
         self._pending_values = 0
 
     def add_step(self, step: dict[str, Any], index: int) -> None:
         """Add one checked, normalised step (see :meth:`pipeline.rules.EpisodeChecker.check_step`)."""
         number = step["number"]
         image = step.get("image")
-        cols = self._step_cols
-        cols.step.append(number)
-        cols.index.append(index)
-        cols.image.append(image)
+        self._step_numbers.append(number)
+        self._step_indexes.append(index)
+        self._images.append(image)
         if image is not None:
             self.images += 1
             self._pending_values += len(image) >> 3
@@ -325,90 +272,61 @@ class EpisodeTables:
             self.first_step = number
         if self.last_step is None or number > self.last_step:
             self.last_step = number
-        for agent_step in step.get("agent_steps") or ():
-            self._add_agent_step(number, agent_step)
-        if len(cols.step) >= self._batch_rows or self._pending_values >= self._batch_values \
-                or len(self._agent_cols.step) >= self._batch_rows or len(self._unit_cols.step) >= self._batch_rows:
+        agent_steps = step.get("agent_steps")
+        if agent_steps:
+            self._add_agent_steps(number, agent_steps)
+        if (self._pending_values >= self._batch_values or len(self._step_numbers) >= self._batch_rows
+                or len(self._agent_rows) >= self._batch_rows or len(self._unit_rows) >= self._batch_rows):
             self.flush()
 
-    def _add_agent_step(self, number: int, row: dict[str, Any]) -> None:
-        agent = row["agent"]
-        cols = self._agent_cols
-        total = cols.add(number, agent, row)
-        obs = row["observation_space"]
-        cols.observation.append(obs)
-        cols.observation_shape.append(row["observation_shape"])
-        cols.enemy_agent_health.append(row.get("enemy_agent_health"))
-        cols.enemy_unit_health.append(row.get("enemy_unit_health"))
-        self._pending_values += len(obs)
-        self.agent_steps += 1
-        self.total_reward += total
-
-        summary = self._agents.get(agent)
-        if summary is None:
-            summary = self._agents[agent] = _AgentSummary(number)
-        _summarise(summary, number, total, row)
-        units = row.get("unit_steps")
-        if units:
-            unit_cols = self._unit_cols
-            for unit_step in units:
-                unit_cols.add(number, agent, unit_step)
-                unit_cols.unit.append(unit_step["unit"])
-                summary.units.add(unit_step["unit"])
-            summary.unit_steps += len(units)
-            self.unit_steps += len(units)
+    def _add_agent_steps(self, number: int, agent_steps: list[dict[str, Any]]) -> None:
+        agent_rows, unit_rows, summaries = self._agent_rows, self._unit_rows, self._agents
+        for row in agent_steps:
+            agent = row["agent"]
+            row["step"] = number
+            total = _scored(row)
+            agent_rows.append(row)
+            self._pending_values += len(row["observation"])
+            self.total_reward += total
+            summary = summaries.get(agent)
+            if summary is None:
+                summary = summaries[agent] = _AgentSummary(number)
+            summary.add(number, total, row)
+            units = row.get("unit_steps")
+            if units:
+                names = summary.units
+                for unit_row in units:
+                    unit_row["step"] = number
+                    unit_row["agent"] = agent
+                    _scored(unit_row)
+                    names.add(unit_row["unit"])
+                unit_rows.extend(units)
+                summary.unit_steps += len(units)
+                self.unit_steps += len(units)
+        self.agent_steps += len(agent_steps)
 
     def flush(self) -> None:
         """Hand every non-empty pending batch to the sink."""
-        for name, cols in (("steps", self._step_cols), ("agent_steps", self._agent_cols),
-                           ("unit_steps", self._unit_cols)):
-            if cols.step:
-                self._sink(name, cols.batch())
+        if self._step_numbers:
+            self._sink("steps", pa.RecordBatch.from_arrays(
+                [pa.array(self._step_numbers, I64), pa.array(self._step_indexes, I64),
+                 pa.array(self._images, pa.binary())],
+                schema=STEPS,
+            ))
+        if self._agent_rows:
+            self._sink("agent_steps", rows_to_batch(self._agent_rows, AGENT_STEPS))
+        if self._unit_rows:
+            self._sink("unit_steps", rows_to_batch(self._unit_rows, UNIT_STEPS))
         self._new_batches()
 
     def episode_agents(self) -> pa.Table:
         """One row per agent: length, reward totals and the other summary figures."""
-        rows = []
-        for agent, s in self._agents.items():
-            rows.append({
-                "agent": agent, "length": s.length, "first_step": s.first_step, "last_step": s.last_step,
-                "total_reward": s.total, "reward_totals": s.totals,
-                "mean_reward": s.total / s.length, "min_reward": s.min, "max_reward": s.max,
-                "last_health": s.health,
-                "mean_value_estimate": s.value_sum / s.value_count if s.value_count else None,
-                "unit_steps": s.unit_steps, "units": len(s.units),
-            })
+        rows = [summary.row(agent) for agent, summary in self._agents.items()]
         return pa.Table.from_pylist(rows, schema=EPISODE_AGENTS)
 
     @property
     def agents(self) -> int:
         return len(self._agents)
-
-
-def _summarise(s: _AgentSummary, number: int, total: Any, row: dict[str, Any]) -> None:
-    s.length += 1
-    if number < s.first_step:
-        s.first_step = number
-    if number > s.last_step:
-        s.last_step = number
-    s.total += total
-    if total < s.min:
-        s.min = total
-    if total > s.max:
-        s.max = total
-    rewards = row.get("rewards")
-    if rewards is not None:
-        if s.totals is None:
-            s.totals = [0.0] * len(rewards)
-        for i, r in enumerate(rewards):
-            s.totals[i] += r
-    health = row.get("health")
-    if health is not None and number >= s.health_step:
-        s.health, s.health_step = health, number
-    value = row.get("value_estimate")
-    if value is not None:
-        s.value_sum += value
-        s.value_count += 1
 
 
 def episode_table(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -> pa.Table:

@@ -153,7 +153,7 @@ def reject(tmp_path: Path, lake: Path):
 
 
 def mutate(document: dict[str, Any], path: str, value: Any = None, *, delete: bool = False) -> dict[str, Any]:
-    """A deep copy of ``document`` with the value at a dotted path (``a.b.0.c``) replaced or deleted."""
+    """A deep copy of ``document`` with the value at a dotted path (``a.b.0.c``) replaced, appended or deleted."""
     doc = copy.deepcopy(document)
     *parents, last = path.split(".")
     node: Any = doc
@@ -162,6 +162,8 @@ def mutate(document: dict[str, Any], path: str, value: Any = None, *, delete: bo
     key: Any = int(last) if isinstance(node, list) else last
     if delete:
         del node[key]
+    elif isinstance(node, list) and key == len(node):
+        node.append(value)
     else:
         node[key] = value
     return doc

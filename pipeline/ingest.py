@@ -19,7 +19,7 @@ from typing import IO, Any, Literal
 from . import __version__
 from .errors import InvalidEpisode, LakeError, PipelineError
 from .lake import Staging, resolve_lake
-from .rules import EpisodeChecker, check_part, check_step
+from .rules import EpisodeChecker, check_part, check_step, json_text
 from .source import STEP, Source, open_source, read_document
 from .tables import EpisodeTables, episode_table
 from .writer import EpisodeWriter
@@ -195,6 +195,9 @@ def _stream_steps(src: Source, writer: EpisodeWriter | None, result: IngestResul
         header[part] = value
         if part == "training":
             checker.set_reward_mapping(value.get("reward_mapping"))
+            header["training.config_json"] = json_text(value.get("config") or {}, path="training.config")
+        elif part in ("inference.config", "action_mapping"):
+            header[f"{part}_json"] = json_text(value, path=part)
     tables.flush()
     result.steps, result.agent_steps, result.unit_steps = tables.steps, tables.agent_steps, tables.unit_steps
     digest = src.reader.hexdigest()

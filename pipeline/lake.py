@@ -143,10 +143,11 @@ class Staging:
         """Publish the staged episode with one rename; False if it is already in the lake."""
         target = episode_path(self.lake, environment, episode_id)
         env_dir = target.parent
+        created_env = False
         try:
-            created_env = not env_dir.is_dir()
-            env_dir.mkdir(exist_ok=True)
-            if created_env:
+            if not env_dir.is_dir():
+                env_dir.mkdir(exist_ok=True)
+                created_env = True
                 fsync_path(self.lake)
             if target.exists():
                 return False
@@ -155,6 +156,44 @@ class Staging:
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return False
+            if created_env:
+                _remove_if_empty(env_dir)
             raise LakeError(f"could not publish the episode into {env_dir}: {exc.strerror or exc}") from exc
-        fsync_path(env_dir)
+        try:
+            fsync_path(env_dir)
+        except OSError as exc:  # published and visible; only its durability is in doubt
+            log.warning("episode %s published but %s could not be flushed: %s", episode_id, env_dir, exc)
         return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this process created, unless another ingest has put an episode in it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def remove_episodes(lake: Path, locations: list[EpisodeLocation]) -> list[EpisodeLocation]:
+    """Remove committed episodes, each atomically: one rename out of the lake, then delete.
+
+    Each episode folder is renamed into a private staging folder (so a reader sees all of the
+    episode or none of it, and a crash leaves only staging leftovers for ``gc``) and deleted there.
+    Raises :class:`~pipeline.errors.EpisodeNotFound` for an episode already gone; the ones before
+    it stay removed. Returns the removed locations.
+    """
+    from .errors import EpisodeNotFound
+
+    removed = []
+    for location in locations:
+        with Staging(lake) as staging:
+            log.info("remove %s -> %s", location.path, staging.root)
+            try:
+                os.rename(location.path, staging.root / "removed")
+            except FileNotFoundError as exc:
+                raise EpisodeNotFound(f"episode {location.episode_id} is no longer in {lake}") from exc
+            except OSError as exc:
+                raise LakeError(f"could not remove episode {location.episode_id}: {exc.strerror or exc}") from exc
+            fsync_path(location.path.parent)
+        removed.append(location)
+    return removed

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import orjson
 import pybase64
 from PIL import Image, UnidentifiedImageError
 
@@ -31,6 +32,9 @@ from .errors import InvalidEpisode
 
 SCHEMA_FILE = "episode.schema.json"
 STEPS_PATH = "inference.steps"
+# orjson's limit when storing free-form JSON as text. The source already refuses files nested
+# deeper than source.MAX_DEPTH (256) in all, so this only guards direct callers.
+MAX_JSON_DEPTH = 254
 # Largest image (in pixels) accepted in a frame; bigger is treated as a decompression bomb.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
@@ -159,6 +163,20 @@ def _explain(error: Any, base: str, step: int | None, root: Any) -> InvalidEpiso
     return InvalidEpisode("schema", error.message, path=path, step=step)  # pragma: no cover
 
 
+def json_text(value: Any, *, path: str, step: int | None = None) -> str | None:
+    """Lossless JSON text of a free-form value (config, custom metrics): key order and numbers kept."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        if "ecursion" not in str(exc):
+            raise
+        raise InvalidEpisode(
+            "document.depth", f"is nested more than {MAX_JSON_DEPTH} levels deep", path=path, step=step
+        ) from None
+
+
 def decode_image(text: str, *, path: str, step: int) -> bytes:
     """Decode a frame's base64 text and check an image decoder recognises the bytes."""
     try:
@@ -225,7 +243,11 @@ class EpisodeChecker:
             self._check_length(length, path, step)
 
     def check_step(self, step: dict[str, Any], index: int) -> None:
-        """Check one schema-valid step and normalise it in place: image bytes, flat ``observation``."""
+        """Check one schema-valid step and normalise it in place.
+
+        Afterwards ``image`` holds the decoded bytes, ``observation`` the flattened observation
+        (with ``observation_shape``; ``observation_space`` is dropped) and ``custom_metrics`` JSON text.
+        """
         base = f"{STEPS_PATH}[{index}]"
         number = step["number"]
         self._check_number(number, index)
@@ -246,6 +268,11 @@ class EpisodeChecker:
             agent_step["observation"], agent_step["observation_shape"] = flatten_observation(
                 agent_step.pop("observation_space"), path=f"{base}.agent_steps[{j}].observation_space", step=number
             )
+            metrics = agent_step.get("custom_metrics")
+            if metrics is not None:
+                agent_step["custom_metrics"] = json_text(
+                    metrics, path=f"{base}.agent_steps[{j}].custom_metrics", step=number
+                )
             units = agent_step.get("unit_steps")
             if units:
                 if len(units) > 1:
@@ -256,6 +283,11 @@ class EpisodeChecker:
                     if rewards is not None and len(rewards) != expected:
                         self._check_rewards(unit_step, f"{base}.agent_steps[{j}].unit_steps[{k}]", number,
                                             consistent=False)
+                    metrics = unit_step.get("custom_metrics")
+                    if metrics is not None:
+                        unit_step["custom_metrics"] = json_text(
+                            metrics, path=f"{base}.agent_steps[{j}].unit_steps[{k}].custom_metrics", step=number
+                        )
 
     def _check_number(self, number: int, index: int) -> None:
         numbers = self._numbers

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
 F64 = pa.float64()
@@ -123,11 +122,6 @@ STREAMED = ("steps", "agent_steps", "unit_steps")
 BATCH_ROWS = 16_384
 BATCH_VALUES = 1_000_000
 
-def json_text(value: Any) -> str | None:
-    """Lossless JSON text of a config or custom-metrics value (key order and numbers kept)."""
-    return None if value is None else orjson.dumps(value).decode()
-
-
 def _float_fields(schema: pa.Schema) -> list[tuple[str, bool]]:
     """Names of float64 and list<float64> fields, each with whether it is a list."""
     return [(f.name, f.type == LIST_F64) for f in schema if f.type in (F64, LIST_F64)]
@@ -216,12 +210,9 @@ class _AgentSummary:
 
 
 def _scored(row: dict[str, Any]) -> Any:
-    """Set a row's total reward (``reward``, or the sum of ``rewards``) and its metrics as JSON text."""
+    """Set and return a row's total reward: ``reward``, or the sum of ``rewards``."""
     rewards = row.get("rewards")
     total = row["total_reward"] = row["reward"] if rewards is None else sum(rewards)
-    metrics = row.get("custom_metrics")
-    if metrics is not None:
-        row["custom_metrics"] = orjson.dumps(metrics).decode()
     return total
 
 
@@ -330,7 +321,12 @@ class EpisodeTables:
 
 
 def episode_table(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -> pa.Table:
-    """The one-row ``episodes`` table from the header values, counts and ingest facts."""
+    """The one-row ``episodes`` table from the header values, counts and ingest facts.
+
+    ``header`` maps each header part to its value, plus ``<part>_json`` texts made by the rules
+    stage for the JSON-valued ones (``training.config_json``, ``inference.config_json``,
+    ``action_mapping_json``).
+    """
     training = header["training"]
     row = {
         **facts,
@@ -338,11 +334,11 @@ def episode_table(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -
         "training_parallel": bool(training.get("parallel") or False),
         "num_gpus": float(training.get("num_gpus") or 0.0),
         "iterations": training["iterations"],
-        "training_config": json_text(training.get("config") or {}),
+        "training_config": header["training.config_json"],
         "reward_mapping": training.get("reward_mapping"),
         "inference_parallel": bool(header.get("inference.parallel") or False),
-        "inference_config": json_text(header.get("inference.config") or {}),
-        "action_mapping": json_text(header.get("action_mapping")),
+        "inference_config": header.get("inference.config_json") or "{}",
+        "action_mapping": header.get("action_mapping_json"),
         "length": tables.steps,
         "agent_steps": tables.agent_steps,
         "unit_steps": tables.unit_steps,

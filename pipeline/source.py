@@ -31,8 +31,10 @@ import fsspec.compression
 import fsspec.utils
 import ijson
 import numpy as np
+import zstandard
 
 from .errors import InvalidEpisode, SourceError
+from .zstdframes import ZstdFrameWalker
 
 # ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
 READ_SIZE = 256 * 1024
@@ -62,12 +64,15 @@ def _c_backend() -> Any:
 class _RawCounter(io.RawIOBase):
     """Counts the bytes taken from the underlying (possibly compressed) file, for progress.
 
-    Errors here are the transport's (a dropped connection, an I/O error), not the file's.
+    Errors here are the transport's (a dropped connection, an I/O error), not the file's. For a
+    zstd file it also walks the frame structure: zstandard's reader ends silently at a cut frame,
+    so the end of the input must fall on a frame boundary.
     """
 
-    def __init__(self, raw: IO[bytes], name: str) -> None:
+    def __init__(self, raw: IO[bytes], name: str, walker: ZstdFrameWalker | None = None) -> None:
         self._raw = raw
         self._name = name
+        self._walker = walker
         self.count = 0
 
     def readable(self) -> bool:
@@ -84,6 +89,10 @@ class _RawCounter(io.RawIOBase):
         except Exception as exc:
             raise SourceError(f"could not read the input: {exc}", source=self._name) from exc
         self.count += len(data)
+        if self._walker is not None:
+            self._walker.feed(data)
+            if not data and size != 0 and not self._walker.at_boundary():
+                raise EOFError("the zstd stream ends in the middle of a frame")
         return data
 
 
@@ -265,9 +274,13 @@ class _OpenedSource:
             name = self._name or os.fspath(src)  # type: ignore[arg-type]
             raw, size = self._open_path(name)
             compression = fsspec.utils.infer_compression(name)
-        counter = _RawCounter(raw, name)  # type: ignore[arg-type]
+        counter = _RawCounter(raw, name, ZstdFrameWalker() if compression == "zstd" else None)  # type: ignore[arg-type]
         stream: IO[bytes] = io.BufferedReader(counter, buffer_size=READ_SIZE)
-        if compression:
+        if compression == "zstd":
+            # fsspec's zstd reader stops after the first frame; a file may hold several.
+            stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+            self._closers.append(stream.close)
+        elif compression:
             stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
         return Source(name=name, reader=HashingReader(stream, name), size=size, _raw_counter=counter)

@@ -242,3 +242,26 @@ def test_every_case_id_is_unique():
     ids = [c[0] for c in CASES] + [c[0] for c in RAW_CASES]
     assert len(ids) == len(set(ids))
     assert PNG_B64  # the shared PNG decodes (used by the round-trip tests)
+
+
+def _png_with_header(width: int, height: int, *, break_crc: bool = False) -> str:
+    import struct
+    import zlib
+
+    from conftest import PNG
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    crc = zlib.crc32(ihdr) ^ (1 if break_crc else 0)
+    data = PNG[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", crc) + PNG[33:]
+    return base64.b64encode(data).decode()
+
+
+def test_png_with_a_corrupt_header_is_not_an_image(reject):
+    error = reject(mutate(episode(), f"{S0}.image", _png_with_header(4, 3, break_crc=True)))
+    assert (error.rule, error.path) == ("image.decodable", "inference.steps[0].image")
+
+
+def test_png_declaring_a_gigantic_size_is_refused_as_a_bomb(reject):
+    error = reject(mutate(episode(), f"{S0}.image", _png_with_header(100_000, 100_000)))
+    assert error.rule == "image.decodable"
+    assert "too large to accept" in error.message

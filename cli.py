@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import shutil
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
+import polars as pl
 
 import pipeline
+from pipeline.export import dump_d3rlpy
 from pipeline.ingest import IngestResult
 from pipeline.lake import ENV_VAR, resolve_lake
 
@@ -88,26 +96,116 @@ def _process(sources: tuple[str, ...], action: Any, as_json: bool, quiet: bool) 
         sys.exit(1)
 
 
+class _BatchBar:
+    """The overall progress bar of ``run`` on stderr (files, bytes, rate, ETA), shown only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._text = ""
+        self._drawn_at = 0.0
+        self._done = -1
+
+    def __call__(self, summary: pipeline.batch.BatchSummary) -> None:
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if summary.done == self._done and now - self._drawn_at < 0.1:
+            return  # redraw at most ten times a second between files
+        self._done, self._drawn_at = summary.done, now
+        self._text = _bar_text(summary, shutil.get_terminal_size().columns - 1)
+        self._draw()
+
+    def _draw(self) -> None:
+        if self._text:
+            sys.stderr.write("\r" + self._text + "\x1b[K")
+            sys.stderr.flush()
+
+    @contextlib.contextmanager
+    def hidden(self) -> Iterator[None]:
+        """Lift the bar off its line while something else is printed."""
+        if self._enabled and self._text:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        yield
+        self._draw()
+
+    def close(self) -> None:
+        if self._enabled and self._text:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        self._enabled = False
+
+
+def _bar_text(summary: pipeline.batch.BatchSummary, width: int) -> str:
+    mb = summary.bytes_read / 1e6
+    size = f"{mb:.1f}/{summary.bytes_total / 1e6:.1f} MB" if summary.bytes_total else f"{mb:.1f} MB"
+    eta = summary.eta
+    left = "--:--" if eta is None else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+    info = f" {summary.done}/{summary.files} files  {size}  {summary.mb_per_s:.1f} MB/s  ETA {left}"
+    cells = max(width - len(info) - 2, 0)
+    filled = cells * summary.done // summary.files if summary.files else 0
+    return ("[" + "#" * filled + "-" * (cells - filled) + "]" + info if cells >= 10 else info.strip())[:width]
+
+
+def _batch_summary(summary: pipeline.batch.BatchSummary) -> str:
+    counts = (f"{summary.ingested} ingested, {summary.exists} already present, "
+              f"{summary.invalid} invalid, {summary.failed} failed")
+    if summary.skipped:
+        counts += f", {summary.skipped} skipped"
+    return (f"{summary.files} files: {counts}; {summary.bytes_read / 1e6:.1f} MB in {summary.seconds:.1f} s, "
+            f"{summary.mb_per_s:.1f} MB/s")
+
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, metavar="FILE_OR_URL...")
 @lake_option
+@click.option("--recursive", "-r", is_flag=True, help="Search folders and their sub-folders.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+              help="Ingest N files at once in worker processes; 1 runs here. [default: number of cores]")
+@click.option("--fail-fast", is_flag=True, help="Start no new file after the first invalid or failed one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def run(sources: tuple[str, ...], lake: str | None, as_json: bool, quiet: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors and the final summary.")
+def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int | None, fail_fast: bool,
+        as_json: bool, quiet: bool) -> None:
     """Ingest episode files into the lake, each published atomically.
 
-    Each FILE_OR_URL is a path, a file:// or http(s):// URL, or - for standard input;
-    .gz .bz2 .xz .zst files are decompressed on the fly. Exit status: 0 when every
-    file is ingested or already present, 1 when any is invalid or failed.
+    Each FILE_OR_URL is a file, a folder (its *.json files and their .gz .bz2 .xz .zst
+    forms; with --recursive, its sub-folders' too), a glob pattern, a file:// or
+    http(s):// URL, or - for standard input; compressed files are decompressed on the
+    fly. Files are ingested in parallel; one line per file, then, for more than one
+    file, a summary on stderr. Exit status: 0 when every file is ingested or already
+    present, 1 when any is invalid or failed.
 
     \b
     Examples:
       ingest-pipeline run episode.json
       ingest-pipeline run a.json b.json.gz --lake /data/lake
+      ingest-pipeline run runs/ --recursive --jobs 4 --quiet
+      ingest-pipeline run 'runs/**/*.json.zst' https://example.org/ep.json -
       ingest-pipeline run episode.json --json | jq .episode_id
     """
-    root = resolve_lake(lake)
-    _process(sources, lambda src, **kw: pipeline.ingest(src, lake=root, **kw), as_json, quiet)
+    bar = _BatchBar(enabled=not quiet)
+    try:
+        batch = pipeline.ingest_many(sources, lake=resolve_lake(lake), jobs=jobs, recursive=recursive,
+                                     fail_fast=fail_fast, progress=bar)
+    except pipeline.PipelineError as exc:  # a folder that cannot be listed
+        raise click.ClickException(str(exc)) from exc
+    if not batch.summary.files:
+        raise click.UsageError(f"no episode files (*.json, *.json.gz, .bz2, .xz, .zst) in {' '.join(sources)}")
+    with batch:
+        for result in batch:
+            with bar.hidden():
+                if as_json:
+                    click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+                elif not result.ok:
+                    click.echo(_summary(result), err=True)
+                elif not quiet:
+                    click.echo(_summary(result))
+    bar.close()
+    if batch.summary.files > 1:
+        click.echo(_batch_summary(batch.summary), err=True)
+    if not batch.summary.ok:
+        sys.exit(1)
 
 
 @cli.command()
@@ -123,6 +221,242 @@ def validate(sources: tuple[str, ...], as_json: bool, quiet: bool) -> None:
       ingest-pipeline validate runs/*.json --json
     """
     _process(sources, pipeline.validate, as_json, quiet)
+
+
+def _number(value: float | None) -> str:
+    """A reward as people read it: at most 4 decimals, no trailing zeros; '-' for none."""
+    return "-" if value is None else f"{round(value, 4):.12g}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _columns(rows: list[list[str]], right: frozenset[int] = frozenset(), indent: str = "") -> str:
+    """Rows as text columns two spaces apart; the columns numbered in ``right`` align right."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    return "\n".join(
+        indent + "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                           for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    )
+
+
+@contextlib.contextmanager
+def _library_errors() -> Iterator[None]:
+    """Turn the library's (and polars') errors into one-line click errors."""
+    try:
+        yield
+    except (pipeline.PipelineError, pl.exceptions.PolarsError) as exc:
+        # polars appends its query plan to errors; the first paragraph is the message
+        raise click.ClickException(str(exc).split("\n\n", 1)[0]) from exc
+
+
+@cli.command("ls")
+@click.option("--env", "environment", metavar="NAME", help="Only episodes of this environment.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per episode.")
+@lake_option
+def ls(environment: str | None, as_json: bool, lake: str | None) -> None:
+    """List the episodes in the lake, one line each, oldest ingest first.
+
+    \b
+    Examples:
+      ingest-pipeline ls
+      ingest-pipeline ls --env LunarLander-v3 --json
+    """
+    with _library_errors():
+        rows = pipeline.Lake(lake).listing(environment).to_dicts()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({**row, "ingested_at": _timestamp(row["ingested_at"])}, ensure_ascii=False))
+    elif rows:
+        header = ["EPISODE", "ENVIRONMENT", "ALGORITHM", "STEPS", "AGENTS", "TOTAL REWARD", "INGESTED AT"]
+        click.echo(_columns([header] + [
+            [r["episode_id"], r["environment"], r["algorithm"], str(r["steps"]), str(r["agents"]),
+             _number(r["total_reward"]), _timestamp(r["ingested_at"])] for r in rows
+        ], right=frozenset({3, 4, 5})))
+
+
+@cli.command()
+@click.argument("episode_id")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
+@lake_option
+def show(episode_id: str, as_json: bool, lake: str | None) -> None:
+    """Show an episode: metadata, per-agent summary, action and reward labels.
+
+    EPISODE_ID may be abbreviated to any unique prefix.
+
+    \b
+    Examples:
+      ingest-pipeline show 257a0fe1
+      ingest-pipeline show 257a --json | jq .agents
+    """
+    with _library_errors():
+        info = pipeline.Lake(lake).describe(episode_id)
+    if as_json:
+        info["episode"]["ingested_at"] = _timestamp(info["episode"]["ingested_at"])
+        click.echo(json.dumps(info, ensure_ascii=False))
+    else:
+        click.echo(_describe(info))
+
+
+def _describe(info: dict[str, Any]) -> str:
+    e = info["episode"]
+    parallel = ", parallel" if e["training_parallel"] else ""
+    parts = [_columns([
+        ["episode", e["episode_id"]],
+        ["environment", e["environment"]],
+        ["algorithm", f"{e['algorithm']} ({e['iterations']} iterations, {e['num_gpus']:g} GPUs{parallel})"],
+        ["source", f"{e['source']} ({e['source_bytes']} bytes)"],
+        ["ingested at", f"{_timestamp(e['ingested_at'])} (ingest-pipeline {e['pipeline_version']})"],
+        ["steps", f"{e['length']} (numbers {e['first_step']} to {e['last_step']}), {e['agent_steps']} agent steps, "
+                  f"{e['unit_steps']} unit steps, {_plural(e['images'], 'image')}"],
+        ["total reward", _number(e["total_reward"])],
+        ["training config", e["training_config"]],
+        ["inference config", e["inference_config"]],
+    ])]
+    agents = info["agents"]
+    if agents:
+        header = ["AGENT", "STEPS", "FIRST", "LAST", "TOTAL REWARD", "MEAN", "MIN", "MAX", "UNITS", "UNIT STEPS"]
+        parts.append("agents\n" + _columns([header] + [
+            [a["agent"], str(a["length"]), str(a["first_step"]), str(a["last_step"]), _number(a["total_reward"]),
+             _number(a["mean_reward"]), _number(a["min_reward"]), _number(a["max_reward"]), str(a["units"]),
+             str(a["unit_steps"])] for a in agents
+        ], right=frozenset(range(1, 10)), indent="  "))
+    width = max((len(a["reward_totals"] or ()) for a in agents), default=0)
+    names = info["reward_names"] or [str(i) for i in range(width)]
+    if width:
+        parts.append("reward totals\n" + _columns([["COMPONENT", *(a["agent"] for a in agents)]] + [
+            [name, *(_number(a["reward_totals"][i]) if a["reward_totals"] else "-" for a in agents)]
+            for i, name in enumerate(names)
+        ], right=frozenset(range(1, len(agents) + 1)), indent="  "))
+    for title, labels in (("actions", info["actions"]), ("unit actions", info["unit_actions"])):
+        if labels:
+            parts.append(f"{title}\n" + _columns([[str(k), v] for k, v in labels.items()],
+                                                  right=frozenset({0}), indent="  "))
+    return "\n\n".join(parts)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="json: one object per line; parquet needs -o.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of standard output.")
+@lake_option
+def query(sql: str, fmt: str, output: str | None, lake: str | None) -> None:
+    """Run polars SQL over the lake's tables.
+
+    The tables are episodes, episode_agents, steps, agent_steps and unit_steps, each
+    with environment and episode_id columns, and the label tables action_labels,
+    unit_action_labels (episode_id, action, action_label) and reward_labels
+    (episode_id, component, reward_name).
+
+    \b
+    Examples:
+      ingest-pipeline query "SELECT environment, count(*) AS n FROM episodes GROUP BY environment"
+      ingest-pipeline query "SELECT * FROM episode_agents WHERE total_reward >= 100" --format csv
+      ingest-pipeline query "SELECT * FROM agent_steps" --format parquet -o steps.parquet
+    """
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs -o FILE")
+    with _library_errors():
+        frame = pipeline.Lake(lake).sql(sql).lazy().collect()
+        if fmt == "table":
+            with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
+                text = str(frame)
+        elif fmt == "csv":
+            text = frame.write_csv()
+        elif fmt == "json":
+            text = frame.write_ndjson()
+        else:
+            frame.write_parquet(str(output))
+            return
+    if output is None:
+        click.echo(text, nl=fmt == "table")
+    else:
+        Path(output).write_text(text if fmt != "table" else text + "\n", encoding="utf-8")
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 84x84, not {value!r}") from None
+    return height, width
+
+
+@cli.command()
+@click.argument("episode_ids", nargs=-1, required=True, metavar="EPISODE_ID...")
+@click.option("--to", "fmt", type=click.Choice(["npz", "d3rlpy"]), required=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--agent", help="The agent to export. [default: each episode's first agent]")
+@click.option("--frames", is_flag=True, help="Decode frames (d3rlpy: as the observations; npz: a frames array).")
+@click.option("--resize", metavar="HxW", callback=_size, help="Resize frames, e.g. 84x84 (implies --frames).")
+@click.option("--grayscale", is_flag=True, help="Grayscale frames (implies --frames).")
+@click.option("--stack-n", type=click.IntRange(min=1), help="Stack each frame with the N-1 before it.")
+@click.option("--framestack-axis-first", is_flag=True, help="Put the stack axis first in each frame.")
+@click.option("--missing-frames", type=click.Choice(["error", "previous"]), default="error", show_default=True,
+              help="A step without an image: fail, or show the latest image before it.")
+@click.option("--downsample-frequency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep every Nth step (rewards of skipped steps add up).")
+@click.option("--downsample-offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The first step kept.")
+@lake_option
+def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | None, frames: bool,
+           resize: tuple[int, int] | None, grayscale: bool, stack_n: int | None, framestack_axis_first: bool,
+           missing_frames: str, downsample_frequency: int, downsample_offset: int, lake: str | None) -> None:
+    """Export episodes' trajectories as numpy arrays (.npz) or a d3rlpy dataset.
+
+    d3rlpy needs the rl extra: pip install 'ingest-pipeline[rl]'.
+
+    \b
+    Examples:
+      ingest-pipeline export 257a0fe1 --to npz -o lander.npz
+      ingest-pipeline export 257a 3f2a --to d3rlpy -o lander.h5
+      ingest-pipeline export 257a --to d3rlpy -o pixels.h5 --resize 84x84 --grayscale --stack-n 4 \\
+          --framestack-axis-first --downsample-frequency 4
+    """
+    options: Any = False
+    if frames or resize or grayscale or stack_n:
+        options = pipeline.FrameOptions(resize=resize, grayscale=grayscale, stack_n=stack_n,
+                                        framestack_axis_first=framestack_axis_first,
+                                        missing=missing_frames)  # type: ignore[arg-type]
+    sampling = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
+    with _library_errors():
+        the_lake = pipeline.Lake(lake)
+        if fmt == "npz":
+            the_lake.to_npz(output, list(episode_ids), agent, frames=options, **sampling)
+        else:
+            with contextlib.redirect_stdout(sys.stderr):  # d3rlpy logs on stdout
+                dataset = the_lake.to_d3rlpy(list(episode_ids), agent, frames=options,
+                                             observation="frames" if options else "vector", **sampling)
+            dump_d3rlpy(dataset, output)
+    click.echo(f"exported {_plural(len(episode_ids), 'episode')} to {output}")
+
+
+@cli.command()
+@click.argument("episode_ids", nargs=-1, required=True, metavar="EPISODE_ID...")
+@lake_option
+def rm(episode_ids: tuple[str, ...], lake: str | None) -> None:
+    """Remove episodes from the lake, each atomically (never half an episode).
+
+    Every EPISODE_ID (or unique prefix) is checked before any episode is removed.
+
+    \b
+    Examples:
+      ingest-pipeline rm 257a0fe1
+      ingest-pipeline rm 257a 3f2a --lake /data/lake
+    """
+    with _library_errors():
+        removed = pipeline.Lake(lake).remove(episode_ids)
+    for location in removed:
+        click.echo(f"removed episode {location.episode_id} ({location.environment})")
 
 
 def main() -> None:

@@ -7,6 +7,9 @@ the same thing.
 
 from __future__ import annotations
 
+import copyreg
+from typing import Any
+
 
 class PipelineError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -18,6 +21,11 @@ class PipelineError(Exception):
 
     def _format(self) -> str:
         return f"{self.source}: {self.message}" if self.source else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than ``args``, so rebuild without calling
+        # ``__init__`` and restore the attributes: errors cross process boundaries in batch ingests.
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__  # type: ignore[attr-defined]
 
     def with_source(self, source: str) -> PipelineError:
         """Attach the input's name to an error raised below the layer that knows it."""

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import os
 import time
@@ -16,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from . import __version__
+from .builder import Built, EpisodeBuilder, Facts
 from .errors import InvalidEpisode, LakeError, PipelineError
 from .lake import Staging, resolve_lake
-from .rules import EpisodeChecker, check_part, check_step, json_text
 from .source import STEP, Source, open_source, read_document
-from .tables import EpisodeTables, episode_table
-from .writer import EpisodeWriter
+from .split import SPLIT_MIN_BYTES, build_in_two_processes, fork_is_safe
 
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -82,6 +79,7 @@ def ingest(
     name: str | None = None,
     raise_errors: bool = False,
     progress: ProgressCallback | None = None,
+    parallel: bool | None = None,
 ) -> IngestResult:
     """Stream one episode file into the lake and publish it atomically.
 
@@ -91,9 +89,12 @@ def ingest(
     content is already in the lake), ``"invalid"`` or ``"failed"``. With ``raise_errors=True``
     the last two raise :class:`~pipeline.errors.InvalidEpisode`,
     :class:`~pipeline.errors.SourceError` or :class:`~pipeline.errors.LakeError` instead.
+    ``parallel`` splits the work over two processes (parsing here, checking and writing in a
+    forked child); by default that happens for files of 32 MB or more when forking is safe.
     The lake is never left with part of an episode.
     """
-    return _run(source, lake=resolve_lake(lake), name=name, raise_errors=raise_errors, progress=progress)
+    return _run(source, lake=resolve_lake(lake), name=name, raise_errors=raise_errors, progress=progress,
+                parallel=parallel)
 
 
 def validate(
@@ -102,14 +103,16 @@ def validate(
     name: str | None = None,
     raise_errors: bool = False,
     progress: ProgressCallback | None = None,
+    parallel: bool | None = None,
 ) -> IngestResult:
     """Check one episode file against every rule without writing anything (status ``"valid"``)."""
-    return _run(source, lake=None, name=name, raise_errors=raise_errors, progress=progress)
+    return _run(source, lake=None, name=name, raise_errors=raise_errors, progress=progress, parallel=parallel)
 
 
 def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_errors: bool,
-         progress: ProgressCallback | None) -> IngestResult:
-    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>"))
+         progress: ProgressCallback | None, parallel: bool | None) -> IngestResult:
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike))
+                     else getattr(source, "name", "<stream>"))
     if not isinstance(label, str):
         label = "<stream>"
     result = IngestResult(source=label, status="failed")
@@ -117,21 +120,16 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     try:
         with open_source(source, name=name) as src:
             result.source = src.name
+            if parallel is None:
+                parallel = src.size is not None and src.size >= SPLIT_MIN_BYTES and fork_is_safe()
             try:
                 if lake is None:
-                    _stream(src, None, result, progress)
+                    _build(src, None, result, progress, parallel)
                     result.status = "valid"
                 else:
                     with Staging(lake) as staging:
-                        writer = EpisodeWriter(staging.folder)
-                        try:
-                            environment = _stream(src, writer, result, progress)
-                            writer.close()
-                        except BaseException:
-                            writer.abort()
-                            raise
-                        result.environment = environment
-                        committed = staging.commit(environment, result.episode_id or "")
+                        built = _build(src, staging.folder, result, progress, parallel)
+                        committed = staging.commit(built.environment, result.episode_id or "")
                         result.status = "ingested" if committed else "exists"
             finally:
                 result.bytes_read = src.bytes_read
@@ -153,6 +151,38 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     return result
 
 
+def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,
+           parallel: bool) -> Built:
+    """Read the whole document and build the episode (writing it under ``folder``, if given)."""
+    with _gc_paused():
+        if parallel:
+            built = build_in_two_processes(src, folder, progress)
+        else:
+            built = _build_here(src, folder, progress)
+    result.environment = built.environment
+    result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
+    result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]
+    if progress is not None:
+        progress(src.bytes_read, src.size)
+    return built
+
+
+def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
+    builder = EpisodeBuilder(folder)
+    try:
+        for part, value in read_document(src):
+            if part == STEP:
+                builder.step(value)
+                if progress is not None and builder.steps % PROGRESS_EVERY == 0:
+                    progress(src.bytes_read, src.size)
+            else:
+                builder.part(part, value)
+        return builder.finish(Facts(src.name, src.reader.hexdigest(), src.reader.consumed))
+    except BaseException:
+        builder.abort()
+        raise
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring the caller's setting afterwards.
@@ -167,58 +197,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _stream(src: Source, writer: EpisodeWriter | None, result: IngestResult,
-            progress: ProgressCallback | None) -> str:
-    """Read, check and (with a writer) tabulate the whole document; return the environment."""
-    with _gc_paused():
-        return _stream_steps(src, writer, result, progress)
-
-
-def _stream_steps(src: Source, writer: EpisodeWriter | None, result: IngestResult,
-                  progress: ProgressCallback | None) -> str:
-    checker = EpisodeChecker()
-    header: dict[str, Any] = {}
-    tables = EpisodeTables(writer.write if writer else _discard)
-    index = 0
-    for part, value in read_document(src):
-        if part == STEP:
-            check_step(value, index)
-            checker.check_step(value, index)
-            tables.add_step(value, index)
-            index += 1
-            if progress is not None and index % PROGRESS_EVERY == 0:
-                progress(src.bytes_read, src.size)
-            continue
-        check_part(part, value)
-        header[part] = value
-        if part == "training":
-            checker.set_reward_mapping(value.get("reward_mapping"))
-            header["training.config_json"] = json_text(value.get("config") or {}, path="training.config")
-        elif part in ("inference.config", "action_mapping"):
-            header[f"{part}_json"] = json_text(value, path=part)
-    tables.flush()
-    result.steps, result.agent_steps, result.unit_steps = tables.steps, tables.agent_steps, tables.unit_steps
-    digest = src.reader.hexdigest()
-    result.episode_id = digest[:EPISODE_ID_LENGTH]
-    if progress is not None:
-        progress(src.bytes_read, src.size)
-    if writer is not None:
-        writer.write("episode_agents", tables.episode_agents())
-        writer.write("episodes", episode_table(
-            header, tables,
-            source=src.name,
-            content_hash=digest,
-            source_bytes=src.reader.consumed,
-            ingested_at=dt.datetime.now(dt.timezone.utc),
-            pipeline_version=__version__,
-        ))
-    return header["training"]["environment"]
-
-
-def _discard(table: str, batch: Any) -> None:
-    """The sink of ``validate``: batches are built (so their checks run) and dropped."""
 
 
 __all__ = ["IngestResult", "ingest", "validate"]

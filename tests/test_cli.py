@@ -81,11 +81,17 @@ def test_run_again_says_already_present_and_keeps_one_copy(good, lake):
     assert lake_snapshot(lake) == before
 
 
+def batch_summary(files: int, ingested: int, exists: int, invalid: int, failed: int) -> str:
+    """The closing line of a multi-file run (on stderr), MB figures left free."""
+    return (rf"{files} files: {ingested} ingested, {exists} already present, {invalid} invalid, {failed} failed; "
+            r"[\d.]+ MB in [\d.]+ s, [\d.]+ MB/s")
+
+
 def test_run_json_lines_have_exactly_the_documented_keys(good, bad, tmp_path, lake):
     missing = tmp_path / "missing.json"
     result = invoke("run", str(good), str(good), str(bad), str(missing), "--lake", str(lake), "--json")
     assert result.exit_code == 1
-    assert result.stderr == ""
+    assert re.fullmatch(batch_summary(4, 1, 1, 1, 1), result.stderr.rstrip("\n")), result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 4
     records = [json.loads(line) for line in lines]
@@ -123,7 +129,9 @@ def test_run_processes_every_file_of_a_mix_and_exits_1(good, bad, tmp_path, lake
     assert len(out) == 2
     assert re.fullmatch(summary_line(str(good), "ingested", good, 3, 3), out[0]), out[0]
     assert re.fullmatch(summary_line(str(other), "ingested", other, 2, 2), out[1]), out[1]
-    assert result.stderr == f"invalid: {bad}: {BAD_MESSAGE}\nfailed: {missing}: no such file\n"
+    errors = result.stderr.splitlines()
+    assert errors[:2] == [f"invalid: {bad}: {BAD_MESSAGE}", f"failed: {missing}: no such file"]
+    assert len(errors) == 3 and re.fullmatch(batch_summary(4, 2, 0, 1, 1), errors[2]), errors
     assert episode_folders(lake) == sorted(
         f"environment=CartPole-v1/episode_id={episode_id(p)}" for p in (good, other)
     )
@@ -154,7 +162,9 @@ def test_run_quiet_prints_nothing_for_successes_but_still_reports_errors(good, b
     mixed = invoke("run", str(good), str(bad), "--lake", str(lake), "--quiet")
     assert mixed.exit_code == 1
     assert mixed.stdout == ""
-    assert mixed.stderr == f"invalid: {bad}: {BAD_MESSAGE}\n"
+    errors = mixed.stderr.splitlines()
+    assert errors[0] == f"invalid: {bad}: {BAD_MESSAGE}"
+    assert len(errors) == 2 and re.fullmatch(batch_summary(2, 0, 1, 1, 0), errors[1]), errors
 
 
 def test_run_lake_option_and_environment_variable(good, tmp_path, monkeypatch):

@@ -1,0 +1,254 @@
+"""One agent's trajectory as numpy arrays, with frames decoded, resized, stacked on request.
+
+:func:`load_trajectory` reads one committed episode folder: the agent's rows of
+``agent_steps.parquet`` and, only when frames are asked for, the images of the steps it keeps from
+``steps.parquet``. Nothing else of the episode is read, and no image is decoded unless asked for.
+
+Downsampling (``downsample_frequency=f``, ``downsample_offset=o``) keeps the agent's steps
+``o, o+f, o+2f, …`` (positions in its trajectory). Like frame skipping, each kept step's reward is
+the sum of the rewards from it up to the next kept step, so no reward after the offset is lost.
+Frame stacking then runs over the kept steps: the frame of a kept step is stacked with those of the
+``stack_n - 1`` kept steps before it, the first frame repeated where the trajectory has none.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from PIL import Image
+
+from .errors import DatasetError
+from .lake import EpisodeLocation
+
+_TRAJECTORY_COLUMNS = ["step", "action", "rewards", "total_reward", "observation", "observation_shape"]
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """How frames are decoded: size, colour, stacking, and what a step without an image gets.
+
+    ``resize`` is ``(height, width)``; ``stack_n=None`` adds no stack axis, an ``int`` adds one of
+    that length, first (``[n, H, W(, C)]``) or last (``[H, W(, C), n]``) in each frame.
+    ``missing="previous"`` gives a step without an image the latest image before it.
+    """
+
+    resize: tuple[int, int] | None = None
+    grayscale: bool = False
+    stack_n: int | None = None
+    framestack_axis_first: bool = False
+    missing: Literal["error", "previous"] = "error"
+
+    @classmethod
+    def atari(cls, *, stack_n: int | None = 4, framestack_axis_first: bool = False) -> FrameOptions:
+        """CrowdPlay's processing: 84x84 grayscale, four stacked frames, stack axis last."""
+        return cls(resize=(84, 84), grayscale=True, stack_n=stack_n, framestack_axis_first=framestack_axis_first)
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """One agent's steps of one episode, in step order, as numpy arrays of length ``T``.
+
+    ``observations`` is ``[T, *observation_shape]`` (float64), ``actions``, ``rewards`` (the total
+    per step) and ``steps`` (the step numbers) are ``[T]``, ``terminals`` is true on the last step.
+    ``reward_components`` is ``[T, K]`` when the episode gave reward vectors, named by
+    ``reward_names`` when it had a ``reward_mapping``. ``frames`` is uint8, present when asked for;
+    ``frame_layout`` names its axes: T (time), H, W, C (colour) and N (the stack), e.g. ``"TNHW"``.
+    """
+
+    episode_id: str
+    environment: str
+    agent: str
+    steps: np.ndarray
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    reward_components: np.ndarray | None = None
+    reward_names: tuple[str, ...] | None = None
+    frames: np.ndarray | None = None
+    frame_layout: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        frames = "" if self.frames is None else f", frames={list(self.frames.shape)}"
+        return (f"Trajectory(episode_id={self.episode_id!r}, agent={self.agent!r}, T={len(self)}, "
+                f"observations={list(self.observations.shape)}{frames})")
+
+
+def agents(location: EpisodeLocation) -> list[str]:
+    """The episode's agents in order of appearance: by first step, then as that step lists them."""
+    firsts = pl.read_parquet(location.table("episode_agents"), columns=["agent", "first_step"])
+    listed = (pl.scan_parquet(location.table("agent_steps"))
+              .filter(pl.col("step").is_in(firsts["first_step"].unique().to_list()))
+              .select("step", "agent").with_row_index("position").collect())
+    order = firsts.join(listed, left_on=["agent", "first_step"], right_on=["agent", "step"], how="left")
+    return order.sort("first_step", "position", "agent")["agent"].to_list()
+
+
+def load_trajectory(
+    location: EpisodeLocation,
+    agent: str | None = None,
+    *,
+    frames: bool | FrameOptions = False,
+    downsample_frequency: int = 1,
+    downsample_offset: int = 0,
+) -> Trajectory:
+    """Read one agent's trajectory (default: the episode's first agent) from a committed episode."""
+    episode_id = location.episode_id
+    if downsample_frequency < 1 or not 0 <= downsample_offset < downsample_frequency:
+        raise DatasetError(
+            f"downsampling needs frequency >= 1 and 0 <= offset < frequency, "
+            f"got frequency {downsample_frequency} and offset {downsample_offset}", episode_id=episode_id)
+    if agent is None:
+        known = agents(location)
+        if not known:
+            raise DatasetError(f"episode {episode_id} has no agent steps", episode_id=episode_id)
+        agent = known[0]
+    rows = (pl.scan_parquet(location.table("agent_steps"))
+            .filter(pl.col("agent") == agent).select(_TRAJECTORY_COLUMNS).collect())
+    if rows.height == 0:
+        raise DatasetError(f"episode {episode_id} has no agent {agent!r}; its agents: {', '.join(agents(location))}",
+                           episode_id=episode_id, agent=agent)
+    if not rows["step"].is_sorted():
+        rows = rows.sort("step")
+    steps = rows["step"].to_numpy()
+    observations = _observations(rows, episode_id, agent)
+    rewards = rows["total_reward"].to_numpy()
+    components = _reward_components(rows["rewards"], episode_id, agent)
+
+    kept = np.arange(downsample_offset, len(steps), downsample_frequency)
+    if len(kept) == 0:
+        raise DatasetError(f"episode {episode_id}, agent {agent!r}: downsampling keeps no step "
+                           f"of its {len(steps)}", episode_id=episode_id, agent=agent)
+    if downsample_frequency > 1:
+        rewards = np.add.reduceat(rewards[downsample_offset:], kept - downsample_offset)
+        if components is not None:
+            components = np.add.reduceat(components[downsample_offset:], kept - downsample_offset, axis=0)
+        steps, observations = steps[kept], observations[kept]
+    actions = rows["action"].to_numpy()[kept]
+    terminals = np.zeros(len(kept), dtype=bool)
+    terminals[-1] = True
+
+    options = FrameOptions() if frames is True else (frames or None)
+    frame_array = None if options is None else load_frames(location, steps, options)
+    return Trajectory(
+        episode_id=episode_id,
+        environment=location.environment,
+        agent=agent,
+        steps=steps,
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        terminals=terminals,
+        reward_components=components,
+        reward_names=_reward_names(location) if components is not None else None,
+        frames=frame_array,
+        frame_layout=None if options is None else frame_layout(options),
+    )
+
+
+def _observations(rows: pl.DataFrame, episode_id: str, agent: str) -> np.ndarray:
+    shapes = rows["observation_shape"]
+    shape = shapes[0].to_list()
+    if shapes.n_unique() > 1:
+        step, other = next((n, s) for n, s in zip(rows["step"], shapes.to_list(), strict=True) if s != shape)
+        raise DatasetError(
+            f"episode {episode_id}, agent {agent!r}: observation shape changes from {shape} to {other} "
+            f"at step {step}; one trajectory needs one shape", episode_id=episode_id, agent=agent)
+    return _flat_values(rows["observation"]).reshape((len(rows), *shape))
+
+
+def _reward_components(column: pl.Series, episode_id: str, agent: str) -> np.ndarray | None:
+    if column.null_count() == len(column):
+        return None
+    lengths = column.list.len().unique()
+    if column.null_count() or len(lengths) != 1:
+        raise DatasetError(f"episode {episode_id}, agent {agent!r}: reward vectors of different lengths",
+                           episode_id=episode_id, agent=agent)
+    return _flat_values(column).reshape((len(column), int(lengths[0])))
+
+
+def _flat_values(column: pl.Series) -> np.ndarray:
+    """The values of a list column, concatenated (zero-copy where Arrow allows)."""
+    array = column.to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return np.asarray(array.flatten().to_numpy(zero_copy_only=False))
+
+
+def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
+    mapping = pl.read_parquet(location.table("episodes"), columns=["reward_mapping"])["reward_mapping"][0]
+    return None if mapping is None else tuple(mapping.to_list())
+
+
+def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions) -> np.ndarray:
+    """Decode, process and stack the frames of ``steps`` (in that order) as one uint8 array."""
+    episode_id = location.episode_id
+    sources = _previous_images(location, steps) if options.missing == "previous" else steps
+    wanted = sorted(set(sources.tolist()))
+    images = dict(
+        pl.scan_parquet(location.table("steps"))
+        .filter(pl.col("step").is_in(wanted)).select("step", "image").collect().iter_rows()
+    )
+    lacking = [step for step in wanted if images.get(step) is None]
+    if lacking:
+        raise DatasetError(f"episode {episode_id}: step {lacking[0]} has no image "
+                           f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+    decoded = {step: decode_frame(images[step], options) for step in wanted}
+    shapes = {frame.shape for frame in decoded.values()}
+    if len(shapes) > 1:
+        raise DatasetError(f"episode {episode_id}: frames of different sizes {sorted(shapes)}; "
+                           f"pass resize=(height, width)", episode_id=episode_id)
+    frames = np.stack([decoded[step] for step in sources.tolist()])
+    if options.stack_n is None:
+        return frames
+    return stack_frames(frames, options.stack_n, axis_first=options.framestack_axis_first)
+
+
+def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray:
+    """For each step, the step whose image it shows: itself, or the latest step before it with one."""
+    with_image = (pl.scan_parquet(location.table("steps"))
+                  .filter(pl.col("image").is_not_null()).select("step").collect()["step"].sort().to_numpy())
+    position = np.searchsorted(with_image, steps, side="right") - 1
+    if len(position) and position.min() < 0:
+        first = int(steps[position < 0][0])
+        raise DatasetError(f"episode {location.episode_id}: step {first} has no image, nor any step before it",
+                           episode_id=location.episode_id)
+    return with_image[position]
+
+
+def frame_layout(options: FrameOptions) -> str:
+    """The axes of the frames ``options`` produce: ``T`` then e.g. ``HWC``, ``NHW`` or ``HWN``."""
+    frame = "HW" if options.grayscale else "HWC"
+    if options.stack_n is not None:
+        frame = "N" + frame if options.framestack_axis_first else frame + "N"
+    return "T" + frame
+
+
+def decode_frame(data: bytes, options: FrameOptions) -> np.ndarray:
+    """One image file's bytes as a uint8 array ``[H, W, C]`` (``[H, W]`` in grayscale)."""
+    with Image.open(io.BytesIO(data)) as source:
+        image = source.convert("L" if options.grayscale else "RGB")
+        if options.resize is not None:
+            height, width = options.resize
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def stack_frames(frames: np.ndarray, n: int, *, axis_first: bool) -> np.ndarray:
+    """``[T, *F]`` -> ``[T, n, *F]`` (or ``[T, *F, n]``): each frame with the ``n - 1`` before it.
+
+    The oldest frame comes first along the stack axis; before the first frame, the first repeats.
+    """
+    if n < 1:
+        raise DatasetError(f"stack_n must be at least 1, got {n}")
+    index = np.arange(len(frames))[:, None] + np.arange(1 - n, 1)[None, :]
+    stacked = frames[np.maximum(index, 0)]  # [T, n, *F]
+    return stacked if axis_first else np.moveaxis(stacked, 1, -1)

@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import polars as pl
 
 import pipeline
-from pipeline.export import dump_d3rlpy
 from pipeline.ingest import IngestResult
 from pipeline.lake import ENV_VAR, resolve_lake
 
@@ -249,6 +247,8 @@ def _columns(rows: list[list[str]], right: frozenset[int] = frozenset(), indent:
 @contextlib.contextmanager
 def _library_errors() -> Iterator[None]:
     """Turn the library's (and polars') errors into one-line click errors."""
+    import polars as pl
+
     try:
         yield
     except (pipeline.PipelineError, pl.exceptions.PolarsError) as exc:
@@ -366,6 +366,8 @@ def query(sql: str, fmt: str, output: str | None, lake: str | None) -> None:
     with _library_errors():
         frame = pipeline.Lake(lake).sql(sql).lazy().collect()
         if fmt == "table":
+            import polars as pl
+
             with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
                 text = str(frame)
         elif fmt == "csv":
@@ -436,6 +438,8 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
             with contextlib.redirect_stdout(sys.stderr):  # d3rlpy logs on stdout
                 dataset = the_lake.to_d3rlpy(list(episode_ids), agent, frames=options,
                                              observation="frames" if options else "vector", **sampling)
+            from pipeline.export import dump_d3rlpy
+
             dump_d3rlpy(dataset, output)
     click.echo(f"exported {_plural(len(episode_ids), 'episode')} to {output}")
 
@@ -457,6 +461,70 @@ def rm(episode_ids: tuple[str, ...], lake: str | None) -> None:
         removed = pipeline.Lake(lake).remove(episode_ids)
     for location in removed:
         click.echo(f"removed episode {location.episode_id} ({location.environment})")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float:
+    if value is None:
+        return 0.0
+    text = value.strip().lower()
+    try:
+        return float(text[:-1]) * _UNITS[text[-1]] if text and text[-1] in _UNITS else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 90s, 30m, 12h or 2d") from None
+
+
+@cli.command()
+@lake_option
+@click.option("--older-than", metavar="DURATION", callback=_duration,
+              help="Only remove leftovers older than this (90s, 30m, 12h, 2d). [default: any age]")
+def gc(lake: str | None, older_than: float) -> None:
+    """Remove the staging folders of ingests that are no longer running.
+
+    A crashed or killed ingest leaves its folder in LAKE/_staging; one that is still running
+    holds a lock on it and is never touched. Locks are per machine: on a lake shared by several
+    machines, give an --older-than longer than any ingest takes.
+
+    \b
+    Examples:
+      ingest-pipeline gc
+      ingest-pipeline gc --lake /data/lake --older-than 12h
+    """
+    from pipeline.lake import gc as collect
+
+    report = collect(resolve_lake(lake), older_than=older_than)
+    for folder in report.removed:
+        click.echo(f"removed {folder}")
+    kept = len(report.running) + len(report.recent)
+    click.echo(f"{_plural(len(report.removed), 'staging folder')} removed, "
+               f"{len(report.running)} still running, {len(report.recent)} too recent"
+               if report.removed or kept else "nothing to remove")
+
+
+@cli.command()
+@lake_option
+@click.option("--deep", is_flag=True, help="Also read the key columns: unique step numbers, keys that join.")
+def check(lake: str | None, deep: bool) -> None:
+    """Verify every committed episode is whole: tables present, readable, row counts right.
+
+    Exit status 0 when the lake is clean, 1 with one line per problem otherwise.
+
+    \b
+    Examples:
+      ingest-pipeline check
+      ingest-pipeline check --lake /data/lake --deep
+    """
+    from pipeline.integrity import check as verify
+
+    report = verify(resolve_lake(lake), deep=deep)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if report.problems:
+        click.echo(f"{_plural(len(report.problems), 'problem')} in {_plural(report.episodes, 'episode')}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {_plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
 
 
 def main() -> None:

@@ -155,10 +155,7 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
            parallel: bool) -> Built:
     """Read the whole document and build the episode (writing it under ``folder``, if given)."""
     with _gc_paused():
-        if parallel:
-            built = build_in_two_processes(src, folder, progress)
-        else:
-            built = _build_here(src, folder, progress)
+        built = build_in_two_processes(src, folder, progress) if parallel else _build_here(src, folder, progress)
     result.environment = built.environment
     result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
     result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]

@@ -15,6 +15,7 @@ committed by another process right now): the rename fails and the ingest reports
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -49,9 +50,19 @@ def resolve_lake(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path).expanduser().absolute()
 
 
+# ASCII characters kept as they are in a folder name; other ASCII is percent-encoded. Non-ASCII
+# characters stay raw UTF-8 (polars, DuckDB and pyarrow all decode such names): percent-encoding
+# them would triple their size against the 255-byte limit on a file name.
+_FOLDER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~(),;@!'")
+MAX_FOLDER_BYTES = 255
+
+
 def environment_folder(environment: str) -> str:
-    """The partition folder name of an environment; any character is safe in a name."""
-    return ENVIRONMENT_PREFIX + quote(environment, safe="")
+    """The partition folder name of an environment: ``/``, ``%``, ``=`` and the like escaped."""
+    encoded = "".join(
+        ch if ch in _FOLDER_SAFE or ord(ch) > 127 else quote(ch, safe="") for ch in environment
+    )
+    return ENVIRONMENT_PREFIX + encoded
 
 
 def environment_name(folder: str) -> str:
@@ -143,6 +154,12 @@ class Staging:
         """Publish the staged episode with one rename; False if it is already in the lake."""
         target = episode_path(self.lake, environment, episode_id)
         env_dir = target.parent
+        size = len(env_dir.name.encode())
+        if size > MAX_FOLDER_BYTES:
+            raise LakeError(
+                f"the environment name is too long for a folder of the lake ({size} bytes once encoded, "
+                f"at most {MAX_FOLDER_BYTES}); use a shorter training.environment"
+            )
         created_env = False
         try:
             if not env_dir.is_dir():
@@ -168,10 +185,8 @@ class Staging:
 
 def _remove_if_empty(folder: Path) -> None:
     """Remove a folder this process created, unless another ingest has put an episode in it."""
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def remove_episodes(lake: Path, locations: list[EpisodeLocation]) -> list[EpisodeLocation]:

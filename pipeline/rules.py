@@ -137,6 +137,11 @@ def _explain(error: Any, base: str, step: int | None, root: Any) -> InvalidEpiso
         )
     if name == "Minimum":
         return InvalidEpisode("minimum", f"must be at least {kind.limit}, found {value}", path=path, step=step)
+    if name == "Maximum":
+        return InvalidEpisode(
+            "number.int64", f"must fit in a signed 64-bit integer (at most {kind.limit}), found {value}",
+            path=path, step=step,
+        )
     if name == "MinItems":
         return InvalidEpisode(
             "min_items", f"must have at least {kind.limit} element{'s' if kind.limit != 1 else ''}",
@@ -281,6 +286,8 @@ class EpisodeChecker:
         """
         base = f"{STEPS_PATH}[{index}]"
         number = step["number"]
+        if type(number) is not int:  # 1.0 or 1e0: an integer to JSON Schema, so one to us too
+            number = step["number"] = int(number)
         self._check_number(number, index)
         image = step.get("image")
         if image is not None:

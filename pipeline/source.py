@@ -17,6 +17,7 @@ call per step. ``tests/test_source.py`` pins this behaviour for the installed ij
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -38,9 +39,10 @@ from .zstdframes import ZstdFrameWalker
 
 # ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
 READ_SIZE = 256 * 1024
-# Largest input span of one part (a step, or a header value such as training): parsed JSON takes
-# several times its text in memory, so this is what keeps a hostile file's memory bounded.
-MAX_PART_BYTES = 64 * 1024 * 1024
+# Largest input span of one part (a step, or a header value such as training). Parsed JSON takes
+# several times its text in memory (up to ~25x for a run of empty objects, measured), so this is
+# what bounds a hostile file's memory; real steps are a few KB to a few MB.
+MAX_PART_BYTES = 16 * 1024 * 1024
 
 STEP = "inference.steps.item"
 HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.config")
@@ -256,10 +258,8 @@ class _OpenedSource:
 
     def _close(self) -> None:
         for close in reversed(self._closers):
-            try:
+            with contextlib.suppress(Exception):
                 close()
-            except Exception:
-                pass
         self._closers.clear()
 
     def _open(self) -> Source:
@@ -374,11 +374,18 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
                 steps += 1
                 continue
             if part in seen_parts:
-                raise InvalidEpisode("document.duplicate_key", f'the key "{part.rsplit(".", 1)[-1]}" appears twice', path=part)
+                key = part.rsplit(".", 1)[-1]
+                raise InvalidEpisode("document.duplicate_key", f'the key "{key}" appears twice', path=part)
             seen_parts.add(part)
             yield part, value
     except ijson.JSONError as exc:
         raise _parse_error(exc, prefixes, steps, reader) from None
+    except UnicodeDecodeError:  # bytes yajl let through (overlong forms, surrogates, "\\udfff")
+        in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
+        raise InvalidEpisode(
+            "file.utf8", "a string is not valid UTF-8 (bad bytes or an unpaired surrogate escape)",
+            path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
+        ) from None
     except _TooDeep:
         where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
         raise InvalidEpisode(
@@ -419,6 +426,13 @@ def _unknown_key(path: str) -> InvalidEpisode:
 
 def _check_structure(prefixes: _Prefixes, seen_parts: set[str], steps: int) -> None:
     containers = prefixes.containers_seen
+    # The parser walks past "" once at each end of the root object and once per root key, and past
+    # "inference.steps" once at each end of a steps array: more than that means a repeated key.
+    root_keys = containers.get("", 0) - 2
+    if root_keys - ("training" in seen_parts) - ("action_mapping" in seen_parts) > 1:
+        raise InvalidEpisode("document.duplicate_key", 'the key "inference" appears twice', path="inference")
+    if containers.get("inference.steps", 0) > 2:
+        raise InvalidEpisode("document.duplicate_key", 'the key "steps" appears twice', path="inference.steps")
     if "training" not in seen_parts:
         raise InvalidEpisode("document.required", '"training" is required', path="training")
     if "inference" not in containers:

@@ -13,6 +13,7 @@ the reader asks the child whether an earlier part already broke a rule.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import marshal
 import multiprocessing
@@ -119,10 +120,8 @@ def _receive(conn: Connection) -> tuple[Any, ...]:
 
 def _stop(conn: Connection) -> PipelineError | None:
     """Ask the child to stop; return the error it found first, if any."""
-    try:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         conn.send_bytes(marshal.dumps(("stop",)))
-    except (BrokenPipeError, ConnectionResetError):
-        pass
     reply = _receive(conn)
     return reply[1] if reply[0] == "error" and reply[1] is not None else None
 

@@ -333,7 +333,7 @@ def episode_table(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -
         "algorithm": training["algorithm"],
         "training_parallel": bool(training.get("parallel") or False),
         "num_gpus": float(training.get("num_gpus") or 0.0),
-        "iterations": training["iterations"],
+        "iterations": int(training["iterations"]),  # 10.0 is an integer to JSON Schema
         "training_config": header["training.config_json"],
         "reward_mapping": training.get("reward_mapping"),
         "inference_parallel": bool(header.get("inference.parallel") or False),

@@ -7,6 +7,7 @@ one background thread: the parser keeps the first core busy while the second com
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,8 +104,6 @@ class EpisodeWriter:
             future.cancel()
         self._pool.shutdown(wait=True)
         for writer in self._writers.values():
-            try:
+            with contextlib.suppress(Exception):
                 writer.close()
-            except Exception:
-                pass
         self._closed = True

@@ -290,3 +290,27 @@ def test_every_command_has_help_with_an_example(path, command):
     for param in command.params:
         if isinstance(param, click.Option):
             assert param.help, f"{' '.join(path) or 'cli'}: option {param.name} has no help"
+
+
+def test_check_passes_on_what_run_writes_and_fails_with_problems(good, lake):
+    assert invoke("run", str(good), "--lake", str(lake)).exit_code == 0
+    clean = invoke("check", "--lake", str(lake), "--deep")
+    assert (clean.exit_code, clean.stdout) == (0, "ok: 1 episode checked (deep)\n")
+    (folder,) = [p for p in lake.glob("environment=*/episode_id=*")]
+    (folder / "steps.parquet").unlink()
+    broken = invoke("check", "--lake", str(lake))
+    assert broken.exit_code == 1
+    assert broken.stderr == f"problem: {folder / 'steps.parquet'}: missing table\n1 problem in 1 episode\n"
+
+
+def test_gc_removes_dead_staging_folders_and_reports_them(lake):
+    leftover = lake / "_staging" / "20260101T000000-host-1-abc"
+    (leftover / "episode").mkdir(parents=True)
+    (leftover / "owner.lock").write_text("host 1\n")
+    assert invoke("gc", "--lake", str(lake), "--older-than", "12h").stdout == \
+        "0 staging folders removed, 0 still running, 1 too recent\n"
+    result = invoke("gc", "--lake", str(lake))
+    assert (result.exit_code, result.stdout) == (0, f"removed {leftover}\n1 staging folder removed, 0 still running, 0 too recent\n")
+    assert invoke("gc", "--lake", str(lake)).stdout == "nothing to remove\n"
+    bad = invoke("gc", "--lake", str(lake), "--older-than", "soon")
+    assert bad.exit_code == 2 and "is not a duration such as 90s" in bad.stderr

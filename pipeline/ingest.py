@@ -128,7 +128,8 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
                     result.status = "valid"
                 else:
                     with Staging(lake) as staging:
-                        built = _build(src, staging.folder, result, progress, parallel)
+                        inherited = (staging.lock_fd,) if staging.lock_fd is not None else ()
+                        built = _build(src, staging.folder, result, progress, parallel, inherited)
                         committed = staging.commit(built.environment, result.episode_id or "")
                         result.status = "ingested" if committed else "exists"
             finally:
@@ -152,10 +153,13 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
 
 
 def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,
-           parallel: bool) -> Built:
+           parallel: bool, inherited: tuple[int, ...] = ()) -> Built:
     """Read the whole document and build the episode (writing it under ``folder``, if given)."""
     with _gc_paused():
-        built = build_in_two_processes(src, folder, progress) if parallel else _build_here(src, folder, progress)
+        if parallel:
+            built = build_in_two_processes(src, folder, progress, close_in_child=inherited)
+        else:
+            built = _build_here(src, folder, progress)
     result.environment = built.environment
     result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
     result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]

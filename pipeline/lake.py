@@ -150,6 +150,11 @@ class Staging:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the owner lock (a forked helper must close its copy)."""
+        return self._lock_fd
+
     def commit(self, environment: str, episode_id: str) -> bool:
         """Publish the staged episode with one rename; False if it is already in the lake."""
         target = episode_path(self.lake, environment, episode_id)

@@ -17,6 +17,7 @@ import contextlib
 import gc
 import marshal
 import multiprocessing
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -45,11 +46,19 @@ def fork_is_safe() -> bool:
 
 
 def build_in_two_processes(src: Source, folder: Path | None,
-                           progress: Callable[[int, int | None], None] | None) -> Built:
-    """Parse ``src`` here and build the episode in a forked child; return what was built."""
+                           progress: Callable[[int, int | None], None] | None,
+                           close_in_child: tuple[int, ...] = ()) -> Built:
+    """Parse ``src`` here and build the episode in a forked child; return what was built.
+
+    ``close_in_child`` names inherited file descriptors the child must not keep: the staging
+    lock, so that once this process dies the lock dies with it and ``gc`` can clean up.
+    """
     context = multiprocessing.get_context("fork")
     ours, theirs = context.Pipe()
-    child = context.Process(target=_child, args=(theirs, folder), name="ingest-builder", daemon=True)
+    # The child inherits our end of the pipe too; unless it closes it, it never sees us hang up.
+    close_in_child = (*close_in_child, ours.fileno())
+    child = context.Process(target=_child, args=(theirs, folder, close_in_child), name="ingest-builder",
+                            daemon=True)
     child.start()
     theirs.close()
     try:
@@ -126,7 +135,9 @@ def _stop(conn: Connection) -> PipelineError | None:
     return reply[1] if reply[0] == "error" and reply[1] is not None else None
 
 
-def _child(conn: Connection, folder: Path | None) -> None:
+def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
+    for fd in close_in_child:
+        os.close(fd)
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     builder = EpisodeBuilder(folder)
     try:

@@ -73,6 +73,16 @@ def _summary(result: IngestResult) -> str:
     )
 
 
+def _echo_result(result: IngestResult, as_json: bool, quiet: bool) -> None:
+    """One file's outcome: a JSON line, an error line on stderr, or (unless quiet) a summary line."""
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    elif not result.ok:
+        click.echo(_summary(result), err=True)
+    elif not quiet:
+        click.echo(_summary(result))
+
+
 def _process(sources: tuple[str, ...], action: Any, as_json: bool, quiet: bool) -> None:
     failed = False
     for source in sources:
@@ -84,12 +94,7 @@ def _process(sources: tuple[str, ...], action: Any, as_json: bool, quiet: bool) 
         finally:
             progress.close()
         failed |= not result.ok
-        if as_json:
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-        elif not result.ok:
-            click.echo(_summary(result), err=True)
-        elif not quiet:
-            click.echo(_summary(result))
+        _echo_result(result, as_json, quiet)
     if failed:
         sys.exit(1)
 
@@ -193,12 +198,7 @@ def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int |
     with batch:
         for result in batch:
             with bar.hidden():
-                if as_json:
-                    click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-                elif not result.ok:
-                    click.echo(_summary(result), err=True)
-                elif not quiet:
-                    click.echo(_summary(result))
+                _echo_result(result, as_json, quiet)
     bar.close()
     if batch.summary.files > 1:
         click.echo(_batch_summary(batch.summary), err=True)

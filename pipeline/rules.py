@@ -374,7 +374,8 @@ class EpisodeChecker:
         if expected == 1:
             why = 'without "training.reward_mapping", "rewards" must have exactly 1 element'
         else:
-            why = f'"training.reward_mapping" names {expected} reward components, so "rewards" must have {expected} elements'
+            why = (f'"training.reward_mapping" names {expected} reward components, '
+                   f'so "rewards" must have {expected} elements')
         raise InvalidEpisode("reward.length", f"{why}, found {length}", path=path, step=step)
 
 

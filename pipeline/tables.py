@@ -122,6 +122,7 @@ STREAMED = ("steps", "agent_steps", "unit_steps")
 BATCH_ROWS = 16_384
 BATCH_VALUES = 1_000_000
 
+
 def _float_fields(schema: pa.Schema) -> list[tuple[str, bool]]:
     """Names of float64 and list<float64> fields, each with whether it is a list."""
     return [(f.name, f.type == LIST_F64) for f in schema if f.type in (F64, LIST_F64)]

@@ -36,7 +36,8 @@ def _tables(lake: Path) -> dict[str, object]:
 def test_both_paths_write_identical_tables(tmp_path, make):
     document = make()
     path = write_json(tmp_path / "e.json", document) if document else big_episode(tmp_path / "e.json", 400)
-    single, split = ingest(path, lake=tmp_path / "one", parallel=False), ingest(path, lake=tmp_path / "two", parallel=True)
+    single = ingest(path, lake=tmp_path / "one", parallel=False)
+    split = ingest(path, lake=tmp_path / "two", parallel=True)
     assert single.status == split.status == "ingested"
     assert (single.episode_id, single.steps, single.agent_steps, single.unit_steps) == \
         (split.episode_id, split.steps, split.agent_steps, split.unit_steps)

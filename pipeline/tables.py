@@ -155,12 +155,13 @@ def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBat
 class _AgentSummary:
     """Running per-agent figures, summed in file order like a reader of the JSON would."""
 
-    __slots__ = ("first_step", "health", "health_step", "last_step", "length", "max", "min", "total",
-                 "totals", "unit_steps", "units", "value_count", "value_sum")
+    __slots__ = ("first_step", "health", "health_step", "last_step", "length", "max", "min", "position",
+                 "total", "totals", "unit_steps", "units", "value_count", "value_sum")
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, position: int) -> None:
         self.length = 0
         self.first_step = step
+        self.position = position  # where the agent is listed in its first step
         self.last_step = step
         self.total = 0.0
         self.totals: list[float] | None = None
@@ -173,10 +174,10 @@ class _AgentSummary:
         self.unit_steps = 0
         self.units: set[str] = set()
 
-    def add(self, number: int, total: Any, row: dict[str, Any]) -> None:
+    def add(self, number: int, position: int, total: Any, row: dict[str, Any]) -> None:
         self.length += 1
         if number < self.first_step:
-            self.first_step = number
+            self.first_step, self.position = number, position
         if number > self.last_step:
             self.last_step = number
         self.total += total
@@ -273,7 +274,7 @@ class EpisodeTables:
 
     def _add_agent_steps(self, number: int, agent_steps: list[dict[str, Any]]) -> None:
         agent_rows, unit_rows, summaries = self._agent_rows, self._unit_rows, self._agents
-        for row in agent_steps:
+        for position, row in enumerate(agent_steps):
             agent = row["agent"]
             row["step"] = number
             total = _scored(row)
@@ -282,8 +283,8 @@ class EpisodeTables:
             self.total_reward += total
             summary = summaries.get(agent)
             if summary is None:
-                summary = summaries[agent] = _AgentSummary(number)
-            summary.add(number, total, row)
+                summary = summaries[agent] = _AgentSummary(number, position)
+            summary.add(number, position, total, row)
             units = row.get("unit_steps")
             if units:
                 names = summary.units
@@ -312,8 +313,9 @@ class EpisodeTables:
         self._new_batches()
 
     def episode_agents(self) -> pa.Table:
-        """One row per agent: length, reward totals and the other summary figures."""
-        rows = [summary.row(agent) for agent, summary in self._agents.items()]
+        """One row per agent, in order of appearance (first step, then as that step lists them)."""
+        ordered = sorted(self._agents.items(), key=lambda item: (item[1].first_step, item[1].position))
+        rows = [summary.row(agent) for agent, summary in ordered]
         return pa.Table.from_pylist(rows, schema=EPISODE_AGENTS)
 
     @property

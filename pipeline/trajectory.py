@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from .errors import DatasetError
@@ -83,13 +84,11 @@ class Trajectory:
 
 
 def agents(location: EpisodeLocation) -> list[str]:
-    """The episode's agents in order of appearance: by first step, then as that step lists them."""
-    firsts = pl.read_parquet(location.table("episode_agents"), columns=["agent", "first_step"])
-    listed = (pl.scan_parquet(location.table("agent_steps"))
-              .filter(pl.col("step").is_in(firsts["first_step"].unique().to_list()))
-              .select("step", "agent").with_row_index("position").collect())
-    order = firsts.join(listed, left_on=["agent", "first_step"], right_on=["agent", "step"], how="left")
-    return order.sort("first_step", "position", "agent")["agent"].to_list()
+    """The episode's agents in order of appearance: by first step, then as that step lists them.
+
+    ``episode_agents.parquet`` holds its rows in that order (see ``EpisodeTables.episode_agents``).
+    """
+    return pq.read_table(location.table("episode_agents"), columns=["agent"]).column("agent").to_pylist()
 
 
 def load_trajectory(

@@ -242,3 +242,28 @@ def test_previous_needs_an_earlier_image(tmp_path: Path) -> None:
     held = lake.trajectory(episode_id, frames=FrameOptions(missing="previous", grayscale=True),
                            downsample_frequency=2, downsample_offset=1)
     assert held.steps.tolist() == [1] and held.frames is not None and held.frames.max() == 7
+
+
+def test_default_agent_follows_first_appearance_even_when_steps_are_out_of_order(tmp_path):
+    """episode_agents.parquet lists agents by first step, then by their place in that step."""
+    import json
+
+    from pipeline import Lake, ingest
+
+    def agent(name):
+        return {"agent": name, "action": 0, "reward": 1.0, "observation_space": [0.0]}
+
+    document = {
+        "training": {"environment": "Order-v0", "algorithm": "x", "iterations": 1},
+        "inference": {"steps": [
+            {"number": 5, "agent_steps": [agent("B")]},
+            {"number": 3, "agent_steps": [agent("A"), agent("B")]},
+            {"number": 9, "agent_steps": [agent("C"), agent("A")]},
+        ]},
+    }
+    path = tmp_path / "order.json"
+    path.write_text(json.dumps(document))
+    result = ingest(path, lake=tmp_path / "lake")
+    lake = Lake(tmp_path / "lake")
+    assert lake.agents(result.episode_id) == ["A", "B", "C"]
+    assert lake.trajectory(result.episode_id).steps.tolist() == [3, 9]

@@ -469,12 +469,16 @@ def test_summary_eta():
 
 
 def lake_tables(lake: Path) -> dict[str, Any]:
-    """Every table of every episode, without the one column that differs between two ingests of a file."""
+    """Every table of every episode, without the columns that may differ between two batch runs.
+
+    ``ingested_at`` always differs; ``source`` names whichever of several identical files (copies
+    under other names) won the race to commit, which depends on scheduling.
+    """
     tables = {}
     for path in sorted(lake.glob("environment=*/episode_id=*/*.parquet")):
         table = pq.read_table(path)
         if "ingested_at" in table.column_names:
-            table = table.drop_columns(["ingested_at"])
+            table = table.drop_columns(["ingested_at", "source"])
         tables[str(path.relative_to(lake))] = table
     return tables
 

@@ -265,3 +265,11 @@ def test_png_declaring_a_gigantic_size_is_refused_as_a_bomb(reject):
     error = reject(mutate(episode(), f"{S0}.image", _png_with_header(100_000, 100_000)))
     assert error.rule == "image.decodable"
     assert "too large to accept" in error.message
+
+
+def test_png_cut_short_is_not_an_image(reject):
+    """A valid header is not enough: half a PNG is no image (found by the mutation fuzzer)."""
+    from conftest import PNG
+
+    error = reject(mutate(episode(), f"{S0}.image", base64.b64encode(PNG[: len(PNG) // 2]).decode()))
+    assert (error.rule, error.path) == ("image.decodable", "inference.steps[0].image")

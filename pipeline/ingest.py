@@ -18,14 +18,12 @@ from typing import IO, Any, Literal
 from .builder import Built, EpisodeBuilder, Facts
 from .errors import InvalidEpisode, LakeError, PipelineError
 from .lake import Staging, resolve_lake
-from .source import STEP, Source, open_source, read_document
+from .source import PROGRESS_EVERY, STEP, Source, open_source, read_document
 from .split import SPLIT_BY_DEFAULT, SPLIT_MIN_BYTES, build_in_two_processes, fork_is_safe
 
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
 SourceLike = str | os.PathLike[str] | IO[bytes]
-# Progress is reported every this many steps (and once at the end).
-PROGRESS_EVERY = 128
 EPISODE_ID_LENGTH = 32  # hex digits of the content hash: 128 bits
 
 

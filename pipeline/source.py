@@ -45,6 +45,8 @@ READ_SIZE = 256 * 1024
 MAX_PART_BYTES = 16 * 1024 * 1024
 
 STEP = "inference.steps.item"
+# Progress is reported every this many steps (and once at the end).
+PROGRESS_EVERY = 128
 HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.config")
 # Paths the parser walks through on its way to the parts above; anything else is an unknown key.
 _CONTAINERS = frozenset({"", "inference", "inference.steps"})

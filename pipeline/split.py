@@ -33,7 +33,7 @@ from typing import Any
 
 from .builder import Built, EpisodeBuilder, Facts
 from .errors import LakeError, PipelineError
-from .source import STEP, Source, read_document
+from .source import PROGRESS_EVERY, STEP, Source, read_document
 
 # Whether ingest(parallel=None) may split at all; see the measurements above.
 SPLIT_BY_DEFAULT = False
@@ -41,7 +41,6 @@ SPLIT_BY_DEFAULT = False
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # Steps per message: large enough to amortise a pipe write, small enough to keep both sides busy.
 STEPS_PER_MESSAGE = 32
-PROGRESS_EVERY = 128
 
 
 def fork_is_safe() -> bool:

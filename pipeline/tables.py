@@ -115,7 +115,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "agent_steps": AGENT_STEPS,
     "unit_steps": UNIT_STEPS,
 }
-STREAMED = ("steps", "agent_steps", "unit_steps")
 
 # A batch is flushed when it holds this many rows, or this many numbers (and image bytes / 8) in
 # its lists: Python objects cost ~4x their Arrow size, so this keeps a batch to a few tens of MB.

@@ -273,7 +273,7 @@ class _OpenedSource:
             compression = fsspec.utils.infer_compression(name) if self._name else None
             raw, size = src, None
         else:
-            name = self._name or os.fspath(src)  # type: ignore[arg-type]
+            name = self._name or os.fspath(src)
             raw, size = self._open_path(name)
             compression = fsspec.utils.infer_compression(name)
         counter = _RawCounter(raw, name, ZstdFrameWalker() if compression == "zstd" else None)  # type: ignore[arg-type]
@@ -324,21 +324,24 @@ class _Prefixes(str):
     """A prefix that ijson's ``items()`` sees as equal to every path we want (see module doc)."""
 
     wanted: frozenset[str]
+    matched: deque[str]  # the wanted paths, in the order items() yields their values
+    containers_seen: dict[str, int]
+    unknown: str | None  # the first path that is neither wanted nor a container of one
 
     def __new__(cls) -> _Prefixes:
         self = super().__new__(cls, STEP)
         self.wanted = frozenset((STEP, *HEADER_PARTS))
-        self.matched: deque[str] = deque()
-        self.containers_seen: dict[str, int] = {}
-        self.unknown: str | None = None
+        self.matched = deque()
+        self.containers_seen = {}
+        self.unknown = None
         return self
 
     def __eq__(self, path: object) -> bool:
         if path in self.wanted:
-            self.matched.append(path)  # type: ignore[arg-type]
+            self.matched.append(path)
             return True
         if path in _CONTAINERS:
-            self.containers_seen[path] = self.containers_seen.get(path, 0) + 1  # type: ignore[index]
+            self.containers_seen[path] = self.containers_seen.get(path, 0) + 1
         elif self.unknown is None:
             self.unknown = path  # type: ignore[assignment]
         return False

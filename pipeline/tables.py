@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 F64 = pa.float64()
@@ -136,19 +137,67 @@ def _as_floats(rows: list[dict[str, Any]], fields: list[tuple[str, bool]]) -> No
                 row[name] = [float(v) for v in value] if is_list else float(value)
 
 
-def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema,
+                  columns: dict[str, pa.Array] | None = None) -> pa.RecordBatch:
     """Convert row dicts to a record batch of ``schema`` in one pass of pyarrow's C++ converter.
 
-    Keys a row lacks become nulls; keys the schema does not name are ignored. Integers beyond
-    2^53 cannot become float64 exactly, which pyarrow refuses; FORMAT.md accepts the rounding.
+    Keys a row lacks become nulls; keys the schema does not name are ignored. ``columns`` are
+    ready-made arrays for some fields (rows need not hold those keys). Integers beyond 2^53
+    cannot become float64 exactly, which pyarrow refuses; FORMAT.md accepts the rounding.
     """
-    struct = pa.struct(list(schema))
+    columns = columns or {}
+    fields = [field for field in schema if field.name not in columns]
+    struct = pa.struct(fields)
     try:
         array = pa.array(rows, type=struct)
     except (pa.ArrowInvalid, OverflowError):
-        _as_floats(rows, _float_fields(schema))
+        _as_floats(rows, _float_fields(pa.schema(fields)))
         array = pa.array(rows, type=struct)
-    return pa.RecordBatch.from_struct_array(array)
+    converted = dict(zip([field.name for field in fields], array.flatten(), strict=True))
+    converted.update(columns)
+    return pa.RecordBatch.from_arrays([converted[field.name] for field in schema], schema=schema)
+
+
+def _floats(values: list[Any]) -> pa.Array:
+    """A float64 array of Python numbers (integers beyond 2^53 rounded, as FORMAT.md allows)."""
+    try:
+        return pa.array(values, F64)
+    except (pa.ArrowInvalid, OverflowError):
+        return pa.array([float(v) for v in values], F64)
+
+
+class FloatListColumn:
+    """A ``list<float64>`` column built row by row from flat values, converted per batch in bulk.
+
+    A row's values are either a ``bytearray`` (every value an integer 0..255, one byte each; see
+    :func:`pipeline.rules.flatten_observation`) or a list of numbers. Consecutive rows of the same
+    kind share one buffer, so a batch of pixel observations is one ``uint8 -> float64`` cast.
+    """
+
+    def __init__(self) -> None:
+        self.offsets = [0]
+        self.values = 0
+        self._chunks: list[bytearray | list[Any]] = []
+
+    def append(self, values: bytearray | list[Any]) -> None:
+        self.values += len(values)
+        self.offsets.append(self.values)
+        chunks = self._chunks
+        if chunks and type(chunks[-1]) is type(values):
+            chunks[-1] += values  # type: ignore[operator]
+        elif type(values) is bytearray:
+            chunks.append(values)
+        else:
+            chunks.append(list(values))  # a copy: the chunk grows, the row's list must not
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def array(self) -> pa.ListArray:
+        parts = [pa.array(np.frombuffer(chunk, np.uint8).astype(np.float64)) if isinstance(chunk, bytearray)
+                 else _floats(chunk) for chunk in self._chunks]
+        values = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], F64)
+        return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), values)
 
 
 class _AgentSummary:
@@ -246,6 +295,7 @@ class EpisodeTables:
         self._step_indexes: list[int] = []
         self._images: list[bytes | None] = []
         self._agent_rows: list[dict[str, Any]] = []
+        self._observations = FloatListColumn()
         self._unit_rows: list[dict[str, Any]] = []
         self._pending_values = 0
 
@@ -273,12 +323,15 @@ class EpisodeTables:
 
     def _add_agent_steps(self, number: int, agent_steps: list[dict[str, Any]]) -> None:
         agent_rows, unit_rows, summaries = self._agent_rows, self._unit_rows, self._agents
+        observations = self._observations
         for position, row in enumerate(agent_steps):
             agent = row["agent"]
             row["step"] = number
             total = _scored(row)
             agent_rows.append(row)
-            self._pending_values += len(row["observation"])
+            observation = row.pop("observation")
+            observations.append(observation)
+            self._pending_values += len(observation)
             self.total_reward += total
             summary = summaries.get(agent)
             if summary is None:
@@ -306,7 +359,8 @@ class EpisodeTables:
                 schema=STEPS,
             ))
         if self._agent_rows:
-            self._sink("agent_steps", rows_to_batch(self._agent_rows, AGENT_STEPS))
+            self._sink("agent_steps", rows_to_batch(
+                self._agent_rows, AGENT_STEPS, {"observation": self._observations.array()}))
         if self._unit_rows:
             self._sink("unit_steps", rows_to_batch(self._unit_rows, UNIT_STEPS))
         self._new_batches()

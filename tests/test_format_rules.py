@@ -90,6 +90,8 @@ CASES: list[tuple[str, Any, str, str | None, str]] = [
     ("reward-consistency", mutate(mutate(episode(steps=2), "inference.steps.1.agent_steps.0.reward", delete=True), "inference.steps.1.agent_steps.0.rewards", [1]), "reward.consistent", "inference.steps[1].agent_steps[0]", 'uses "rewards" but inference.steps[0].agent_steps[0] uses "reward"'),
     ("observation-missing", mutate(episode(), f"{A0}.observation_space", delete=True), "required", "inference.steps[0].agent_steps[0]", '"observation_space" is required'),
     ("observation-not-numbers", mutate(episode(), f"{A0}.observation_space", ["a"]), "observation.shape", "inference.steps[0].agent_steps[0].observation_space", "must be a 1-D array of numbers or a 2-D array"),
+    # Booleans are not numbers, even where 0/1 pixels are expected (they would pass as bytes).
+    ("observation-boolean", mutate(episode(), f"{A0}.observation_space", [[0, 1], [True, 0]]), "observation.shape", "inference.steps[0].agent_steps[0].observation_space", "must be a 1-D array of numbers or a 2-D array"),
     ("observation-3d", mutate(episode(), f"{A0}.observation_space", [[[1]]]), "observation.shape", "inference.steps[0].agent_steps[0].observation_space", "2-D array of arrays of numbers"),
     ("observation-ragged", mutate(episode(), f"{A0}.observation_space", [[1, 2], [3]]), "observation.rectangular", "inference.steps[0].agent_steps[0].observation_space[1]", "row 1 has 1 values but row 0 has 2"),
     ("action-distribution-not-numbers", mutate(episode(), f"{A0}.action_distribution", [True]), "type", "inference.steps[0].agent_steps[0].action_distribution[0]", "must be a number, found a boolean"),

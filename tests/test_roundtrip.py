@@ -330,8 +330,29 @@ def scalar_episode() -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("make", [full_episode, scalar_episode, lambda: episode(steps=5)],
-                         ids=["full", "scalar", "minimal"])
+def pixel_episode() -> dict[str, Any]:
+    """Observations of every kind in one batch: pixels (0..255 integers, stored via a byte fast path)
+    next to floats, negative and out-of-byte-range integers, 1-D and 2-D, so each kind's run of rows
+    must land at the right offsets."""
+    observations = [
+        [[0, 255, 17], [1, 0, 128]],  # pixels, 2-D
+        [0, 1, 2, 255],  # pixels, 1-D
+        [[0, 255], [256, 3]],  # one value above a byte: the general path
+        [[0.0, 1.0], [2.5, 3.0]],  # floats equal to small integers stay floats -> same numbers
+        [[7, 8], [-1, 9]],  # a negative integer
+        [],  # empty
+        [[9, 9, 9]],  # pixels again after the general path
+        [2**53 + 1, 0, 1],  # an integer beyond 2^53: rounded, as FORMAT.md allows
+        [[200, 100]],  # pixels
+    ]
+    doc = episode(steps=len(observations))
+    for step, obs in zip(doc["inference"]["steps"], observations, strict=True):
+        step["agent_steps"][0]["observation_space"] = obs
+    return doc
+
+
+@pytest.mark.parametrize("make", [full_episode, scalar_episode, pixel_episode, lambda: episode(steps=5)],
+                         ids=["full", "scalar", "pixels", "minimal"])
 def test_hand_written_episode_reads_back_exactly(tmp_path, make):
     ingest_and_check(tmp_path, make())
 
@@ -403,12 +424,18 @@ json_values = st.recursive(
     max_leaves=10,
 )
 json_objects = st.dictionaries(st.text(TEXT_CHARS, max_size=8), json_values, max_size=4)
-observations = st.one_of(
-    st.lists(numbers, max_size=4),
-    st.tuples(st.integers(1, 3), st.integers(0, 3)).flatmap(
-        lambda rc: st.lists(st.lists(numbers, min_size=rc[1], max_size=rc[1]), min_size=rc[0], max_size=rc[0])
-    ),
-)
+def _observations(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.lists(values, max_size=4),
+        st.tuples(st.integers(1, 3), st.integers(0, 3)).flatmap(
+            lambda rc: st.lists(st.lists(values, min_size=rc[1], max_size=rc[1]), min_size=rc[0], max_size=rc[0])
+        ),
+    )
+
+
+# Pixel-like integers (mostly 0..255, which take a byte fast path, sometimes just outside) mixed
+# with any numbers, so one batch holds rows of both kinds.
+observations = st.one_of(_observations(numbers), _observations(st.integers(-1, 256)))
 
 
 def optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:

@@ -386,8 +386,10 @@ def targets(files: list[dict[str, Any]], reads: dict[str, dict[str, Any]]) -> li
         where = f"{entry['profile']} {entry['size']}"
         s = entry["summary"]
         speed = _ratio(s.get("parse_floor"), s.get("ingest"), "seconds")
+        # Where frames add work no design avoids, issue 5 sets the next target instead of this one.
         rows.append(("ingest ≥ 0.6x parse-floor throughput", where, _x(speed),
-                     verdict(None if speed is None else speed >= 0.6)))
+                     "– (frames: the next row applies)" if "frames_work" in s
+                     else verdict(None if speed is None else speed >= 0.6)))
         if "frames_work" in s:
             speed = _ratio(s.get("frames_work"), s.get("ingest"), "seconds")
             rows.append(("ingest ≥ 0.8x (parse floor + frame work) throughput", where, _x(speed),
@@ -469,8 +471,10 @@ def render(report: dict[str, Any]) -> str:
             "## Ingest and its references",
             "",
             "MB are 10^6 bytes of input; RSS is the peak resident set (`VmHWM`) of the run's process in MiB, "
-            "interpreter and imports included: once its imports are done, the ingest process holds "
-            f"{imports['ingest']} MiB, the parse floor {imports['parse_floor']} MiB, the baseline "
+            "interpreter and imports included, plus the peak of its child process when the ingest runs on "
+            "two (files from 32 MiB: the sum is an upper bound, as the child also counts pages it shares "
+            "with its parent); CPU/wall counts both processes. Once its imports are done, the ingest process "
+            f"holds {imports['ingest']} MiB, the parse floor {imports['parse_floor']} MiB, the baseline "
             f"{imports['baseline']} MiB.",
             "",
             "| profile | size | steps | ingest s | MB/s | steps/s | CPU/wall | RSS MiB "

@@ -447,8 +447,12 @@ def _crashed(source: str | IO[bytes], exc: BaseException) -> IngestResult:
 
 
 def _ingest_file(source: str, lake: str, token: str) -> IngestResult:
-    """The task each worker runs: one input into the lake. ``token`` only makes the call unique."""
-    return ingest(source, lake=lake)
+    """The task each worker runs: one input into the lake. ``token`` only makes the call unique.
+
+    The workers already keep the cores busy, so a worker does not split its file over two
+    processes (:mod:`pipeline.split`).
+    """
+    return ingest(source, lake=lake, parallel=False)
 
 
 def _ingest_here(source: str | IO[bytes], lake: Path,

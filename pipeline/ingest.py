@@ -19,7 +19,7 @@ from .builder import Built, EpisodeBuilder, Facts
 from .errors import InvalidEpisode, LakeError, PipelineError
 from .lake import Staging, resolve_lake
 from .source import PROGRESS_EVERY, STEP, Source, open_source, read_document
-from .split import SPLIT_BY_DEFAULT, SPLIT_MIN_BYTES, build_in_two_processes, fork_is_safe
+from .split import build_in_two_processes, split_pays
 
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -87,9 +87,9 @@ def ingest(
     content is already in the lake), ``"invalid"`` or ``"failed"``. With ``raise_errors=True``
     the last two raise :class:`~pipeline.errors.InvalidEpisode`,
     :class:`~pipeline.errors.SourceError` or :class:`~pipeline.errors.LakeError` instead.
-    ``parallel=True`` splits the work over two processes (parsing here, checking and writing in a
-    forked child). It is off by default: on the 2-core machine it was measured on, it was slower
-    (see :mod:`pipeline.split`).
+    ``parallel`` splits the work over two processes (parsing and checking here, converting and
+    writing in a forked child); by default (None) files of 32 MiB or more are split when two
+    cores are free to use and forking is safe, ``False`` keeps to one process (see :mod:`pipeline.split`).
     The lake is never left with part of an episode.
     """
     return _run(source, lake=resolve_lake(lake), name=name, raise_errors=raise_errors, progress=progress,
@@ -120,7 +120,7 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
         with open_source(source, name=name) as src:
             result.source = src.name
             if parallel is None:
-                parallel = SPLIT_BY_DEFAULT and src.size is not None and src.size >= SPLIT_MIN_BYTES and fork_is_safe()
+                parallel = split_pays(src.size)
             try:
                 if lake is None:
                     _build(src, None, result, progress, parallel)

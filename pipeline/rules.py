@@ -256,10 +256,12 @@ def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytear
     table stage widens the bytes to float64 in bulk. Anything else comes back as a flat list.
     """
     if not obs or type(obs[0]) is not list:
-        try:
-            return bytearray(obs), [len(obs)]
-        except (TypeError, ValueError):  # a float, a negative number or one above 255
-            return obs, [len(obs)]
+        if obs and type(obs[0]) is int:
+            try:
+                return bytearray(obs), [len(obs)]
+            except (TypeError, ValueError):  # a float, a negative number or one above 255
+                pass
+        return obs, [len(obs)]
     width = len(obs[0])
     for row, values in enumerate(obs):
         if len(values) != width:
@@ -269,10 +271,12 @@ def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytear
                 path=f"{path}[{row}]", step=step,
             )
     shape = [len(obs), width]
-    try:
-        return bytearray().join(map(bytearray, obs)), shape
-    except (TypeError, ValueError):
-        return list(chain.from_iterable(obs)), shape
+    if width and type(obs[0][0]) is int:  # floats fail at once; skip the attempt
+        try:
+            return bytearray().join(map(bytearray, obs)), shape
+        except (TypeError, ValueError):
+            pass
+    return list(chain.from_iterable(obs)), shape
 
 
 class EpisodeChecker:

@@ -1,20 +1,22 @@
-"""One large file on two cores: this process parses, a second one checks, tabulates and writes.
+"""One large file on two cores: this process parses and checks, a second one tabulates and writes.
 
-Parsing (ijson) and everything after it (schema, rules, Arrow conversion) each hold the GIL, so
-one process keeps one core busy while the other idles. Here the reading process streams header
-parts and steps, marshalled in small batches, through a pipe to a forked child that runs the
-:class:`~pipeline.builder.EpisodeBuilder`. marshal costs far less than parsing (measured on the
-teams profile: dumps ~6%, loads ~35% of the parse), so the two halves run about evenly.
+Parsing (ijson), the rules (schema and the rest) and the Arrow conversion all hold the GIL, so
+one process keeps one core busy while the other mostly idles. Here the reading process parses
+and runs :class:`~pipeline.builder.EpisodeChecks` on every part, then streams the checked
+parts, marshalled in small batches, through a pipe to a forked child that runs the
+:class:`~pipeline.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
-Measured on the 2-core development machine (100 MB files, median of 3, one run): slower than one
-process on every profile (teams 3.05 -> 3.19 s, pixels 4.88 -> 5.48 s, frames 0.74 -> 0.91 s).
-Reader, builder and the Parquet writer thread are three busy threads for two cores, and the
-marshal round trip adds ~20% CPU. So it is opt-in (``ingest(..., parallel=True)``) and
-:data:`SPLIT_BY_DEFAULT` is off; it may pay on machines with more cores (not measured).
+Measured on the 2-core development machine (100 MB files, median of 5, alternating, one run):
+teams 3.61 -> 2.91 s (0.81x), frames 1.14 -> 1.06 s, pixels 3.30 -> 3.27 s (parsing and checking
+84x84 observations dominate; their values cross the pipe as bytes). Where the child used to run
+the checks too, it was slower than one process on every profile: it was the bottleneck, and
+unmarshalling costs ~35% of the parse. So files from :data:`SPLIT_MIN_BYTES` are split by default
+when there are two cores to use and forking is safe.
 
 The reader keeps everything that makes the ingest atomic: the staging folder and its lock, the
-content hash, and the commit. Errors keep file order: before reporting a parse error of its own,
-the reader asks the child whether an earlier part already broke a rule.
+content hash, and the commit. Every rule is checked in the reader, so rule errors come in file
+order by construction; before reporting an error of its own, the reader still asks the child
+whether writing what it already sent failed.
 """
 
 from __future__ import annotations
@@ -31,16 +33,29 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .builder import Built, EpisodeBuilder, Facts
+from .builder import Built, EpisodeChecks, EpisodeTabulator, Facts
 from .errors import LakeError, PipelineError
 from .source import PROGRESS_EVERY, STEP, Source, read_document
 
 # Whether ingest(parallel=None) may split at all; see the measurements above.
-SPLIT_BY_DEFAULT = False
+SPLIT_BY_DEFAULT = True
 # Files at least this large (as stored) are split when splitting by default and forking is safe.
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # Steps per message: large enough to amortise a pipe write, small enough to keep both sides busy.
 STEPS_PER_MESSAGE = 32
+
+
+def split_pays(size: int | None) -> bool:
+    """Whether ``ingest(parallel=None)`` splits a file of ``size`` bytes (None: unknown, a stream)."""
+    return (SPLIT_BY_DEFAULT and size is not None and size >= SPLIT_MIN_BYTES and usable_cores() >= 2
+            and fork_is_safe())
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def fork_is_safe() -> bool:
@@ -79,29 +94,30 @@ def build_in_two_processes(src: Source, folder: Path | None,
 
 
 def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+    checks = EpisodeChecks()
     steps: list[Any] = []
-    count = 0
     try:
         for part, value in read_document(src):
             if part == STEP:
+                checks.step(value)
                 steps.append(value)
-                count += 1
                 if len(steps) >= STEPS_PER_MESSAGE:
                     _send(conn, ("steps", steps))
                     steps = []
-                if progress is not None and count % PROGRESS_EVERY == 0:
+                if progress is not None and checks.steps % PROGRESS_EVERY == 0:
                     progress(src.bytes_read, src.size)
                 continue
             if steps:
                 _send(conn, ("steps", steps))
                 steps = []
-            _send(conn, ("part", part, value))
+            _send(conn, ("header", checks.part(part, value)))
         if steps:
             _send(conn, ("steps", steps))
         digest = src.reader.hexdigest()
         _send(conn, ("finish", (src.name, digest, src.reader.consumed)))
     except PipelineError as own:
-        # Our own error (a parse error, say) comes later in the file than anything already sent.
+        # Our own error (a broken rule, a parse error) comes later in the file than anything
+        # already sent; only a failure to write what was sent can come first.
         earlier = _stop(conn)
         raise (earlier or own) from None
     except _ChildReported as reported:
@@ -146,32 +162,32 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
     for fd in close_in_child:
         os.close(fd)
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
-    builder = EpisodeBuilder(folder)
+    tabulator = EpisodeTabulator(folder)
     try:
         while True:
             message = marshal.loads(conn.recv_bytes())
             kind = message[0]
             if kind == "steps":
                 for step in message[1]:
-                    builder.step(step)
-            elif kind == "part":
-                builder.part(message[1], message[2])
+                    tabulator.step(step)
+            elif kind == "header":
+                tabulator.header(message[1])
             elif kind == "finish":
                 source, digest, consumed = message[1]
-                conn.send(("done", builder.finish(Facts(source, digest, consumed))))
+                conn.send(("done", tabulator.finish(Facts(source, digest, consumed))))
                 return
             else:  # "stop": the reader failed on its own
-                builder.abort()
+                tabulator.abort()
                 conn.send(("stopped", None))
                 return
     except EOFError:  # the reader is gone (killed): leave its staging folder to gc
-        builder.abort()
+        tabulator.abort()
     except PipelineError as exc:
-        builder.abort()
+        tabulator.abort()
         _report(conn, exc)
     except BaseException as exc:  # every failure must reach the reader
-        builder.abort()
-        _report(conn, LakeError(f"checking the episode failed unexpectedly: {exc!r}"))
+        tabulator.abort()
+        _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import full_episode, write_json
 from test_bad_input import BUGS as KNOWN_LIMITATIONS
 from test_reliability import big_episode, episode_is_whole
+from test_roundtrip import pixel_episode
 
 from pipeline import ingest, validate
 from pipeline.integrity import check
@@ -32,7 +33,8 @@ def _tables(lake: Path) -> dict[str, object]:
     return tables
 
 
-@pytest.mark.parametrize("make", [full_episode, lambda: None], ids=["full", "multi-agent-units"])
+# pixels: observations that cross the pipe as bytes, next to ones that cross as numbers.
+@pytest.mark.parametrize("make", [full_episode, pixel_episode, lambda: None], ids=["full", "pixels", "multi-agent-units"])
 def test_both_paths_write_identical_tables(tmp_path, make):
     document = make()
     path = write_json(tmp_path / "e.json", document) if document else big_episode(tmp_path / "e.json", 400)
@@ -85,3 +87,35 @@ def test_sigkill_of_the_reader_leaves_whole_episode_or_nothing(tmp_path):
         for location in locations:
             from pipeline.lake import remove_episodes
             remove_episodes(lake, [location])
+
+
+def test_large_files_are_split_by_default_when_two_cores_are_free(tmp_path, monkeypatch):
+    import importlib
+
+    from pipeline import split
+
+    ingest_module = importlib.import_module("pipeline.ingest")  # the package exports the function
+    path = big_episode(tmp_path / "e.json", 300)
+    monkeypatch.setattr(split, "SPLIT_MIN_BYTES", path.stat().st_size)  # "large" = this file
+    calls = []
+    real = split.build_in_two_processes
+    monkeypatch.setattr(ingest_module, "build_in_two_processes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(split, "usable_cores", lambda: 2)
+    monkeypatch.setattr(split, "fork_is_safe", lambda: True)  # this test process has imported polars
+    default = ingest(path, lake=tmp_path / "default")
+    assert default.status == "ingested" and calls == [1]
+    assert ingest(path, lake=tmp_path / "single", parallel=False).status == "ingested"
+    assert calls == [1]
+    one, two = _tables(tmp_path / "single"), _tables(tmp_path / "default")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table
+    # One core, a smaller file, or a stream of unknown size: one process.
+    monkeypatch.setattr(split, "usable_cores", lambda: 1)
+    assert not split.split_pays(path.stat().st_size)
+    monkeypatch.setattr(split, "usable_cores", lambda: 2)
+    assert split.split_pays(path.stat().st_size)
+    assert not split.split_pays(path.stat().st_size - 1)
+    assert not split.split_pays(None)
+    with open(path, "rb") as stream:
+        assert ingest(stream, lake=tmp_path / "stream", name="e.json").status == "ingested"
+    assert calls == [1]

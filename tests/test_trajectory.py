@@ -110,13 +110,19 @@ def test_an_episode_without_agent_steps(tmp_path: Path) -> None:
         lake.trajectory(episode_id)
 
 
-def test_observation_shapes_must_not_change_within_a_trajectory(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("first", "later", "shapes"), [
+    ([0.0, 1.0, 2.0], [[1, 2], [3, 4]], "[3] to [2, 2]"),  # another number of dimensions
+    ([[1, 2, 3], [4, 5, 6]], [[1, 2], [3, 4], [5, 6]], "[2, 3] to [3, 2]"),  # same size, other shape
+])
+def test_observation_shapes_must_not_change_within_a_trajectory(tmp_path: Path, first, later, shapes) -> None:
     document = episode(steps=3)
-    document["inference"]["steps"][2]["agent_steps"][0]["observation_space"] = [[1, 2], [3, 4]]
+    for step in document["inference"]["steps"][:2]:
+        step["agent_steps"][0]["observation_space"] = first
+    document["inference"]["steps"][2]["agent_steps"][0]["observation_space"] = later
     lake, episode_id = _ingest(tmp_path, document)
     with pytest.raises(DatasetError) as info:
         lake.trajectory(episode_id)
-    assert str(info.value) == (f"episode {episode_id}, agent 'p0': observation shape changes from [3] to [2, 2] "
+    assert str(info.value) == (f"episode {episode_id}, agent 'p0': observation shape changes from {shapes} "
                                f"at step 2; one trajectory needs one shape")
 
 

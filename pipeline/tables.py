@@ -171,11 +171,11 @@ def _floats(values: list[Any]) -> pa.Array:
 
 
 class FloatListColumn:
-    """A ``list<float64>`` column built row by row from flat values, converted per batch in bulk.
+    """A ``list<float64>`` column built row by row from flat values, converted in bulk.
 
-    A row's values are either a ``bytearray`` (every value an integer 0..255, one byte each; see
+    A row's values are either bytes (every value an integer 0..255, one byte each; see
     :func:`pipeline.rules.flatten_observation`) or a list of numbers. Consecutive rows of the same
-    kind share one buffer, so a batch of pixel observations is one ``uint8 -> float64`` cast.
+    kind share one buffer, so a run of pixel observations is one ``uint8 -> float64`` cast.
     """
 
     def __init__(self) -> None:
@@ -198,9 +198,6 @@ class FloatListColumn:
             last += values
         else:
             chunks.append(bytearray(values))
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
 
     def array(self) -> pa.ListArray:
         parts = [pa.array(np.frombuffer(chunk, np.uint8).astype(np.float64)) if isinstance(chunk, bytearray)

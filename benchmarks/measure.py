@@ -1,8 +1,8 @@
 """One measurement, in this process, reported as one JSON line on standard output.
 
 ``benchmarks/run.py`` starts a fresh interpreter for every run, so that the peak RSS reported
-(the high-water mark ``VmHWM`` of this process, interpreter and imports included, plus that of
-the child the two-process ingest forks) is that run's alone::
+(the high-water mark ``VmHWM`` of this process, interpreter and imports included; that of the
+child the two-process ingest forks is reported apart) is that run's alone::
 
     python -m benchmarks.measure ingest FILE --lake DIR     # pipeline.ingest into a fresh lake
     python -m benchmarks.measure parse_floor FILE           # bare ijson (yajl2_c) loop over the steps
@@ -66,8 +66,9 @@ def _rss_mib() -> float:
 def _child_rss_mib() -> float:
     """Peak RSS of the largest child this process has waited for, in MiB (0 without one).
 
-    The two-process ingest forks one child; it counts the pages it shares with its parent too,
-    so parent + child is an upper bound of the memory the run needed.
+    The two-process ingest forks one child; its RSS counts the pages it shares with its parent
+    too, so parent + child is an upper bound of the memory the run needed (``run.py`` samples a
+    fairer figure from outside).
     """
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -99,7 +100,7 @@ class _Clock:
         out: dict[str, Any] = {
             "kind": kind, "status": "ok", "target": os.fspath(target),
             "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
-            "peak_rss_mib": _rss_mib() + _child_rss_mib(), "child_rss_mib": _child_rss_mib(),
+            "peak_rss_mib": _rss_mib(), "child_rss_mib": _child_rss_mib(),
             "import_rss_mib": self.import_rss_mib,
         }
         out.update(fields)

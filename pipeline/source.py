@@ -24,6 +24,7 @@ import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -158,6 +159,57 @@ class _DepthGuard:
         self.depth += int(levels[-1])
 
 
+class _BackgroundSha256:
+    """sha256 of a byte stream, updated in order on a helper thread.
+
+    hashlib releases the GIL while it hashes, so the hash runs on another core while the parser
+    holds the GIL (in line it cost ~0.075 s per 100 MB, ~3% of a teams-profile ingest, measured).
+    Chunks are handed over 4 MiB at a time: each hand-over costs the parser two GIL switches.
+    At most ``MAX_PENDING`` hand-overs wait, so memory stays bounded if the helper falls behind.
+    """
+
+    BATCH_BYTES = 4 * 1024 * 1024
+    MAX_PENDING = 4
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+
+    def update(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.BATCH_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._chunks:
+            return
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        if self._pool is None:  # started on the first hand-over: after the two-process ingest forks
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        pending = self._pending
+        if len(pending) >= self.MAX_PENDING:
+            pending.popleft().result()
+        pending.append(self._pool.submit(self._hash.update, data))
+
+    def hexdigest(self) -> str:
+        """The digest of everything given so far (waits for the helper)."""
+        self._hand_over()
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Finish the queued updates and stop the helper thread (it would outlive the ingest)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending.clear()
+
+
 class HashingReader:
     """The decompressed byte stream handed to ijson: hashed, counted, with a leading BOM dropped.
 
@@ -168,7 +220,7 @@ class HashingReader:
     def __init__(self, stream: IO[bytes], name: str) -> None:
         self._stream = stream
         self._name = name
-        self._hash = hashlib.sha256()
+        self._hash = _BackgroundSha256()
         self._pending = b""
         self.consumed = 0
         self._limit = MAX_PART_BYTES
@@ -222,7 +274,11 @@ class HashingReader:
             head = more
 
     def hexdigest(self) -> str:
+        """sha256 of the decompressed bytes read so far (all of them, once the parse is done)."""
         return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._hash.close()
 
 
 @dataclass
@@ -285,7 +341,9 @@ class _OpenedSource:
         elif compression:
             stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
-        return Source(name=name, reader=HashingReader(stream, name), size=size, _raw_counter=counter)
+        reader = HashingReader(stream, name)
+        self._closers.append(reader.close)
+        return Source(name=name, reader=reader, size=size, _raw_counter=counter)
 
     def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
         try:

@@ -19,10 +19,12 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 from conftest import episode, full_episode, lake_snapshot, staging_leftovers, write_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli import cli
 from pipeline import SourceError, ingest
-from pipeline.source import READ_SIZE, STEP, _Prefixes, open_source, read_document
+from pipeline.source import READ_SIZE, STEP, _BackgroundSha256, _Prefixes, open_source, read_document
 
 COMPRESSORS = {
     ".gz": gzip.compress,
@@ -430,3 +432,31 @@ def test_zst_file_of_several_frames_ingests_whole(tmp_path, lake):
     framed.write_bytes(zstandard.ZstdCompressor().compress(text[:50]) + zstandard.ZstdCompressor().compress(text[50:]))
     first, second = ingest(plain, lake=lake), ingest(framed, lake=lake)
     assert (second.status, second.episode_id, second.steps) == ("exists", first.episode_id, 6)
+
+
+# -- the content hash (the episode id) -------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=40), batch=st.integers(1, 700),
+       pending=st.integers(1, 3), digests=st.integers(1, 3))
+def test_background_hash_equals_sha256_of_the_whole_stream(chunks, batch, pending, digests):
+    """The hash runs on a helper thread in hand-overs of ``batch`` bytes; order and completeness
+    decide the episode id, so it must equal hashlib's over the concatenation, asked any number of times."""
+    hasher = _BackgroundSha256()
+    hasher.BATCH_BYTES, hasher.MAX_PENDING = batch, pending
+    for chunk in chunks:
+        hasher.update(chunk)
+    expected = hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert [hasher.hexdigest() for _ in range(digests)] == [expected] * digests
+
+
+def test_the_hash_helper_thread_is_gone_once_the_source_is_closed(tmp_path):
+    before = threading.active_count()
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"0123456789abcdef" * (3 * _BackgroundSha256.BATCH_BYTES // 32))  # 1.5 hand-overs
+    with open_source(path) as src:
+        while src.reader.read(READ_SIZE):
+            pass
+        assert threading.active_count() == before + 1  # the helper, started by the first hand-over
+    assert threading.active_count() == before

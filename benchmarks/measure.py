@@ -1,8 +1,8 @@
 """One measurement, in this process, reported as one JSON line on standard output.
 
 ``benchmarks/run.py`` starts a fresh interpreter for every run, so that the peak RSS reported
-(the high-water mark ``VmHWM`` of this process, interpreter and imports included; that of the
-child the two-process ingest forks is reported apart) is that run's alone::
+(the high-water mark ``VmHWM`` of this process, interpreter and imports included, plus what the
+child of a two-process ingest added) is that run's alone::
 
     python -m benchmarks.measure ingest FILE --lake DIR     # pipeline.ingest into a fresh lake
     python -m benchmarks.measure parse_floor FILE           # bare ijson (yajl2_c) loop over the steps
@@ -27,6 +27,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,14 +64,61 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _child_rss_mib() -> float:
-    """Peak RSS of the largest child this process has waited for, in MiB (0 without one).
+def _status_kib(field: bytes) -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
 
-    The two-process ingest forks one child; its RSS counts the pages it shares with its parent
-    too, so parent + child is an upper bound of the memory the run needed (``run.py`` samples a
-    fairer figure from outside).
+
+def _shared_kib() -> int:
+    """Resident pages this process shares with another (a forked child: with its parent)."""
+    total = 0
+    with open("/proc/self/smaps_rollup", "rb") as f:
+        for line in f:
+            if line.startswith((b"Shared_Clean:", b"Shared_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+class _ChildMemory:
+    """What the two-process ingest's child held, reported by the child itself as it finishes.
+
+    ``EpisodeTabulator.finish`` is wrapped (before the fork, so the child inherits the wrapper)
+    to write the child's VmHWM and the pages it still shares with its parent to a file.
+    Benchmark instrumentation only: the pipeline itself is not changed.
     """
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    def __init__(self) -> None:
+        from pipeline import builder
+
+        fd, name = tempfile.mkstemp(prefix="child-memory-")
+        os.close(fd)
+        self._record = Path(name)
+        self._parent = os.getpid()
+        self._class = builder.EpisodeTabulator
+        original = self._original = self._class.finish
+        record, parent = self._record, self._parent
+
+        def finish(tabulator: Any, facts: Any) -> Any:
+            built = original(tabulator, facts)
+            if os.getpid() != parent:
+                record.write_text(json.dumps({"hwm_kib": _status_kib(b"VmHWM:"), "shared_kib": _shared_kib()}))
+            return built
+
+        self._class.finish = finish  # type: ignore[method-assign, assignment]
+
+    def fields(self) -> dict[str, float]:
+        """``child_rss_mib`` and ``child_shared_mib``, or nothing if no child finished."""
+        self._class.finish = self._original  # type: ignore[method-assign]
+        try:
+            data = json.loads(self._record.read_text() or "{}")
+        finally:
+            self._record.unlink(missing_ok=True)
+        if not data:
+            return {}
+        return {"child_rss_mib": data["hwm_kib"] / 1024, "child_shared_mib": data["shared_kib"] / 1024}
 
 
 def _cpu_seconds() -> float:
@@ -100,8 +148,7 @@ class _Clock:
         out: dict[str, Any] = {
             "kind": kind, "status": "ok", "target": os.fspath(target),
             "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
-            "peak_rss_mib": _rss_mib(), "child_rss_mib": _child_rss_mib(),
-            "import_rss_mib": self.import_rss_mib,
+            "peak_rss_mib": _rss_mib(), "import_rss_mib": self.import_rss_mib,
         }
         out.update(fields)
         size = out.get("input_bytes")
@@ -116,14 +163,23 @@ def ingest(path: str | os.PathLike[str], lake: str | os.PathLike[str]) -> dict[s
     """``pipeline.ingest`` of one file into ``lake`` (which should be new and empty)."""
     from pipeline import ingest as run_ingest
 
+    child = _ChildMemory()
     clock = _Clock()
     result = run_ingest(path, lake=lake)
     clock.stop()
     if result.status != "ingested":
         raise MeasurementError(f"ingest reported {result.status!r}: {result.error}")
     lake_bytes = sum(p.stat().st_size for p in Path(lake).rglob("*.parquet"))
-    return clock.result("ingest", path, input_bytes=os.path.getsize(path), steps=result.steps,
-                        agent_steps=result.agent_steps, unit_steps=result.unit_steps, lake_bytes=lake_bytes)
+    out = clock.result("ingest", path, input_bytes=os.path.getsize(path), steps=result.steps,
+                       agent_steps=result.agent_steps, unit_steps=result.unit_steps, lake_bytes=lake_bytes)
+    memory = child.fields()
+    if memory:
+        # Two processes: the parent's peak plus what the child added (an upper bound, see run.py).
+        parent = out["parent_rss_mib"] = out["peak_rss_mib"]
+        out["rss_sum_mib"] = parent + memory["child_rss_mib"]
+        out["peak_rss_mib"] = parent + memory["child_rss_mib"] - memory["child_shared_mib"]
+        out.update(memory)
+    return out
 
 
 def parse_floor(path: str | os.PathLike[str]) -> dict[str, Any]:

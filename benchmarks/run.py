@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -140,98 +139,20 @@ def measure(kind: str, target: str | os.PathLike[str], *, lake: str | os.PathLik
         command += ["--memory-limit-mib", str(limit)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pipeline_root), str(REPO), env.get("PYTHONPATH")]))
-    # ``-m`` puts the working folder first on sys.path: it decides which ``pipeline`` is imported.
-    process = subprocess.Popen(command, cwd=pipeline_root, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    sampler = TreeMemory(process.pid)
-    if kind == "ingest":  # the one kind that may fork a worker
-        sampler.start()
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        # ``-m`` puts the working folder first on sys.path: it decides which ``pipeline`` is imported.
+        done = subprocess.run(command, cwd=pipeline_root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
         return {"kind": kind, "status": "failed", "target": os.fspath(target), "how": how,
                 "error": f"timed out after {timeout:.0f} s"}
-    finally:
-        sampler.stop()
-    lines = stdout.strip().splitlines()
+    lines = done.stdout.strip().splitlines()
     try:
-        result: dict[str, Any] = json.loads(lines[-1])
+        return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        stderr = stderr.strip()
-        oom = "MemoryError" in stderr or "bad_alloc" in stderr or process.returncode == -9
+        stderr = done.stderr.strip()
+        oom = "MemoryError" in stderr or "bad_alloc" in stderr or done.returncode == -9
         return {"kind": kind, "status": "out_of_memory" if oom else "failed", "target": os.fspath(target),
-                "how": how, "error": f"exit status {process.returncode}: {stderr[-600:]}"}
-    if result.get("child_rss_mib"):
-        # Two processes: their VmHWMs added count the pages the child shares with its parent twice.
-        result["rss_sum_mib"] = result["peak_rss_mib"] + result["child_rss_mib"]
-        result["sampled_mib"] = sampler.peak_mib
-        result["peak_rss_mib"] = max(result["peak_rss_mib"], sampler.peak_mib)
-    return result
-
-
-def _kib(path: str, fields: tuple[bytes, ...]) -> int:
-    """The sum of some ``Name:   123 kB`` fields of a /proc file (0 if the process is gone)."""
-    total = 0
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(fields):
-                    total += int(line.split()[1])
-    except (OSError, ValueError):
-        return 0
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-                if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-                    found.append(int(name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
-class TreeMemory(threading.Thread):
-    """Samples, from outside, the memory a measured process and its children hold, every 50 ms.
-
-    A sample is the process's resident set plus, for each child, its private pages (a forked
-    child's pages still shared with its parent are already in the parent's count). Linux keeps
-    no high-water mark of that sum, hence sampling; in a steady-state ingest it moves slowly.
-    Runs in the benchmark runner, not in the measured process, whose thread count decides
-    whether it may fork.
-    """
-
-    def __init__(self, pid: int, every: float = 0.05) -> None:
-        super().__init__(name="tree-memory", daemon=True)
-        self._pid = pid
-        self._every = every
-        self._done = threading.Event()
-        self.peak_mib = 0.0
-
-    def run(self) -> None:
-        children: list[int] = []
-        while not self._done.wait(self._every):
-            rss = _kib(f"/proc/{self._pid}/status", (b"VmRSS:",))
-            if not rss:
-                continue
-            if not children or not all(os.path.exists(f"/proc/{c}") for c in children):
-                children = _children(self._pid)
-            private = sum(_kib(f"/proc/{c}/smaps_rollup", (b"Private_Clean:", b"Private_Dirty:"))
-                          for c in children)
-            self.peak_mib = max(self.peak_mib, (rss + private) / 1024)
-
-    def stop(self) -> None:
-        self._done.set()
-        if self.is_alive():
-            self.join()
+                "how": how, "error": f"exit status {done.returncode}: {stderr[-600:]}"}
 
 
 def _describe(result: dict[str, Any]) -> str:
@@ -411,7 +332,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         summary["status"] = "ok"
     for field in ("seconds", "warm_seconds", "cpu_seconds", "peak_rss_mib", "import_rss_mib", "mb_per_s",
-                  "steps_per_s", "child_rss_mib", "rss_sum_mib", "sampled_mib"):
+                  "steps_per_s", "parent_rss_mib", "child_rss_mib", "child_shared_mib", "rss_sum_mib"):
         values = [r[field] for r in ok if r.get(field) is not None]
         if values:
             summary[field] = statistics.median(values)
@@ -550,11 +471,9 @@ def render(report: dict[str, Any]) -> str:
             "## Ingest and its references",
             "",
             "MB are 10^6 bytes of input; RSS is the peak resident set (`VmHWM`) of the run's process in MiB, "
-            "interpreter and imports included. When the ingest runs on two processes (files from 32 MiB), "
-            "it is the peak of the parent's resident set plus the child's private pages, sampled every "
-            "50 ms from outside (pages the forked child still shares with its parent count once; adding "
-            "the two VmHWMs would count them twice; that sum is listed below), or the parent's VmHWM if "
-            "higher; CPU/wall counts both processes. Once its imports are done, the ingest process "
+            "interpreter and imports included; when the ingest runs on two processes (files from 32 MiB), "
+            "the parent's plus what the child added (see *Memory of the two-process ingest*), and CPU/wall "
+            "counts both processes. Once its imports are done, the ingest process "
             f"holds {imports['ingest']} MiB, the parse floor {imports['parse_floor']} MiB, the baseline "
             f"{imports['baseline']} MiB.",
             "",
@@ -599,15 +518,21 @@ def render(report: dict[str, Any]) -> str:
                 "",
                 "### Memory of the two-process ingest",
                 "",
-                "The peak of parent RSS + child private pages (sampled), next to the two VmHWMs added up.",
+                "RSS above: the parent's VmHWM plus the child's VmHWM less the pages the child still shared "
+                "with its parent when it finished. The child's RSS counts those shared pages (the parent's "
+                "imports, mostly) although they take memory once; sharing only ends over time (copy on write), "
+                "so the pages shared at the end were shared at the child's peak too, and the figure is an "
+                "upper bound. Linux keeps no high-water mark of private pages.",
                 "",
-                "| profile | size | peak MiB (sampled) | parent VmHWM + child VmHWM MiB | child VmHWM MiB |",
-                "|---|---|--:|--:|--:|",
+                "| profile | size | RSS MiB | parent VmHWM | child VmHWM | child shared at the end | "
+                "the two VmHWMs added |",
+                "|---|---|--:|--:|--:|--:|--:|",
             ]
             for entry in split:
                 ing = entry["summary"]["ingest"]
-                lines.append(f"| {entry['profile']} | {entry['size']} | {_cell(ing, 'sampled_mib')} "
-                             f"| {_cell(ing, 'rss_sum_mib')} | {_cell(ing, 'child_rss_mib')} |")
+                lines.append(f"| {entry['profile']} | {entry['size']} | {_cell(ing, 'peak_rss_mib')} "
+                             f"| {_cell(ing, 'parent_rss_mib')} | {_cell(ing, 'child_rss_mib')} "
+                             f"| {_cell(ing, 'child_shared_mib')} | {_cell(ing, 'rss_sum_mib')} |")
         frames = [e for e in files if "frames_work" in e["summary"]]
         if frames:
             lines += [

@@ -88,7 +88,8 @@ def agents(location: EpisodeLocation) -> list[str]:
 
     ``episode_agents.parquet`` holds its rows in that order (see ``EpisodeTables.episode_agents``).
     """
-    return pq.read_table(location.table("episode_agents"), columns=["agent"]).column("agent").to_pylist()
+    # ParquetFile, not pq.read_table: read_table imports pyarrow.dataset, 0.24 s on a first call (measured).
+    return pq.ParquetFile(location.table("episode_agents")).read(columns=["agent"]).column("agent").to_pylist()
 
 
 def load_trajectory(
@@ -184,7 +185,14 @@ def _reward_components(column: pl.Series, episode_id: str, agent: str) -> np.nda
 
 
 def _flat_values(column: pl.Series) -> np.ndarray:
-    """The values of a list column, concatenated (zero-copy where Arrow allows)."""
+    """The values of a list column, concatenated.
+
+    Through polars (``explode``) rather than ``to_arrow().flatten().to_numpy()``: pyarrow's
+    ``to_numpy`` imports pandas on first use, which was ~0.25 s of a user's first trajectory
+    (measured). ``explode`` turns an empty list into a null, so columns with one go through Arrow.
+    """
+    if column.null_count() == 0 and not (column.list.len() == 0).any():
+        return column.explode().to_numpy()
     array = column.to_arrow()
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()

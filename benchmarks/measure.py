@@ -331,14 +331,7 @@ def lake_query(lake: str | os.PathLike[str], how: str = "polars", *, warm_runs: 
         def load() -> pl.DataFrame:
             return mean_reward(pl.scan_parquet(pattern, hive_partitioning=True, hive_schema=hive))
     elif how == "lake":
-        # HOOK (pipeline.Lake, written alongside): the same question through the library; reports
-        # "unavailable" while ``Lake.episodes()`` does not exist. Adapt if its API changes.
-        try:
-            from pipeline import Lake
-        except ImportError as exc:
-            return _unavailable("lake_query", lake, how, f"pipeline.Lake cannot be imported: {exc}")
-        if not hasattr(Lake, "episodes"):
-            return _unavailable("lake_query", lake, how, "pipeline.Lake has no episodes() yet")
+        from pipeline import Lake
 
         def load() -> pl.DataFrame:
             return mean_reward(Lake(lake).episodes())
@@ -347,10 +340,6 @@ def lake_query(lake: str | os.PathLike[str], how: str = "polars", *, warm_runs: 
     return _reads("lake_query", lake, how, load,
                   lambda table: {"episodes": int(table["episodes"].sum()), "environments": table.height},
                   warm_runs)
-
-
-def _unavailable(kind: str, target: str | os.PathLike[str], how: str, why: str) -> dict[str, Any]:
-    return {"kind": kind, "status": "unavailable", "target": os.fspath(target), "how": how, "error": why}
 
 
 def agent_steps_file(lake: str | os.PathLike[str], episode_id: str) -> str:
@@ -401,14 +390,8 @@ def trajectory(lake: str | os.PathLike[str], episode_id: str, how: str, *,
                                          "shape": [table.num_rows], "returned": "Table"}, warm_runs)
         return _reads("trajectory", lake, how, load, shape, warm_runs)
     if how == "lake":
-        # HOOK (pipeline.Lake, written alongside): a trajectory as numpy arrays through the library;
-        # reports "unavailable" while ``Lake.trajectory`` does not exist. Adapt if its API changes.
-        try:
-            from pipeline import Lake
-        except ImportError as exc:
-            return _unavailable("trajectory", lake, how, f"pipeline.Lake cannot be imported: {exc}")
-        if not hasattr(Lake, "trajectory"):
-            return _unavailable("trajectory", lake, how, "pipeline.Lake has no trajectory() yet")
+        from pipeline import Lake
+
         return _reads("trajectory", lake, how, lambda: Lake(lake).trajectory(episode_id), shape, warm_runs)
     raise ValueError(f"unknown way to load a trajectory: {how!r}")
 
@@ -463,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"kind": args.kind, "status": status, "target": args.target,
                   "error": f"{type(exc).__name__}: {exc}", "peak_rss_mib": _rss_mib()}
     print(json.dumps(result), flush=True)
-    return 0 if result["status"] in ("ok", "unavailable") else 1
+    return 0 if result["status"] == "ok" else 1
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .agentrows import AgentRows, AgentStepsFile
 from .errors import DatasetError
 from .lake import EpisodeLocation
 
-_TRAJECTORY_COLUMNS = ["step", "action", "rewards", "total_reward", "observation", "observation_shape"]
+_TRAJECTORY_COLUMNS = ["action", "rewards", "total_reward", "observation", "observation_shape"]  # and step
 
 
 @dataclass(frozen=True)
@@ -106,22 +106,19 @@ def load_trajectory(
         raise DatasetError(
             f"downsampling needs frequency >= 1 and 0 <= offset < frequency, "
             f"got frequency {downsample_frequency} and offset {downsample_offset}", episode_id=episode_id)
+    file = AgentStepsFile(str(location.table("agent_steps")))
     if agent is None:
-        known = agents(location)
-        if not known:
+        agent = file.only_agent() or next(iter(agents(location)), None)
+        if agent is None:
             raise DatasetError(f"episode {episode_id} has no agent steps", episode_id=episode_id)
-        agent = known[0]
-    rows = (pl.scan_parquet(location.table("agent_steps"))
-            .filter(pl.col("agent") == agent).select(_TRAJECTORY_COLUMNS).collect())
-    if rows.height == 0:
+    rows = file.rows(agent, _TRAJECTORY_COLUMNS)
+    if len(rows) == 0:
         raise DatasetError(f"episode {episode_id} has no agent {agent!r}; its agents: {', '.join(agents(location))}",
                            episode_id=episode_id, agent=agent)
-    if not rows["step"].is_sorted():
-        rows = rows.sort("step")
-    steps = rows["step"].to_numpy()
-    observations = _observations(rows, episode_id, agent)
-    rewards = rows["total_reward"].to_numpy()
-    components = _reward_components(rows["rewards"], episode_id, agent)
+    steps = rows.steps
+    observations = _observations(rows, steps, episode_id, agent)
+    rewards = rows.numbers("total_reward")
+    components = _reward_components(rows, episode_id, agent)
 
     kept = np.arange(downsample_offset, len(steps), downsample_frequency)
     if len(kept) == 0:
@@ -131,8 +128,9 @@ def load_trajectory(
         rewards = np.add.reduceat(rewards[downsample_offset:], kept - downsample_offset)
         if components is not None:
             components = np.add.reduceat(components[downsample_offset:], kept - downsample_offset, axis=0)
-        steps, observations = steps[kept], observations[kept]
-    actions = rows["action"].to_numpy()[kept]
+    actions = rows.numbers("action")
+    if downsample_frequency > 1:
+        steps, observations, actions = steps[kept], observations[kept], actions[kept]
     terminals = np.zeros(len(kept), dtype=bool)
     terminals[-1] = True
 
@@ -154,49 +152,40 @@ def load_trajectory(
     )
 
 
-def _observations(rows: pl.DataFrame, episode_id: str, agent: str) -> np.ndarray:
-    shapes = rows["observation_shape"]
-    shape = shapes[0].to_list()
-    if not _all_equal(shapes, shape):
-        step, other = next((n, s) for n, s in zip(rows["step"], shapes.to_list(), strict=True) if s != shape)
+def _observations(rows: AgentRows, steps: np.ndarray, episode_id: str, agent: str) -> np.ndarray:
+    """``[T, *shape]``, after checking that every row has the first row's shape."""
+    ndims, dims = rows.lists("observation_shape")
+    shape = dims[:ndims[0]].tolist()
+    same = ndims == len(shape)
+    if bool(same.all()):
+        same = (dims.reshape((len(rows), len(shape))) == np.asarray(shape, dtype=dims.dtype)).all(axis=1)
+    if not bool(same.all()):
+        changed = int(np.argmin(same))
+        start = int(ndims[:changed].sum())
+        other = dims[start:start + ndims[changed]].tolist()
         raise DatasetError(
             f"episode {episode_id}, agent {agent!r}: observation shape changes from {shape} to {other} "
-            f"at step {step}; one trajectory needs one shape", episode_id=episode_id, agent=agent)
-    return _flat_values(rows["observation"]).reshape((len(rows), *shape))
+            f"at step {steps[changed]}; one trajectory needs one shape", episode_id=episode_id, agent=agent)
+    sizes, values = rows.lists("observation")
+    size = int(np.prod(shape))
+    if bool((sizes != size).any()):
+        changed = int(np.argmax(sizes != size))
+        raise DatasetError(
+            f"episode {episode_id}, agent {agent!r}: step {steps[changed]} has {sizes[changed]} observation "
+            f"values, its shape {shape} needs {size}", episode_id=episode_id, agent=agent)
+    return values.reshape((len(rows), *shape))
 
 
-def _all_equal(shapes: pl.Series, shape: list[int]) -> bool:
-    """Whether every row of a list<int> column is ``shape``: numpy over the flat values
-    (a few microseconds for 100k rows, where hashing the lists with ``n_unique`` took 6 ms)."""
-    if shapes.null_count() or (shapes.list.len() != len(shape)).any():
-        return False
-    values = _flat_values(shapes).reshape((len(shapes), len(shape)))
-    return bool((values == np.asarray(shape, dtype=values.dtype)).all())
-
-
-def _reward_components(column: pl.Series, episode_id: str, agent: str) -> np.ndarray | None:
-    if column.null_count() == len(column):
+def _reward_components(rows: AgentRows, episode_id: str, agent: str) -> np.ndarray | None:
+    """``[T, K]`` when the agent's rewards were vectors of K components, else None."""
+    given = rows.valid("rewards")
+    if not bool(given.any()):
         return None
-    lengths = column.list.len().unique()
-    if column.null_count() or len(lengths) != 1:
+    lengths, values = rows.lists("rewards")
+    if not bool(given.all()) or bool((lengths != lengths[0]).any()):
         raise DatasetError(f"episode {episode_id}, agent {agent!r}: reward vectors of different lengths",
                            episode_id=episode_id, agent=agent)
-    return _flat_values(column).reshape((len(column), int(lengths[0])))
-
-
-def _flat_values(column: pl.Series) -> np.ndarray:
-    """The values of a list column, concatenated.
-
-    Through polars (``explode``) rather than ``to_arrow().flatten().to_numpy()``: pyarrow's
-    ``to_numpy`` imports pandas on first use, which was ~0.25 s of a user's first trajectory
-    (measured). ``explode`` turns an empty list into a null, so columns with one go through Arrow.
-    """
-    if column.null_count() == 0 and not (column.list.len() == 0).any():
-        return column.explode().to_numpy()
-    array = column.to_arrow()
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return np.asarray(array.flatten().to_numpy(zero_copy_only=False))
+    return values.reshape((len(rows), int(lengths[0])))
 
 
 def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:

@@ -53,6 +53,8 @@ def test_vector_observations_and_vector_rewards_equal_the_source(lake: Lake, ids
     assert trajectory.reward_names == ("Shaping", "Main engine", "Leg contact")
     assert trajectory.terminals.tolist() == [False] * 59 + [True]
     assert trajectory.frames is None and trajectory.environment == "LunarLander-v3"
+    arrays = ("steps", "observations", "actions", "rewards", "terminals", "reward_components")
+    assert all(getattr(trajectory, name).flags.writeable for name in arrays)  # e.g. normalised in place
 
 
 def test_matrix_observations_equal_the_source(lake: Lake, ids: dict[str, str]) -> None:

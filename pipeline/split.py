@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.abc
 import marshal
 import multiprocessing
 import os
@@ -161,6 +162,7 @@ def _stop(conn: Connection) -> PipelineError | None:
 def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     for fd in close_in_child:
         os.close(fd)
+    _without_pandas()
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
     try:
@@ -190,6 +192,24 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
         _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("the writer process does without pandas", name=name)
+        return None
+
+
+def _without_pandas() -> None:
+    """Keep pyarrow from importing pandas in the writer process.
+
+    ``pa.array`` asks whether its input is a pandas object, and to know, imports pandas on its first
+    call: 0.27 s (measured) that the reader waits for once the pipe is full. The child converts
+    plain lists and numpy arrays only; if the parent had pandas already, nothing changes.
+    """
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
 
 
 def _report(conn: Connection, error: PipelineError) -> None:

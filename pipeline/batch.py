@@ -31,6 +31,7 @@ import fsspec
 from .errors import PipelineError, SourceError
 from .ingest import IngestResult, ingest
 from .lake import resolve_lake
+from .nopandas import keep_pandas_out
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,8 @@ class Batch(Iterator[IngestResult]):
         owned: list[Executor] = []
         executor = self._executor
         if executor is None and files:
-            executor = ProcessPoolExecutor(max_workers=min(jobs, files), mp_context=_mp_context())
+            executor = ProcessPoolExecutor(max_workers=min(jobs, files), mp_context=_mp_context(),
+                                           initializer=keep_pandas_out)
             owned.append(executor)
         streams: Executor | None = None
         if files < len(self.sources):  # streams can't cross to another process: read them here

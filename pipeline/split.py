@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.abc
 import marshal
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ from typing import Any
 
 from .builder import Built, EpisodeChecks, EpisodeTabulator, Facts
 from .errors import LakeError, PipelineError
+from .nopandas import keep_pandas_out
 from .source import PROGRESS_EVERY, STEP, Source, read_document
 
 # Whether ingest(parallel=None) may split at all; see the measurements above.
@@ -162,7 +162,7 @@ def _stop(conn: Connection) -> PipelineError | None:
 def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     for fd in close_in_child:
         os.close(fd)
-    _without_pandas()
+    keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
     try:
@@ -192,24 +192,6 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
         _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
-
-
-class _NoPandas(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("the writer process does without pandas", name=name)
-        return None
-
-
-def _without_pandas() -> None:
-    """Keep pyarrow from importing pandas in the writer process.
-
-    ``pa.array`` asks whether its input is a pandas object, and to know, imports pandas on its first
-    call: 0.27 s (measured) that the reader waits for once the pipe is full. The child converts
-    plain lists and numpy arrays only; if the parent had pandas already, nothing changes.
-    """
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
 
 
 def _report(conn: Connection, error: PipelineError) -> None:

@@ -129,7 +129,7 @@ def test_the_writer_process_works_without_importing_pandas(tmp_path):
         "import sys; from pipeline import ingest; "
         f"r = ingest({str(path)!r}, lake={str(tmp_path / 'split')!r}, parallel=True); "
         "print(r.status, 'pandas' in sys.modules); "
-        "import pyarrow as pa; from pipeline.split import _without_pandas; _without_pandas(); "
+        "import pyarrow as pa; from pipeline.nopandas import keep_pandas_out; keep_pandas_out(); "
         "print(pa.array([1.0]).type, 'pandas' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -32,6 +32,7 @@ from .errors import PipelineError, SourceError
 from .ingest import IngestResult, ingest
 from .lake import resolve_lake
 from .nopandas import keep_pandas_out
+from .split import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,7 @@ class BatchSummary:
 
 def default_jobs() -> int:
     """The number of cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def _mp_context() -> Any:

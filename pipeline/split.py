@@ -55,7 +55,7 @@ def split_pays(size: int | None) -> bool:
 def usable_cores() -> int:
     """CPUs this process may run on (its affinity mask, where the platform has one)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
 
 

@@ -116,7 +116,7 @@ def load_trajectory(
         raise DatasetError(f"episode {episode_id} has no agent {agent!r}; its agents: {', '.join(agents(location))}",
                            episode_id=episode_id, agent=agent)
     steps = rows.steps
-    observations = _observations(rows, steps, episode_id, agent)
+    observations = _observations(rows, episode_id, agent)
     rewards = rows.numbers("total_reward")
     components = _reward_components(rows, episode_id, agent)
 
@@ -152,7 +152,7 @@ def load_trajectory(
     )
 
 
-def _observations(rows: AgentRows, steps: np.ndarray, episode_id: str, agent: str) -> np.ndarray:
+def _observations(rows: AgentRows, episode_id: str, agent: str) -> np.ndarray:
     """``[T, *shape]``, after checking that every row has the first row's shape."""
     ndims, dims = rows.lists("observation_shape")
     shape = dims[:ndims[0]].tolist()
@@ -165,13 +165,13 @@ def _observations(rows: AgentRows, steps: np.ndarray, episode_id: str, agent: st
         other = dims[start:start + ndims[changed]].tolist()
         raise DatasetError(
             f"episode {episode_id}, agent {agent!r}: observation shape changes from {shape} to {other} "
-            f"at step {steps[changed]}; one trajectory needs one shape", episode_id=episode_id, agent=agent)
+            f"at step {rows.steps[changed]}; one trajectory needs one shape", episode_id=episode_id, agent=agent)
     sizes, values = rows.lists("observation")
     size = int(np.prod(shape))
     if bool((sizes != size).any()):
         changed = int(np.argmax(sizes != size))
         raise DatasetError(
-            f"episode {episode_id}, agent {agent!r}: step {steps[changed]} has {sizes[changed]} observation "
+            f"episode {episode_id}, agent {agent!r}: step {rows.steps[changed]} has {sizes[changed]} observation "
             f"values, its shape {shape} needs {size}", episode_id=episode_id, agent=agent)
     return values.reshape((len(rows), *shape))
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +12,10 @@ from typing import Any
 import click
 
 import pipeline
-from pipeline.ingest import IngestResult
-from pipeline.lake import ENV_VAR, resolve_lake
-from pipeline.nopandas import keep_pandas_out
+from pipeline import console
 
 lake_option = click.option(
-    "--lake", type=click.Path(file_okay=False), envvar=ENV_VAR, show_envvar=True,
+    "--lake", type=click.Path(file_okay=False), envvar=pipeline.LAKE_ENV_VAR, show_envvar=True,
     help="Lake folder. [default: ./lake]",
 )
 
@@ -38,56 +33,20 @@ def cli() -> None:
     """
 
 
-class _Progress:
-    """A bytes-read progress bar on stderr, shown only on a terminal."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self._bar: Any = None
-        self._enabled = enabled and sys.stderr.isatty()
-        self._label = label
-        self._done = 0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            self._bar = click.progressbar(length=total, label=self._label, file=sys.stderr,
-                                          show_pos=total is None, show_percent=total is not None)
-            self._bar.__enter__()
-        self._bar.update(done - self._done)
-        self._done = done
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
-def _summary(result: IngestResult) -> str:
-    if not result.ok:
-        return f"{result.status}: {result.error}"
-    verb = {"ingested": "ingested", "exists": "already present", "valid": "valid"}[result.status]
-    return (
-        f"{result.source}: {verb} episode {result.episode_id} "
-        f"({result.steps} steps, {result.agent_steps} agent steps, {result.unit_steps} unit steps, "
-        f"{result.mb_per_s:.1f} MB/s)"
-    )
-
-
-def _echo_result(result: IngestResult, as_json: bool, quiet: bool) -> None:
+def _echo_result(result: pipeline.IngestResult, as_json: bool, quiet: bool) -> None:
     """One file's outcome: a JSON line, an error line on stderr, or (unless quiet) a summary line."""
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
     elif not result.ok:
-        click.echo(_summary(result), err=True)
+        click.echo(console.result_line(result), err=True)
     elif not quiet:
-        click.echo(_summary(result))
+        click.echo(console.result_line(result))
 
 
-def _process(sources: tuple[str, ...], action: Any, as_json: bool, quiet: bool) -> None:
+def _process(sources: list[str], action: Any, as_json: bool, quiet: bool) -> None:
     failed = False
     for source in sources:
-        progress = _Progress(not (quiet or as_json), source)
+        progress = console.FileProgress(not (quiet or as_json), source)
         name = "-" if source == "-" else None
         target: Any = sys.stdin.buffer if source == "-" else source
         try:
@@ -98,66 +57,6 @@ def _process(sources: tuple[str, ...], action: Any, as_json: bool, quiet: bool) 
         _echo_result(result, as_json, quiet)
     if failed:
         sys.exit(1)
-
-
-class _BatchBar:
-    """The overall progress bar of ``run`` on stderr (files, bytes, rate, ETA), shown only on a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled and sys.stderr.isatty()
-        self._text = ""
-        self._drawn_at = 0.0
-        self._done = -1
-
-    def __call__(self, summary: pipeline.batch.BatchSummary) -> None:
-        if not self._enabled:
-            return
-        now = time.monotonic()
-        if summary.done == self._done and now - self._drawn_at < 0.1:
-            return  # redraw at most ten times a second between files
-        self._done, self._drawn_at = summary.done, now
-        self._text = _bar_text(summary, shutil.get_terminal_size().columns - 1)
-        self._draw()
-
-    def _draw(self) -> None:
-        if self._text:
-            sys.stderr.write("\r" + self._text + "\x1b[K")
-            sys.stderr.flush()
-
-    @contextlib.contextmanager
-    def hidden(self) -> Iterator[None]:
-        """Lift the bar off its line while something else is printed."""
-        if self._enabled and self._text:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-        yield
-        self._draw()
-
-    def close(self) -> None:
-        if self._enabled and self._text:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-        self._enabled = False
-
-
-def _bar_text(summary: pipeline.batch.BatchSummary, width: int) -> str:
-    mb = summary.bytes_read / 1e6
-    size = f"{mb:.1f}/{summary.bytes_total / 1e6:.1f} MB" if summary.bytes_total else f"{mb:.1f} MB"
-    eta = summary.eta
-    left = "--:--" if eta is None else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
-    info = f" {summary.done}/{summary.files} files  {size}  {summary.mb_per_s:.1f} MB/s  ETA {left}"
-    cells = max(width - len(info) - 2, 0)
-    filled = cells * summary.done // summary.files if summary.files else 0
-    return ("[" + "#" * filled + "-" * (cells - filled) + "]" + info if cells >= 10 else info.strip())[:width]
-
-
-def _batch_summary(summary: pipeline.batch.BatchSummary) -> str:
-    counts = (f"{summary.ingested} ingested, {summary.exists} already present, "
-              f"{summary.invalid} invalid, {summary.failed} failed")
-    if summary.skipped:
-        counts += f", {summary.skipped} skipped"
-    return (f"{summary.files} files: {counts}; {summary.bytes_read / 1e6:.1f} MB in {summary.seconds:.1f} s, "
-            f"{summary.mb_per_s:.1f} MB/s")
 
 
 @cli.command()
@@ -189,9 +88,9 @@ def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int |
       ingest-pipeline run episode.json --json | jq .episode_id
     """
     _ingest_only_process()
-    bar = _BatchBar(enabled=not quiet)
+    bar = console.BatchBar(enabled=not quiet)
     try:
-        batch = pipeline.ingest_many(sources, lake=resolve_lake(lake), jobs=jobs, recursive=recursive,
+        batch = pipeline.ingest_many(sources, lake=pipeline.resolve_lake(lake), jobs=jobs, recursive=recursive,
                                      fail_fast=fail_fast, progress=bar)
     except pipeline.PipelineError as exc:  # a folder that cannot be listed
         raise click.ClickException(str(exc)) from exc
@@ -203,25 +102,35 @@ def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int |
                 _echo_result(result, as_json, quiet)
     bar.close()
     if batch.summary.files > 1:
-        click.echo(_batch_summary(batch.summary), err=True)
+        click.echo(console.batch_summary(batch.summary), err=True)
     if not batch.summary.ok:
         sys.exit(1)
 
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, metavar="FILE_OR_URL...")
+@click.option("--recursive", "-r", is_flag=True, help="Search folders and their sub-folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def validate(sources: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+def validate(sources: tuple[str, ...], recursive: bool, as_json: bool, quiet: bool) -> None:
     """Check episode files against every format rule; write nothing.
+
+    Takes the same inputs as run: files, folders, glob patterns, URLs and - for standard input.
 
     \b
     Examples:
       ingest-pipeline validate episode.json
-      ingest-pipeline validate runs/*.json --json
+      ingest-pipeline validate runs/ --recursive --json
+      ingest-pipeline validate 'runs/**/*.json.gz' --quiet
     """
     _ingest_only_process()
-    _process(sources, pipeline.validate, as_json, quiet)
+    try:
+        files = pipeline.expand_sources(sources, recursive=recursive)
+    except pipeline.PipelineError as exc:  # a folder that cannot be listed
+        raise click.ClickException(str(exc)) from exc
+    if not files:
+        raise click.UsageError(f"no episode files (*.json, *.json.gz, .bz2, .xz, .zst) in {' '.join(sources)}")
+    _process([str(f) for f in files], pipeline.validate, as_json, quiet)
 
 
 # True in the ingest-pipeline command's own process; False when cli is called in-process (tests, notebooks).
@@ -235,30 +144,7 @@ def _ingest_only_process() -> None:
     process is never changed (see pipeline/nopandas.py).
     """
     if _PROCESS_IS_OURS:
-        keep_pandas_out()
-
-
-def _number(value: float | None) -> str:
-    """A reward as people read it: at most 4 decimals, no trailing zeros; '-' for none."""
-    return "-" if value is None else f"{round(value, 4):.12g}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _columns(rows: list[list[str]], right: frozenset[int] = frozenset(), indent: str = "") -> str:
-    """Rows as text columns two spaces apart; the columns numbered in ``right`` align right."""
-    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
-    return "\n".join(
-        indent + "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
-                           for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-        for row in rows
-    )
+        pipeline.keep_pandas_out()
 
 
 @contextlib.contextmanager
@@ -289,13 +175,9 @@ def ls(environment: str | None, as_json: bool, lake: str | None) -> None:
         rows = pipeline.Lake(lake).listing(environment).to_dicts()
     if as_json:
         for row in rows:
-            click.echo(json.dumps({**row, "ingested_at": _timestamp(row["ingested_at"])}, ensure_ascii=False))
+            click.echo(json.dumps({**row, "ingested_at": console.timestamp(row["ingested_at"])}, ensure_ascii=False))
     elif rows:
-        header = ["EPISODE", "ENVIRONMENT", "ALGORITHM", "STEPS", "AGENTS", "TOTAL REWARD", "INGESTED AT"]
-        click.echo(_columns([header] + [
-            [r["episode_id"], r["environment"], r["algorithm"], str(r["steps"]), str(r["agents"]),
-             _number(r["total_reward"]), _timestamp(r["ingested_at"])] for r in rows
-        ], right=frozenset({3, 4, 5})))
+        click.echo(console.listing(rows))
 
 
 @cli.command()
@@ -315,47 +197,10 @@ def show(episode_id: str, as_json: bool, lake: str | None) -> None:
     with _library_errors():
         info = pipeline.Lake(lake).describe(episode_id)
     if as_json:
-        info["episode"]["ingested_at"] = _timestamp(info["episode"]["ingested_at"])
+        info["episode"]["ingested_at"] = console.timestamp(info["episode"]["ingested_at"])
         click.echo(json.dumps(info, ensure_ascii=False))
     else:
-        click.echo(_describe(info))
-
-
-def _describe(info: dict[str, Any]) -> str:
-    e = info["episode"]
-    parallel = ", parallel" if e["training_parallel"] else ""
-    parts = [_columns([
-        ["episode", e["episode_id"]],
-        ["environment", e["environment"]],
-        ["algorithm", f"{e['algorithm']} ({e['iterations']} iterations, {e['num_gpus']:g} GPUs{parallel})"],
-        ["source", f"{e['source']} ({e['source_bytes']} bytes)"],
-        ["ingested at", f"{_timestamp(e['ingested_at'])} (ingest-pipeline {e['pipeline_version']})"],
-        ["steps", f"{e['length']} (numbers {e['first_step']} to {e['last_step']}), {e['agent_steps']} agent steps, "
-                  f"{e['unit_steps']} unit steps, {_plural(e['images'], 'image')}"],
-        ["total reward", _number(e["total_reward"])],
-        ["training config", e["training_config"]],
-        ["inference config", e["inference_config"]],
-    ])]
-    agents = info["agents"]
-    if agents:
-        header = ["AGENT", "STEPS", "FIRST", "LAST", "TOTAL REWARD", "MEAN", "MIN", "MAX", "UNITS", "UNIT STEPS"]
-        parts.append("agents\n" + _columns([header] + [
-            [a["agent"], str(a["length"]), str(a["first_step"]), str(a["last_step"]), _number(a["total_reward"]),
-             _number(a["mean_reward"]), _number(a["min_reward"]), _number(a["max_reward"]), str(a["units"]),
-             str(a["unit_steps"])] for a in agents
-        ], right=frozenset(range(1, 10)), indent="  "))
-    width = max((len(a["reward_totals"] or ()) for a in agents), default=0)
-    names = info["reward_names"] or [str(i) for i in range(width)]
-    if width:
-        parts.append("reward totals\n" + _columns([["COMPONENT", *(a["agent"] for a in agents)]] + [
-            [name, *(_number(a["reward_totals"][i]) if a["reward_totals"] else "-" for a in agents)]
-            for i, name in enumerate(names)
-        ], right=frozenset(range(1, len(agents) + 1)), indent="  "))
-    for title, labels in (("actions", info["actions"]), ("unit actions", info["unit_actions"])):
-        if labels:
-            parts.append(f"{title}\n" + _columns([[str(k), v] for k, v in labels.items()],
-                                                  right=frozenset({0}), indent="  "))
-    return "\n\n".join(parts)
+        click.echo(console.describe(info))
 
 
 @cli.command()
@@ -455,10 +300,8 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
             with contextlib.redirect_stdout(sys.stderr):  # d3rlpy logs on stdout
                 dataset = the_lake.to_d3rlpy(list(episode_ids), agent, frames=options,
                                              observation="frames" if options else "vector", **sampling)
-            from pipeline.export import dump_d3rlpy
-
-            dump_d3rlpy(dataset, output)
-    click.echo(f"exported {_plural(len(episode_ids), 'episode')} to {output}")
+            pipeline.dump_d3rlpy(dataset, output)
+    click.echo(f"exported {console.plural(len(episode_ids), 'episode')} to {output}")
 
 
 @cli.command()
@@ -509,13 +352,11 @@ def gc(lake: str | None, older_than: float) -> None:
       ingest-pipeline gc
       ingest-pipeline gc --lake /data/lake --older-than 12h
     """
-    from pipeline.lake import gc as collect
-
-    report = collect(resolve_lake(lake), older_than=older_than)
+    report = pipeline.gc(lake, older_than=older_than)
     for folder in report.removed:
         click.echo(f"removed {folder}")
     kept = len(report.running) + len(report.recent)
-    click.echo(f"{_plural(len(report.removed), 'staging folder')} removed, "
+    click.echo(f"{console.plural(len(report.removed), 'staging folder')} removed, "
                f"{len(report.running)} still running, {len(report.recent)} too recent"
                if report.removed or kept else "nothing to remove")
 
@@ -533,15 +374,14 @@ def check(lake: str | None, deep: bool) -> None:
       ingest-pipeline check
       ingest-pipeline check --lake /data/lake --deep
     """
-    from pipeline.integrity import check as verify
-
-    report = verify(resolve_lake(lake), deep=deep)
+    report = pipeline.check(lake, deep=deep)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     if report.problems:
-        click.echo(f"{_plural(len(report.problems), 'problem')} in {_plural(report.episodes, 'episode')}", err=True)
+        click.echo(f"{console.plural(len(report.problems), 'problem')} in {console.plural(report.episodes, 'episode')}",
+                   err=True)
         sys.exit(1)
-    click.echo(f"ok: {_plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
+    click.echo(f"ok: {console.plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
 
 
 def main() -> None:

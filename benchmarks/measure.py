@@ -91,7 +91,7 @@ class _ChildMemory:
     """
 
     def __init__(self) -> None:
-        from pipeline import builder
+        from pipeline.ingestion import builder
 
         fd, name = tempfile.mkstemp(prefix="child-memory-")
         os.close(fd)
@@ -234,7 +234,7 @@ def baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     import pyarrow as pa
     import pybase64
 
-    from pipeline.rules import part_schema
+    from pipeline.ingestion.rules import part_schema
 
     validator = jsonschema_rs.validator_for(part_schema("step"))
     clock = _Clock()

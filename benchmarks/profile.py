@@ -51,7 +51,7 @@ def summarise(raw: str, top: int = 20) -> str:
         frames = stack.split(";")
         thread = frames[0].split(": ", 1)[-1] if frames[0].startswith("thread") else "?"
         frames = [_frame_name(f) for f in frames[1:]]
-        starts = [i for i, f in enumerate(frames) if f.startswith("ingest (") and "pipeline/ingest.py" in f]
+        starts = [i for i, f in enumerate(frames) if f.startswith("ingest (") and "pipeline/ingestion/run.py" in f]
         if starts:
             frames = frames[starts[0]:]
         elif thread == "MainThread" or thread.startswith("thread ("):

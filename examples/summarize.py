@@ -6,7 +6,7 @@ import sys
 
 import polars as pl
 
-from pipeline.lake import list_episodes, resolve_lake
+from pipeline.lake.layout import list_episodes, resolve_lake
 
 
 def main() -> None:

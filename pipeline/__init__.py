@@ -6,13 +6,19 @@
 ('ingested', '3f2a...')
 >>> from pipeline import Lake
 >>> Lake("lake").episodes().collect()                     # doctest: +SKIP
+
+Packages, one per part of the flow (the dependency rule is in the README's code map and enforced
+by ``tests/test_layers.py``): ``ingest`` (a file -> checked rows -> a staged episode), ``lake`` (the
+lake on disk and every change to it), ``engine`` (reading: ``Lake``, trajectories), ``export``
+(arrays, d3rlpy) and ``report``.
+
+Every public name is imported on first use: reading a lake never loads the ingest stack (ijson,
+fsspec, the schema validator), and an ingest never loads polars, whose thread pool makes forking
+the two-process ingest unsafe and which costs ~100 MB of memory.
 """
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .batch import ingest_many
 from .errors import (
     AmbiguousEpisodeId,
     DatasetError,
@@ -23,31 +29,69 @@ from .errors import (
     PipelineError,
     SourceError,
 )
-from .ingest import IngestResult, ingest, validate
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .query import Lake
-    from .trajectory import FrameOptions, Trajectory
+    from .engine.lake import Lake
+    from .engine.trajectory import FrameOptions, Trajectory
+    from .export.arrays import dump_d3rlpy, to_npz, to_numpy
+    from .ingestion.batch import Batch, BatchSummary, expand_sources, ingest_many
+    from .ingestion.nopandas import keep_pandas_out
+    from .ingestion.run import IngestResult, ingest, validate
+    from .lake.check import CheckReport, check
+    from .lake.layout import ENV_VAR as LAKE_ENV_VAR
+    from .lake.layout import resolve_lake
+    from .lake.maintenance import GcReport, gc
 
-# The dataset engine needs polars, which an ingest does not: loading it costs ~100 MB of memory,
-# and its thread pool makes forking (for the two-process ingest) unsafe. Import it on first use.
-_LAZY = {"Lake": "query", "FrameOptions": "trajectory", "Trajectory": "trajectory"}
+_LAZY = {
+    "Lake": "engine.lake",
+    "FrameOptions": "engine.trajectory",
+    "Trajectory": "engine.trajectory",
+    "IngestResult": "ingestion.run",
+    "ingest": "ingestion.run",
+    "validate": "ingestion.run",
+    "Batch": "ingestion.batch",
+    "BatchSummary": "ingestion.batch",
+    "expand_sources": "ingestion.batch",
+    "ingest_many": "ingestion.batch",
+    "resolve_lake": "lake.layout",
+    "LAKE_ENV_VAR": "lake.layout:ENV_VAR",
+    "gc": "lake.maintenance",
+    "GcReport": "lake.maintenance",
+    "check": "lake.check",
+    "CheckReport": "lake.check",
+    "keep_pandas_out": "ingestion.nopandas",
+    "to_numpy": "export.arrays",
+    "to_npz": "export.arrays",
+    "dump_d3rlpy": "export.arrays",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute or name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "LAKE_ENV_VAR",
     "AmbiguousEpisodeId",
+    "Batch",
+    "BatchSummary",
+    "CheckReport",
     "DatasetError",
     "EpisodeNotFound",
     "FrameOptions",
+    "GcReport",
     "IngestResult",
     "InvalidEpisode",
     "Lake",
@@ -57,7 +101,15 @@ __all__ = [
     "SourceError",
     "Trajectory",
     "__version__",
+    "check",
+    "dump_d3rlpy",
+    "expand_sources",
+    "gc",
     "ingest",
     "ingest_many",
+    "keep_pandas_out",
+    "resolve_lake",
+    "to_npz",
+    "to_numpy",
     "validate",
 ]

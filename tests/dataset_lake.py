@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conftest import agent_step, episode, full_episode, write_json
 from PIL import Image
 
 from pipeline import ingest
+from tests.helpers import agent_step, episode, full_episode, write_json
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lunar_lander.json"
 

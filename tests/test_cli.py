@@ -11,10 +11,10 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import episode, lake_snapshot, write_json
 
 from cli import cli
-from pipeline.lake import ENV_VAR
+from pipeline.lake.layout import ENV_VAR
+from tests.helpers import episode, lake_snapshot, write_json
 
 ENV_WITHOUT_LAKE = {ENV_VAR: None}  # CliRunner removes variables set to None
 

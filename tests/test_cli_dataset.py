@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
-from dataset_lake import build_lake, copy_lake
 
 from cli import cli
 from pipeline import Lake
-from pipeline.lake import ENV_VAR
+from pipeline.lake.layout import ENV_VAR
+from tests.dataset_lake import build_lake, copy_lake
 
 
 @pytest.fixture(scope="module")
@@ -269,12 +269,12 @@ def test_rm_checks_every_id_before_removing_any(lake_path: Path, ids: dict[str, 
 def test_rm_never_leaves_half_an_episode(lake_path: Path, ids: dict[str, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash while deleting: the episode is already out of the lake, whole, in the staging area."""
-    import pipeline.lake
+    import pipeline.lake.maintenance
 
     def crash(path: object, ignore_errors: bool = False) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.lake.shutil, "rmtree", crash)
+    monkeypatch.setattr(pipeline.lake.maintenance.shutil, "rmtree", crash)
     with pytest.raises(KeyboardInterrupt):
         Lake(lake_path).remove([ids["lander"]])
     monkeypatch.undo()

@@ -1,0 +1,1 @@
+"""Reading the lake: ``Lake`` (a snapshot, polars LazyFrames, SQL, selection, labels) and trajectories."""

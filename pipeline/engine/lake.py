@@ -1,0 +1,324 @@
+"""Lake: a snapshot of the committed episodes, read as polars LazyFrames, SQL, labels and trajectories.
+
+A :class:`Lake` lists the committed episode folders once, when it opens (or on :meth:`Lake.refresh`),
+and builds every table over exactly the files of those folders. Every table it returns therefore
+describes the same episodes, whatever ingests commit or fail alongside. ``environment`` and
+``episode_id`` come from the folder names; a filter on either is pushed down to the file list,
+so other episodes' files are not opened (``lake.agent_steps().filter(...).explain()`` shows it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound
+from ..export import arrays as export
+from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
+from ..lake.maintenance import remove_episodes
+from ..lake.tables import SCHEMAS, TABLES
+from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
+
+PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
+# What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
+Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
+
+_ACTION_LABELS = {"episode_id": pl.String, "action": pl.Float64, "action_label": pl.String}
+_REWARD_LABELS = {"episode_id": pl.String, "component": pl.Int64, "reward_name": pl.String}
+
+
+def _sorted_labels(mapping: dict[str, str]) -> dict[int, str]:
+    return {int(key): label for key, label in sorted(mapping.items(), key=lambda item: int(item[0]))}
+
+
+@cache
+def _table_schema(table: str) -> pl.Schema:
+    """The table's Arrow schema in polars types.
+
+    From an empty table made of no batches: ``Schema.empty_table()`` imports pandas, which was 0.22 s
+    of a fresh process's first query (measured).
+    """
+    empty = pa.Table.from_batches([], schema=SCHEMAS[table])
+    return pl.Schema(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
+
+
+class Lake:
+    """The committed episodes of a lake at one moment, with polars LazyFrames over their tables.
+
+    >>> lake = Lake("lake")                                        # doctest: +SKIP
+    >>> lake.episode_agents().filter(pl.col("total_reward") >= 100).collect()   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path: Path = resolve_lake(path)
+        self._locations: tuple[EpisodeLocation, ...] = ()
+        self._by_id: dict[str, EpisodeLocation] = {}
+        self._labels: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None
+        self.refresh()
+
+    def refresh(self) -> Lake:
+        """Take a new snapshot: episodes committed or removed since become visible."""
+        self._locations = tuple(list_episodes(self.path))
+        self._by_id = {location.episode_id: location for location in self._locations}
+        self._labels = None
+        return self
+
+    @property
+    def locations(self) -> tuple[EpisodeLocation, ...]:
+        """The folders of the snapshot's episodes, sorted by environment then id."""
+        return self._locations
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.path)!r}, {len(self)} episodes)"
+
+    # -- tables -------------------------------------------------------------------------------
+
+    def scan(self, table: str, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One table of the snapshot (or of the selected episodes only) as a LazyFrame.
+
+        ``environment`` and ``episode_id`` come first; the other columns are the table's schema.
+        """
+        if table not in TABLES:
+            raise DatasetError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
+        locations = self._locations if episodes is None else [loc for loc, _ in self.select(episodes)]
+        schema = _table_schema(table)
+        if not locations:
+            return pl.LazyFrame(schema={**PARTITIONS, **schema})
+        files = list(dict.fromkeys(str(location.table(table)) for location in locations))
+        frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
+                                missing_columns="insert", extra_columns="ignore")
+        return frame.select(*PARTITIONS, *schema)
+
+    def episodes(self, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One row per episode: source, training and inference metadata, counts, total reward."""
+        return self.scan("episodes", episodes=episodes)
+
+    def episode_agents(self, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One row per agent of each episode: length, total reward, per-component totals, …"""
+        return self.scan("episode_agents", episodes=episodes)
+
+    def steps(self, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One row per step: step number, position in the file, image bytes."""
+        return self.scan("steps", episodes=episodes)
+
+    def agent_steps(self, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One row per agent step: action, reward(s), observation, health, …"""
+        return self.scan("agent_steps", episodes=episodes)
+
+    def unit_steps(self, *, episodes: Selection = None) -> pl.LazyFrame:
+        """One row per unit step."""
+        return self.scan("unit_steps", episodes=episodes)
+
+    def sql(self, query: str, *, eager: bool = False) -> pl.LazyFrame | pl.DataFrame:
+        """Run polars SQL over the five tables and the label tables, registered by name.
+
+        The label tables are ``action_labels`` and ``unit_action_labels`` (episode_id, action,
+        action_label) and ``reward_labels`` (episode_id, component, reward_name).
+        """
+        frames: dict[str, pl.LazyFrame] = {table: self.scan(table) for table in TABLES}
+        frames["action_labels"] = self.action_labels()
+        frames["unit_action_labels"] = self.action_labels(units=True)
+        frames["reward_labels"] = self.reward_labels()
+        with pl.SQLContext(frames) as context:
+            return context.execute(query, eager=eager)
+
+    # -- episode ids --------------------------------------------------------------------------
+
+    def resolve(self, episode_id: str) -> EpisodeLocation:
+        """The snapshot's episode whose id is ``episode_id`` or starts with it (as git does)."""
+        prefix = episode_id.strip().lower()
+        if not prefix:
+            raise EpisodeNotFound("an episode id cannot be empty")
+        location = self._by_id.get(prefix)
+        if location is not None:
+            return location
+        matches = [loc for loc in self._locations if loc.episode_id.startswith(prefix)]
+        if not matches:
+            raise EpisodeNotFound(f"no episode {episode_id!r} in {self.path}")
+        if len(matches) > 1:
+            shown = ", ".join(loc.episode_id for loc in matches[:5]) + (", …" if len(matches) > 5 else "")
+            raise AmbiguousEpisodeId(
+                f"episode id prefix {episode_id!r} is ambiguous: it matches {len(matches)} episodes ({shown})")
+        return matches[0]
+
+    def select(self, episodes: Selection = None) -> list[tuple[EpisodeLocation, str | None]]:
+        """The selected episodes, each with the agent the selection names (or None), in order.
+
+        ``episodes`` is None (every episode), an id or prefix, several, or a polars frame with an
+        ``episode_id`` column (and optionally ``agent``), such as a filtered ``episode_agents()``.
+        """
+        if episodes is None:
+            return [(location, None) for location in self._locations]
+        if isinstance(episodes, str):
+            return [(self.resolve(episodes), None)]
+        if isinstance(episodes, pl.LazyFrame | pl.DataFrame):
+            frame = episodes.lazy()
+            columns = [c for c in ("episode_id", "agent") if c in frame.collect_schema()]
+            if "episode_id" not in columns:
+                raise DatasetError("an episode selection frame needs an episode_id column")
+            rows = frame.select(columns).unique(maintain_order=True).collect().iter_rows()
+            return [(self.resolve(row[0]), row[1] if len(row) > 1 else None) for row in rows]
+        return [(self.resolve(episode_id), None) for episode_id in episodes]
+
+    def agents(self, episode_id: str) -> list[str]:
+        """An episode's agents in order of appearance (by first step, then as that step lists them)."""
+        return agents(self.resolve(episode_id))
+
+    def listing(self, environment: str | None = None) -> pl.DataFrame:
+        """One row per episode, oldest ingest first: what ``ingest-pipeline ls`` prints."""
+        frame = self.episodes()
+        if environment is not None:
+            frame = frame.filter(pl.col("environment") == environment)
+        return frame.select(
+            "episode_id", "environment", "algorithm", pl.col("length").alias("steps"), "agents",
+            "agent_steps", "unit_steps", "total_reward", "ingested_at", "source",
+        ).sort("ingested_at", "episode_id").collect()
+
+    def describe(self, episode_id: str) -> dict[str, Any]:
+        """An episode's metadata, per-agent summary and labels, as plain Python values."""
+        location = self.resolve(episode_id)
+        episode = self.episodes(episodes=location.episode_id).collect().row(0, named=True)
+        mapping: dict[str, Any] = orjson.loads(episode["action_mapping"]) if episode["action_mapping"] else {}
+        unit_mapping = mapping.pop("unit_mapping", None) or {}
+        order = {agent: i for i, agent in enumerate(agents(location))}
+        agent_rows = self.episode_agents(episodes=location.episode_id).drop("environment", "episode_id").collect()
+        return {
+            "episode": episode,
+            "agents": sorted(agent_rows.to_dicts(), key=lambda row: order.get(row["agent"], len(order))),
+            "actions": _sorted_labels(mapping),
+            "unit_actions": _sorted_labels(unit_mapping),
+            "reward_names": list(episode["reward_mapping"] or []),
+        }
+
+    def remove(self, episode_ids: Iterable[str]) -> list[EpisodeLocation]:
+        """Remove episodes (ids or unique prefixes, all resolved first) atomically; then refresh."""
+        locations = list(dict.fromkeys(self.resolve(episode_id) for episode_id in episode_ids))
+        try:
+            return remove_episodes(self.path, locations)
+        finally:
+            self.refresh()
+
+    # -- labels -------------------------------------------------------------------------------
+
+    def action_labels(self, *, units: bool = False) -> pl.LazyFrame:
+        """(episode_id, action, action_label) from each episode's ``action_mapping`` (or ``unit_mapping``)."""
+        return pl.defer(lambda: self._label_tables()[1 if units else 0], schema=_ACTION_LABELS)
+
+    def reward_labels(self) -> pl.LazyFrame:
+        """(episode_id, component, reward_name) from each episode's ``reward_mapping``."""
+        return pl.defer(lambda: self._label_tables()[2], schema=_REWARD_LABELS)
+
+    def label_actions(self, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+        """``frame`` with an ``action_label`` column; a frame with a ``unit`` column uses ``unit_mapping``."""
+        frame = frame.lazy()
+        units = "unit" in frame.collect_schema()
+        return frame.join(self.action_labels(units=units), on=["episode_id", "action"], how="left",
+                          maintain_order="left")
+
+    def label_rewards(self, frame: pl.LazyFrame | pl.DataFrame, column: str = "rewards") -> pl.LazyFrame:
+        """One row per reward component of the list ``column``, with ``component`` and ``reward_name``.
+
+        ``column`` is ``rewards`` (agent and unit steps) or ``reward_totals`` (episode agents); in the
+        result it holds that component's value.
+        """
+        exploded = (frame.lazy().filter(pl.col(column).is_not_null())
+                    .with_columns(pl.int_ranges(pl.col(column).list.len()).alias("component"))
+                    .explode(column, "component"))
+        return exploded.join(self.reward_labels(), on=["episode_id", "component"], how="left",
+                             maintain_order="left")
+
+    def _label_tables(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        if self._labels is None:
+            rows = self.episodes().select("episode_id", "action_mapping", "reward_mapping").collect()
+            actions: list[tuple[str, float, str]] = []
+            unit_actions: list[tuple[str, float, str]] = []
+            rewards: list[tuple[str, int, str]] = []
+            for episode_id, mapping_text, reward_mapping in rows.iter_rows():
+                mapping: dict[str, Any] = orjson.loads(mapping_text) if mapping_text else {}
+                unit_mapping = mapping.pop("unit_mapping", None) or {}
+                actions.extend((episode_id, float(key), label) for key, label in mapping.items())
+                unit_actions.extend((episode_id, float(key), label) for key, label in unit_mapping.items())
+                rewards.extend((episode_id, i, name) for i, name in enumerate(reward_mapping or ()))
+            self._labels = (
+                pl.DataFrame(actions, schema=_ACTION_LABELS, orient="row"),
+                pl.DataFrame(unit_actions, schema=_ACTION_LABELS, orient="row"),
+                pl.DataFrame(rewards, schema=_REWARD_LABELS, orient="row"),
+            )
+        return self._labels
+
+    # -- trajectories and exports -------------------------------------------------------------
+
+    def trajectory(
+        self,
+        episode_id: str,
+        agent: str | None = None,
+        *,
+        frames: bool | FrameOptions = False,
+        downsample_frequency: int = 1,
+        downsample_offset: int = 0,
+    ) -> Trajectory:
+        """One agent's trajectory (default: the episode's first agent) as numpy arrays.
+
+        ``frames=True`` (or a :class:`FrameOptions`) also decodes the frames of the kept steps.
+        """
+        return load_trajectory(self.resolve(episode_id), agent, frames=frames,
+                               downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+
+    def trajectories(
+        self,
+        episodes: Selection = None,
+        agent: str | None = None,
+        *,
+        frames: bool | FrameOptions = False,
+        downsample_frequency: int = 1,
+        downsample_offset: int = 0,
+    ) -> Iterator[Trajectory]:
+        """The trajectories of the selected episodes, one at a time.
+
+        The agent is ``agent``, else the one a selection frame's ``agent`` column names, else each
+        episode's first agent.
+        """
+        for location, selected in self.select(episodes):
+            yield load_trajectory(location, agent or selected, frames=frames,
+                                  downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+
+    def to_numpy(self, episodes: Selection = None, agent: str | None = None, **options: Any) -> dict[str, Any]:
+        """The selected trajectories concatenated into arrays (see :func:`pipeline.export.to_numpy`)."""
+        return export.to_numpy(self.trajectories(episodes, agent, **options))
+
+    def to_npz(self, path: str | os.PathLike[str], episodes: Selection = None, agent: str | None = None,
+               **options: Any) -> Path:
+        """Write the arrays of :meth:`to_numpy` to a compressed ``.npz`` file."""
+        return export.to_npz(path, self.trajectories(episodes, agent, **options))
+
+    def to_d3rlpy(
+        self,
+        episodes: Selection = None,
+        agent: str | None = None,
+        *,
+        observation: Literal["vector", "frames"] = "vector",
+        frames: bool | FrameOptions = False,
+        downsample_frequency: int = 1,
+        downsample_offset: int = 0,
+        **dataset_options: Any,
+    ) -> Any:
+        """A ``d3rlpy.dataset.MDPDataset`` of the selected trajectories (needs the ``rl`` extra).
+
+        ``observation="frames"`` uses the frames (``frames`` says how to process them) as
+        observations, channels first; extra keywords go to ``MDPDataset``.
+        """
+        if observation == "frames" and not frames:
+            frames = True
+        trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
+                                         downsample_offset=downsample_offset)
+        return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)

@@ -1,0 +1,142 @@
+"""Everything after parsing: an episode's parts, in file order, checked, tabulated and written.
+
+The header parts and steps that :func:`pipeline.source.read_document` yields go, in the same
+order, through two halves: :class:`EpisodeChecks` runs the schema and the other rules and
+normalises each part in place; :class:`EpisodeTabulator` fills the table batches and (with a
+folder) writes the Parquet files. :class:`EpisodeBuilder` runs both in one process; the
+two-process ingest (:mod:`pipeline.split`) runs the checks where the file is read and the
+tabulator in a second process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..lake.writer import EpisodeWriter
+from ..version import __version__
+from .rules import EpisodeChecker, check_part, check_step, json_text
+from .tabulate import EpisodeTables, episode_table
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What only the reader knows at the end: the content hash and the input's name and size."""
+
+    source: str
+    content_hash: str
+    source_bytes: int
+
+
+@dataclass(frozen=True)
+class Built:
+    """The outcome of a whole episode: its environment and counts."""
+
+    environment: str
+    steps: int
+    agent_steps: int
+    unit_steps: int
+
+
+class EpisodeChecks:
+    """The rules, part by part, in file order: each part is checked and normalised in place.
+
+    This is the half of the work that decides whether the file is valid; in the two-process
+    ingest it runs in the reading process, so every rule error is raised there, in file order.
+    """
+
+    def __init__(self) -> None:
+        self._checker = EpisodeChecker()
+        self.steps = 0
+
+    def part(self, name: str, value: Any) -> dict[str, Any]:
+        """Check a header part; return what the ``episodes`` table needs from it."""
+        check_part(name, value)
+        header = {name: value}
+        if name == "training":
+            self._checker.set_reward_mapping(value.get("reward_mapping"))
+            header["training.config_json"] = json_text(value.get("config") or {}, path="training.config")
+        elif name in ("inference.config", "action_mapping"):
+            header[f"{name}_json"] = json_text(value, path=name)
+        return header
+
+    def step(self, step: Any) -> None:
+        """Check the next step of ``inference.steps`` and normalise it for the table stage."""
+        index = self.steps
+        check_step(step, index)
+        self._checker.check_step(step, index)
+        self.steps = index + 1
+
+
+class EpisodeTabulator:
+    """Tabulates checked parts; writes them under ``folder`` (None: build the batches, drop them)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self._header: dict[str, Any] = {}
+        self._writer = EpisodeWriter(folder) if folder is not None else None
+        self._tables = EpisodeTables(self._writer.write if self._writer else _discard)
+        self.steps = 0
+
+    def header(self, entries: dict[str, Any]) -> None:
+        """What :meth:`EpisodeChecks.part` returned for a header part."""
+        self._header.update(entries)
+
+    def step(self, step: dict[str, Any]) -> None:
+        """The next step, as :meth:`EpisodeChecks.step` left it."""
+        self._tables.add_step(step, self.steps)
+        self.steps += 1
+
+    def finish(self, facts: Facts) -> Built:
+        """Flush the last batches, write the two summary tables, close and fsync every file."""
+        tables = self._tables
+        tables.flush()
+        if self._writer is not None:
+            self._writer.write("episode_agents", tables.episode_agents())
+            self._writer.write("episodes", episode_table(
+                self._header, tables,
+                source=facts.source,
+                content_hash=facts.content_hash,
+                source_bytes=facts.source_bytes,
+                ingested_at=dt.datetime.now(dt.UTC),
+                pipeline_version=__version__,
+            ))
+            self._writer.close()
+        return Built(self._header["training"]["environment"], tables.steps, tables.agent_steps, tables.unit_steps)
+
+    def abort(self) -> None:
+        """Stop after a failure; the caller removes the folder."""
+        if self._writer is not None:
+            self._writer.abort()
+
+
+class EpisodeBuilder:
+    """Both halves in one process: checks each part, then tabulates it."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self._checks = EpisodeChecks()
+        self._tabulator = EpisodeTabulator(folder)
+
+    @property
+    def steps(self) -> int:
+        return self._checks.steps
+
+    def part(self, name: str, value: Any) -> None:
+        """A header part (``training``, ``action_mapping``, ``inference.parallel``, ``inference.config``)."""
+        self._tabulator.header(self._checks.part(name, value))
+
+    def step(self, step: Any) -> None:
+        """The next step of ``inference.steps``."""
+        self._checks.step(step)
+        self._tabulator.step(step)
+
+    def finish(self, facts: Facts) -> Built:
+        return self._tabulator.finish(facts)
+
+    def abort(self) -> None:
+        self._tabulator.abort()
+
+
+def _discard(table: str, batch: Any) -> None:
+    """The sink of a check-only build: batches are built (so their checks run) and dropped."""

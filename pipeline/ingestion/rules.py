@@ -1,0 +1,448 @@
+"""The episode format's rules: the JSON Schema (compiled) and the rules a schema cannot state.
+
+``schemas/episode.schema.json`` is the single statement of the format. On the hot path each
+part of the document is checked against its ``$defs`` entry with ``jsonschema-rs`` (compiled,
+hundreds of times faster than the pure-Python ``jsonschema``, which stays the reference in the
+tests). :class:`EpisodeChecker` then applies what a schema cannot say: unique step numbers,
+agents and units; one reward kind per episode; reward-vector length against
+``reward_mapping``; rectangular observations; decodable images. It also normalises each step
+in place (image decoded to bytes, observation flattened with its shape) so that the table stage
+only has to place values in columns.
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import json
+import struct
+import warnings
+import zlib
+from array import array
+from functools import cache
+from importlib import resources
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import orjson
+import pybase64
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InvalidEpisode
+
+# Every rule id an InvalidEpisode can carry, with what it guards; one dialect, ``area.rule``. The README's
+# error table lists the same ids (a test keeps them equal).
+RULES: dict[str, str] = {
+    "file.json": "the file is JSON (no NaN, comments, trailing commas, raw control characters)",
+    "file.utf8": "the text is valid UTF-8",
+    "file.truncated": "the file is complete",
+    "file.trailing_data": "nothing follows the document",
+    "file.compression": "a compressed file decompresses whole",
+    "document.object": "the document is one JSON object",
+    "document.required": "a required key is present",
+    "document.unknown_key": "no key outside the format",
+    "document.duplicate_key": "a top-level key appears once",
+    "document.steps": "inference.steps is a non-empty array",
+    "document.depth": "nesting is at most 256 levels",
+    "document.part_size": "one step or header value is at most 16 MiB",
+    "value.type": "a value has the type the format gives it",
+    "value.length": "a name is 1 to 200 characters",
+    "value.minimum": "a number is at least its minimum",
+    "value.min_items": "an array has at least its minimum of elements",
+    "value.key_pattern": "a mapping's key is an integer written as a string",
+    "value.schema": "any other rule of the JSON Schema",
+    "number.int64": "an integer fits in int64",
+    "number.finite": "a number fits in float64",
+    "step.number_unique": "step numbers are unique",
+    "agent.unique": "an agent appears once per step",
+    "unit.unique": "a unit appears once per agent step",
+    "reward.exactly_one": "exactly one of reward and rewards",
+    "reward.consistent": "one reward kind for the whole episode",
+    "reward.length": "rewards has the length of reward_mapping (1 without it)",
+    "observation.shape": "an observation is a 1-D or 2-D array of numbers",
+    "observation.rectangular": "a 2-D observation's rows have one length",
+    "image.base64": "an image is standard base64",
+    "image.decodable": "an image is a whole, intact image file of at most 64 Mi pixels",
+}
+
+SCHEMA_FILE = "episode.schema.json"
+STEPS_PATH = "inference.steps"
+# orjson's limit when storing free-form JSON as text. The source already refuses files nested
+# deeper than source.MAX_DEPTH (256) in all, so this only guards direct callers.
+MAX_JSON_DEPTH = 254
+# Largest image (in pixels) accepted in a frame; bigger is treated as a decompression bomb.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def schema_path() -> Path:
+    """Where the schema file is: inside the installed package, or at the repository's top level."""
+    installed = resources.files("pipeline") / "schemas" / SCHEMA_FILE
+    if installed.is_file():
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The episode JSON Schema (2020-12) as a dict."""
+    with open(schema_path(), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def part_schema(definition: str) -> dict[str, Any]:
+    """A schema document that validates one ``$defs`` entry of the episode schema."""
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+
+
+# Which ``$defs`` entry checks each part of the document that the source yields.
+PART_DEFINITIONS = {
+    "training": "training",
+    "action_mapping": "action_mapping",
+    "inference.parallel": "inference_parallel",
+    "inference.config": "inference_config",
+    "step": "step",
+}
+
+
+@cache
+def _validator(definition: str) -> Any:
+    return jsonschema_rs.validator_for(part_schema(definition))
+
+
+def check_part(part: str, value: Any, *, path: str | None = None, step: int | None = None) -> None:
+    """Check one part (a header value or a step) against the schema; raise :class:`InvalidEpisode`."""
+    validator = _validator(PART_DEFINITIONS[part])
+    if validator.is_valid(value):
+        return
+    errors = list(validator.iter_errors(value))
+    # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
+    error = max(errors, key=lambda e: len(e.instance_path))
+    raise _explain(error, path or part, step, value)
+
+
+def check_step(step: Any, index: int) -> None:
+    """Check one step against the schema (the hot path: one compiled ``is_valid`` call)."""
+    if _validator("step").is_valid(step):
+        return
+    number = step.get("number") if type(step) is dict else None
+    check_part("step", step, path=f"{STEPS_PATH}[{index}]", step=number if type(number) is int else None)
+
+
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+_ARTICLES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "a boolean",
+             "array": "an array", "object": "an object", "null": "null"}
+
+
+def _join_path(base: str, parts: Any, root: Any) -> str:
+    """``base`` plus an instance path; walks ``root`` so keys like "0" stay keys, not indexes."""
+    out, node = base, root
+    for part in parts:
+        if isinstance(node, list):
+            out += f"[{part}]"
+            node = node[int(part)]
+        else:
+            key = str(part)
+            out += f".{key}" if out else key
+            node = node.get(key) if isinstance(node, dict) else None
+    return out
+
+
+def _explain(error: Any, base: str, step: int | None, root: Any) -> InvalidEpisode:
+    """Turn a jsonschema-rs error into a message a person can act on."""
+    kind = error.kind
+    name = type(kind).__name__
+    path = _join_path(base, error.instance_path, root)
+    value = error.instance
+    found = _JSON_TYPES.get(type(value), type(value).__name__)
+    if name == "Type":
+        wanted = " or ".join(_ARTICLES[t] for t in kind.types if t != "null")
+        return InvalidEpisode("value.type", f"must be {wanted}, found {found}", path=path, step=step)
+    if name == "Required":
+        return InvalidEpisode("document.required", f'"{kind.property}" is required', path=path, step=step)
+    if name == "AdditionalProperties":
+        keys = ", ".join(f'"{k}"' for k in kind.unexpected)
+        return InvalidEpisode("document.unknown_key", f"unknown key {keys}", path=path, step=step)
+    if name in ("MinLength", "MaxLength"):
+        return InvalidEpisode(
+            "value.length", f"must be 1 to 200 characters long, found {len(value)}", path=path, step=step
+        )
+    if name == "Minimum":
+        return InvalidEpisode("value.minimum", f"must be at least {kind.limit}, found {value}", path=path, step=step)
+    if name == "Maximum":
+        return InvalidEpisode(
+            "number.int64", f"must fit in a signed 64-bit integer (at most {kind.limit}), found {value}",
+            path=path, step=step,
+        )
+    if name == "MinItems":
+        return InvalidEpisode(
+            "value.min_items", f"must have at least {kind.limit} element{'s' if kind.limit != 1 else ''}",
+            path=path, step=step,
+        )
+    if name == "PropertyNames":
+        key = kind.error.instance
+        return InvalidEpisode(
+            "value.key_pattern",
+            f'key "{key}" must be an integer written as a string (like "0" or "-1")',
+            path=path, step=step,
+        )
+    if name in ("OneOfMultipleValid", "OneOfNotValid"):
+        both = name == "OneOfMultipleValid"
+        return InvalidEpisode(
+            "reward.exactly_one",
+            f'exactly one of "reward" or "rewards" is required, found {"both" if both else "neither"}',
+            path=path, step=step,
+        )
+    if name == "AnyOf" and path.endswith("observation_space"):
+        return InvalidEpisode(
+            "observation.shape",
+            "must be a 1-D array of numbers or a 2-D array of arrays of numbers",
+            path=path, step=step,
+        )
+    return InvalidEpisode("value.schema", error.message, path=path, step=step)  # pragma: no cover
+
+
+def json_text(value: Any, *, path: str, step: int | None = None) -> str | None:
+    """Lossless JSON text of a free-form value (config, custom metrics): key order and numbers kept."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        if "ecursion" not in str(exc):
+            raise
+        raise InvalidEpisode(
+            "document.depth", f"is nested more than {MAX_JSON_DEPTH} levels deep", path=path, step=step
+        ) from None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type and CRC) that closes every complete PNG
+_IHDR = struct.Struct(">I4sIIBBBBBI")  # length, type, width, height, depth, colour, compression, filter, interlace, crc
+# Valid PNG (colour type: bit depths) pairs.
+_PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height of a complete PNG with a well-formed header; None for anything else.
+
+    Frames are nearly always PNG; reading the header directly takes ~1 us where Pillow's
+    ``Image.open`` takes ~23 us (measured), which was 43% of a frames-profile ingest. Anything
+    this does not vouch for (another format, a PNG cut short before its IEND chunk) goes to Pillow.
+    """
+    if len(data) < 45 or not data.startswith(_PNG_SIGNATURE) or not data.endswith(_PNG_END):
+        return None
+    length, kind, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(data, 8)
+    if (length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc or not width or not height
+            or depth not in _PNG_DEPTHS.get(colour, ()) or compression or filter_ or interlace > 1):
+        return None
+    return width, height
+
+
+def _pillow_size(data: bytes) -> tuple[int, int]:
+    """Width and height of any image Pillow recognises (raises if it recognises none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+
+
+def decode_image(text: str, *, path: str, step: int) -> bytes:
+    """Decode a frame's base64 text and check an image decoder recognises the bytes."""
+    try:
+        data = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEpisode(
+            "image.base64", "is not valid standard base64 (A-Z a-z 0-9 + / with = padding)",
+            path=path, step=step,
+        ) from None
+    size = _png_size(data)
+    if size is None:
+        try:
+            size = _pillow_size(data)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            size = (MAX_IMAGE_PIXELS, 2)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise InvalidEpisode(
+                "image.decodable", "is not an image any decoder recognises (PNG, JPEG, GIF, BMP, WebP, ...)",
+                path=path, step=step,
+            ) from None
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidEpisode(
+            "image.decodable", f"image is too large to accept (more than {MAX_IMAGE_PIXELS} pixels)",
+            path=path, step=step,
+        )
+    return data
+
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:
+    """Flatten a schema-valid observation row-major; return the values and the shape.
+
+    Ragged rows are an error. When every value is an integer from 0 to 255 (pixels, the common
+    case for image observations) the values come back as a ``bytearray``, one byte each: made in
+    C at ~4 ns a value, where converting Python numbers to Arrow costs ~40 ns (measured). The
+    table stage widens the bytes to float64 in bulk. Anything else comes back as a flat list.
+    """
+    if not obs or type(obs[0]) is not list:
+        if obs and type(obs[0]) is int:
+            try:
+                return bytearray(obs), [len(obs)]
+            except (TypeError, ValueError):  # a float, a negative number or one above 255
+                pass
+        return obs, [len(obs)]
+    width = len(obs[0])
+    for row, values in enumerate(obs):
+        if len(values) != width:
+            raise InvalidEpisode(
+                "observation.rectangular",
+                f"row {row} has {len(values)} values but row 0 has {width}; a 2-D observation must be rectangular",
+                path=f"{path}[{row}]", step=step,
+            )
+    shape = [len(obs), width]
+    if width and type(obs[0][0]) is int:  # floats fail at once; skip the attempt
+        try:
+            return bytearray().join(map(bytearray, obs)), shape
+        except (TypeError, ValueError):
+            pass
+    return list(chain.from_iterable(obs)), shape
+
+
+class EpisodeChecker:
+    """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
+
+    def __init__(self) -> None:
+        self._numbers = array("q")
+        self._numbers_sorted = True
+        self._number_index: dict[int, int] | None = None
+        self._reward_kind: tuple[str, str, int] | None = None  # kind, first path, first step
+        self._reward_kind_name: str | None = None  # the kind alone, for the per-row fast path
+        self._reward_lengths: dict[int, tuple[str, int]] = {}  # length -> first path, step
+        self._expected_length: int | None = None
+
+    def set_reward_mapping(self, mapping: list[str] | None) -> None:
+        """Called once ``training`` is known; checks reward vectors seen before it too."""
+        self._expected_length = len(mapping) if mapping else 1
+        for length, (path, step) in self._reward_lengths.items():
+            self._check_length(length, path, step)
+
+    def check_step(self, step: dict[str, Any], index: int) -> None:
+        """Check one schema-valid step and normalise it in place.
+
+        Afterwards ``image`` holds the decoded bytes, ``observation`` the flattened observation
+        (with ``observation_shape``; ``observation_space`` is dropped) and ``custom_metrics`` JSON text.
+        """
+        base = f"{STEPS_PATH}[{index}]"
+        number = step["number"]
+        if type(number) is not int:  # 1.0 or 1e0: an integer to JSON Schema, so one to us too
+            number = step["number"] = int(number)
+        self._check_number(number, index)
+        image = step.get("image")
+        if image is not None:
+            step["image"] = decode_image(image, path=f"{base}.image", step=number)
+        agent_steps = step.get("agent_steps")
+        if not agent_steps:
+            return
+        if len(agent_steps) > 1:
+            _check_unique(agent_steps, "agent", f"{base}.agent_steps", number)
+        for j, agent_step in enumerate(agent_steps):
+            rewards = agent_step.get("rewards")
+            kind = "reward" if rewards is None else "rewards"
+            if kind != self._reward_kind_name or (rewards is not None and len(rewards) != self._expected_length):
+                self._check_rewards(agent_step, f"{base}.agent_steps[{j}]", number, consistent=True)
+            # The table stage reads the flat "observation"; the nested original is dropped to save memory.
+            agent_step["observation"], agent_step["observation_shape"] = flatten_observation(
+                agent_step.pop("observation_space"), path=f"{base}.agent_steps[{j}].observation_space", step=number
+            )
+            metrics = agent_step.get("custom_metrics")
+            if metrics is not None:
+                agent_step["custom_metrics"] = json_text(
+                    metrics, path=f"{base}.agent_steps[{j}].custom_metrics", step=number
+                )
+            units = agent_step.get("unit_steps")
+            if units:
+                if len(units) > 1:
+                    _check_unique(units, "unit", f"{base}.agent_steps[{j}].unit_steps", number)
+                expected = self._expected_length
+                for k, unit_step in enumerate(units):
+                    rewards = unit_step.get("rewards")
+                    if rewards is not None and len(rewards) != expected:
+                        self._check_rewards(unit_step, f"{base}.agent_steps[{j}].unit_steps[{k}]", number,
+                                            consistent=False)
+                    metrics = unit_step.get("custom_metrics")
+                    if metrics is not None:
+                        unit_step["custom_metrics"] = json_text(
+                            metrics, path=f"{base}.agent_steps[{j}].unit_steps[{k}].custom_metrics", step=number
+                        )
+
+    def _check_number(self, number: int, index: int) -> None:
+        numbers = self._numbers
+        if self._numbers_sorted and (not numbers or number > numbers[-1]):
+            numbers.append(number)
+            return
+        if self._number_index is None:
+            # Steps arrived out of order: from now on keep an index from number to position.
+            self._numbers_sorted = False
+            self._number_index = {n: i for i, n in enumerate(numbers)}
+        first = self._number_index.get(number)
+        if first is not None:
+            raise InvalidEpisode(
+                "step.number_unique",
+                f"step number {number} is used twice (first by {STEPS_PATH}[{first}]); step numbers must be unique",
+                path=f"{STEPS_PATH}[{index}].number", step=number,
+            )
+        self._number_index[number] = index
+
+    def _check_rewards(self, row: dict[str, Any], path: str, step: int, *, consistent: bool) -> None:
+        rewards = row.get("rewards")
+        kind = "reward" if rewards is None else "rewards"
+        if consistent:
+            if self._reward_kind is None:
+                self._reward_kind = (kind, path, step)
+                self._reward_kind_name = kind
+            elif self._reward_kind[0] != kind:
+                first_kind, first_path, _ = self._reward_kind
+                raise InvalidEpisode(
+                    "reward.consistent",
+                    f'uses "{kind}" but {first_path} uses "{first_kind}"; every agent step of an episode '
+                    f'must use the same one of "reward" or "rewards"',
+                    path=path, step=step,
+                )
+        if rewards is not None:
+            length = len(rewards)
+            if self._expected_length is not None:
+                self._check_length(length, f"{path}.rewards", step)
+            elif length not in self._reward_lengths:
+                self._reward_lengths[length] = (f"{path}.rewards", step)
+
+    def _check_length(self, length: int, path: str, step: int) -> None:
+        expected = self._expected_length
+        if length == expected:
+            return
+        if expected == 1:
+            why = 'without "training.reward_mapping", "rewards" must have exactly 1 element'
+        else:
+            why = (f'"training.reward_mapping" names {expected} reward components, '
+                   f'so "rewards" must have {expected} elements')
+        raise InvalidEpisode("reward.length", f"{why}, found {length}", path=path, step=step)
+
+
+def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) -> None:
+    if len({row[key] for row in rows}) == len(rows):
+        return
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        name = row[key]
+        if name in seen:
+            raise InvalidEpisode(
+                f"{key}.unique",
+                f'{key} "{name}" appears twice in this step (also at [{seen[name]}]); {key}s must be unique',
+                path=f"{path}[{i}].{key}", step=step,
+            )
+        seen[name] = i

@@ -1,0 +1,536 @@
+"""Open any input once, hash it while reading, and stream its header parts and steps.
+
+The input is a local path, a ``file://`` or ``http(s)://`` URL (through fsspec), or an open
+binary stream such as standard input; compression is inferred from the name (``.gz``,
+``.bz2``, ``.xz``, ``.zst``). It is read exactly once, front to back, so it may be a pipe.
+
+Parsing uses ijson's C backend and its fastest path, ``items()``. A plain ``items()`` call
+follows a single prefix; we need the steps *and* the few header values (``training``,
+``action_mapping``, ``inference.parallel``, ``inference.config``), in whatever order the file
+has them, without a second parser over the same bytes (which halves throughput) or a Python loop
+over every event (1.6-3x slower). ijson matches prefixes with ``==``, and Python lets a ``str``
+subclass's ``__eq__`` answer first when compared with a plain ``str``; so :class:`_Prefixes`
+matches several prefixes and remembers, in document order, which one each yielded value came
+from. The match is only consulted between values, never inside one, so the cost is one Python
+call per step. ``tests/test_source.py`` pins this behaviour for the installed ijson.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+import fsspec.compression
+import fsspec.utils
+import ijson
+import numpy as np
+import zstandard
+
+from ..errors import InvalidEpisode, SourceError
+from .zstdframes import ZstdFrameWalker
+
+# ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
+READ_SIZE = 256 * 1024
+# Largest input span of one part (a step, or a header value such as training). Parsed JSON takes
+# several times its text in memory (up to ~25x for a run of empty objects, measured), so this is
+# what bounds a hostile file's memory; real steps are a few KB to a few MB.
+MAX_PART_BYTES = 16 * 1024 * 1024
+
+STEP = "inference.steps.item"
+# Progress is reported every this many steps (and once at the end).
+PROGRESS_EVERY = 128
+HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.config")
+# Paths the parser walks through on its way to the parts above; anything else is an unknown key.
+_CONTAINERS = frozenset({"", "inference", "inference.steps"})
+_BOM = b"\xef\xbb\xbf"
+_WHITESPACE = b" \t\r\n"
+
+
+def _c_backend() -> Any:
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError as exc:  # pragma: no cover - depends on the installed wheel
+        raise SourceError(
+            "ijson's C backend (yajl2_c) is not available, and the pure-Python parser is far "
+            "too slow for episode files; reinstall ijson from a binary wheel: "
+            "pip install --force-reinstall --only-binary ijson ijson"
+        ) from exc
+
+
+class _RawCounter(io.RawIOBase):
+    """Counts the bytes taken from the underlying (possibly compressed) file, for progress.
+
+    Errors here are the transport's (a dropped connection, an I/O error), not the file's. For a
+    zstd file it also walks the frame structure: zstandard's reader ends silently at a cut frame,
+    so the end of the input must fall on a frame boundary.
+    """
+
+    def __init__(self, raw: IO[bytes], name: str, walker: ZstdFrameWalker | None = None) -> None:
+        self._raw = raw
+        self._name = name
+        self._walker = walker
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._raw.read(size)
+        except Exception as exc:
+            raise SourceError(f"could not read the input: {exc}", source=self._name) from exc
+        self.count += len(data)
+        if self._walker is not None:
+            self._walker.feed(data)
+            if not data and size != 0 and not self._walker.at_boundary():
+                raise EOFError("the zstd stream ends in the middle of a frame")
+        return data
+
+
+class _PartTooLarge(Exception):
+    """Raised by the reader when one part spans more than ``MAX_PART_BYTES``."""
+
+
+class _TooDeep(Exception):
+    """Raised by the reader when arrays and objects nest deeper than ``MAX_DEPTH``."""
+
+
+# Deepest nesting of arrays and objects accepted. Real episodes nest under 20 levels; ijson keeps
+# one path string per level, each as long as the path, so memory grows with the square of depth
+# (measured: 1 GB at 20,000 levels from a 40 KB file). The check has to run before ijson sees bytes.
+MAX_DEPTH = 256
+_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"')
+_QUOTED = re.compile(rb'"[^"]*"')
+_NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_BACKSLASH = b"\\"
+
+
+class _DepthGuard:
+    """Tracks the exact nesting depth of a JSON byte stream, chunk by chunk, at C speed.
+
+    Escaped characters are dropped, then everything but brackets and quotes; what remains of
+    strings (quote pairs, or quotes around brackets) is removed, and the brackets left are summed.
+    State carried between chunks: the depth, whether a string is open, a trailing backslash.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._in_string = False
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self._carry:
+            chunk, self._carry = self._carry + chunk, b""
+        if _BACKSLASH in chunk:
+            chunk = chunk.replace(_BACKSLASH * 2, b"").replace(_BACKSLASH + b'"', b"")
+            if chunk.endswith(_BACKSLASH):
+                chunk, self._carry = chunk[:-1], _BACKSLASH
+        marks = chunk.translate(None, _STRUCTURAL)
+        if self._in_string:
+            end = marks.find(b'"')
+            if end < 0:
+                return
+            marks, self._in_string = marks[end + 1 :], False
+        marks = marks.replace(b'""', b"")
+        if b'"' in marks:
+            marks = _QUOTED.sub(b"", marks)
+            start = marks.find(b'"')
+            if start >= 0:
+                marks, self._in_string = marks[:start], True
+        if not marks:
+            return
+        levels = np.frombuffer(marks.translate(_NESTING), np.int8).cumsum(dtype=np.int64)
+        if self.depth + int(levels.max()) > MAX_DEPTH:
+            raise _TooDeep
+        self.depth += int(levels[-1])
+
+
+class _BackgroundSha256:
+    """sha256 of a byte stream, updated in order on a helper thread.
+
+    hashlib releases the GIL while it hashes, so the hash runs on another core while the parser
+    holds the GIL (in line it cost ~0.075 s per 100 MB, ~3% of a teams-profile ingest, measured).
+    Chunks are handed over 4 MiB at a time: each hand-over costs the parser two GIL switches.
+    At most ``MAX_PENDING`` hand-overs wait, so memory stays bounded if the helper falls behind.
+    """
+
+    BATCH_BYTES = 4 * 1024 * 1024
+    MAX_PENDING = 4
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+
+    def update(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.BATCH_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._chunks:
+            return
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        if self._pool is None:  # started on the first hand-over: after the two-process ingest forks
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        pending = self._pending
+        if len(pending) >= self.MAX_PENDING:
+            pending.popleft().result()
+        pending.append(self._pool.submit(self._hash.update, data))
+
+    def hexdigest(self) -> str:
+        """The digest of everything given so far (waits for the helper)."""
+        self._hand_over()
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Finish the queued updates and stop the helper thread (it would outlive the ingest)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending.clear()
+
+
+class HashingReader:
+    """The decompressed byte stream handed to ijson: hashed, counted, with a leading BOM dropped.
+
+    ``mark()`` notes where the current part began; reading more than ``MAX_PART_BYTES`` past the
+    mark stops the parse before the part can fill memory.
+    """
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._hash = _BackgroundSha256()
+        self._pending = b""
+        self.consumed = 0
+        self._limit = MAX_PART_BYTES
+        self._depth = _DepthGuard()
+
+    def mark(self) -> None:
+        self._limit = self.consumed + MAX_PART_BYTES
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson probes with read(0) to tell bytes from text
+            return b""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        data = self._read(size)
+        if self.consumed > self._limit:
+            raise _PartTooLarge
+        return data
+
+    def _read(self, size: int) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except SourceError:
+            raise
+        except Exception as exc:
+            # Anything the decompressor raises means the compressed file itself is broken.
+            raise InvalidEpisode(
+                "file.compression",
+                f"the compressed file is corrupt or truncated ({exc or type(exc).__name__})",
+                offset=self.consumed,
+                source=self._name,
+            ) from exc
+        self.consumed += len(data)
+        self._hash.update(data)
+        self._depth.feed(data)
+        return data
+
+    def first_byte(self) -> bytes:
+        """The first byte of the document proper (after a BOM and whitespace), b"" if empty."""
+        head = self._read(READ_SIZE)
+        if head.startswith(_BOM):
+            head = head[len(_BOM) :]
+        while True:
+            stripped = head.lstrip(_WHITESPACE)
+            if stripped:
+                self._pending = stripped
+                return stripped[:1]
+            more = self._read(READ_SIZE)
+            if not more:
+                return b""
+            head = more
+
+    def hexdigest(self) -> str:
+        """sha256 of the decompressed bytes read so far (all of them, once the parse is done)."""
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._hash.close()
+
+
+@dataclass
+class Source:
+    """One opened input: its display name, the decompressed stream, and progress counters."""
+
+    name: str
+    reader: HashingReader
+    size: int | None
+    _raw_counter: _RawCounter | None
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes taken from the input as stored (compressed bytes for a compressed file)."""
+        return self._raw_counter.count if self._raw_counter else self.reader.consumed
+
+
+class _OpenedSource:
+    """Context manager returned by :func:`open_source`; closes everything it opened."""
+
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes], name: str | None) -> None:
+        self._source = source
+        self._name = name
+        self._closers: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Source:
+        try:
+            return self._open()
+        except BaseException:
+            self._close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                close()
+        self._closers.clear()
+
+    def _open(self) -> Source:
+        src = self._source
+        if hasattr(src, "read"):
+            name = self._name or getattr(src, "name", None) or "<stream>"
+            if not isinstance(name, str):
+                name = "<stream>"
+            compression = fsspec.utils.infer_compression(name) if self._name else None
+            raw, size = src, None
+        else:
+            name = self._name or os.fspath(src)
+            raw, size = self._open_path(name)
+            compression = fsspec.utils.infer_compression(name)
+        counter = _RawCounter(raw, name, ZstdFrameWalker() if compression == "zstd" else None)  # type: ignore[arg-type]
+        stream: IO[bytes] = io.BufferedReader(counter, buffer_size=READ_SIZE)
+        if compression == "zstd":
+            # fsspec's zstd reader stops after the first frame; a file may hold several.
+            stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+            self._closers.append(stream.close)
+        elif compression:
+            stream = fsspec.compression.compr[compression](stream, mode="rb")
+            self._closers.append(stream.close)
+        reader = HashingReader(stream, name)
+        self._closers.append(reader.close)
+        return Source(name=name, reader=reader, size=size, _raw_counter=counter)
+
+    def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
+        try:
+            fs, path = fsspec.core.url_to_fs(name)
+            protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+            options = {}
+            if "http" in protocols or "https" in protocols:
+                # A plain stream: one GET, read front to back. fsspec's default random-access
+                # file would fetch 5 MiB ranges, which servers without Range support refuse.
+                options["block_size"] = 0
+            elif fs.isdir(path):
+                raise SourceError("is a directory, not an episode file", source=name)
+            raw = fs.open(path, "rb", **options)
+        except SourceError:
+            raise
+        except FileNotFoundError as exc:
+            raise SourceError("no such file", source=name) from exc
+        except PermissionError as exc:
+            raise SourceError("permission denied", source=name) from exc
+        except Exception as exc:
+            raise SourceError(f"could not open: {exc}", source=name) from exc
+        self._closers.append(raw.close)
+        try:
+            size = fs.size(path)
+        except Exception:
+            size = None
+        return raw, size
+
+
+def open_source(source: str | os.PathLike[str] | IO[bytes], *, name: str | None = None) -> _OpenedSource:
+    """Open ``source`` for one streaming read: ``with open_source("ep.json.gz") as src: ...``."""
+    return _OpenedSource(source, name)
+
+
+class _Prefixes(str):
+    """A prefix that ijson's ``items()`` sees as equal to every path we want (see module doc)."""
+
+    wanted: frozenset[str]
+    matched: deque[str]  # the wanted paths, in the order items() yields their values
+    containers_seen: dict[str, int]
+    unknown: str | None  # the first path that is neither wanted nor a container of one
+
+    def __new__(cls) -> _Prefixes:
+        self = super().__new__(cls, STEP)
+        self.wanted = frozenset((STEP, *HEADER_PARTS))
+        self.matched = deque()
+        self.containers_seen = {}
+        self.unknown = None
+        return self
+
+    def __eq__(self, path: object) -> bool:
+        if path in self.wanted:
+            self.matched.append(path)
+            return True
+        if path in _CONTAINERS:
+            self.containers_seen[path] = self.containers_seen.get(path, 0) + 1
+        elif self.unknown is None:
+            self.unknown = path  # type: ignore[assignment]
+        return False
+
+    def __ne__(self, path: object) -> bool:
+        return not self.__eq__(path)
+
+    __hash__ = str.__hash__
+
+
+def read_document(source: Source) -> Iterator[tuple[str, Any]]:
+    """Yield ``(part, value)`` in file order: header parts by name, each step as ``(STEP, dict)``.
+
+    Structural rules of the document itself (a JSON object at the root, no unknown or repeated
+    top-level keys, a non-empty steps array, parseable JSON) are enforced here, as the stream
+    goes; everything inside the parts is left to :mod:`pipeline.rules`.
+    """
+    reader = source.reader
+    prefixes = _Prefixes()
+    matched = prefixes.matched
+    seen_parts: set[str] = set()
+    steps = 0
+    try:
+        first = reader.first_byte()
+        if first != b"{":
+            raise InvalidEpisode("document.object", _root_message(first, reader), source=source.name)
+        items = _c_backend().items(reader, prefixes, use_float=True, buf_size=READ_SIZE)
+        for value in items:
+            part = matched.popleft()
+            reader.mark()
+            if prefixes.unknown is not None:
+                raise _unknown_key(prefixes.unknown)
+            if part == STEP:
+                yield part, value
+                steps += 1
+                continue
+            if part in seen_parts:
+                key = part.rsplit(".", 1)[-1]
+                raise InvalidEpisode("document.duplicate_key", f'the key "{key}" appears twice', path=part)
+            seen_parts.add(part)
+            yield part, value
+    except ijson.JSONError as exc:
+        raise _parse_error(exc, prefixes, steps, reader) from None
+    except UnicodeDecodeError:  # bytes yajl let through (overlong forms, surrogates, "\\udfff")
+        in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
+        raise InvalidEpisode(
+            "file.utf8", "a string is not valid UTF-8 (bad bytes or an unpaired surrogate escape)",
+            path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
+        ) from None
+    except _TooDeep:
+        where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
+        raise InvalidEpisode(
+            "document.depth", f"arrays and objects are nested more than {MAX_DEPTH} levels deep",
+            path=where, offset=reader.consumed,
+        ) from None
+    except _PartTooLarge:
+        if prefixes.unknown is not None:
+            raise _unknown_key(prefixes.unknown) from None
+        where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
+        raise InvalidEpisode(
+            "document.part_size",
+            f"one value spans more than {MAX_PART_BYTES // 2**20} MiB of the file; a step (or a header "
+            "value such as training.config) must be smaller",
+            path=where, offset=reader.consumed,
+        ) from None
+    if prefixes.unknown is not None:
+        raise _unknown_key(prefixes.unknown)
+    _check_structure(prefixes, seen_parts, steps)
+
+
+def _root_message(first: bytes, reader: HashingReader) -> str:
+    if not first:
+        return "the file is empty" if reader.consumed == 0 else "the file holds only whitespace"
+    kind = {b"[": "an array", b'"': "a string", b"n": "null", b"t": "a boolean", b"f": "a boolean"}.get(
+        first, "a number" if first in b"-0123456789" else "not JSON"
+    )
+    return f"the document must be a JSON object with \"training\" and \"inference\", found {kind}"
+
+
+def _unknown_key(path: str) -> InvalidEpisode:
+    parent, _, key = path.rpartition(".")
+    allowed = '"training", "inference", "action_mapping"' if not parent else '"parallel", "config", "steps"'
+    return InvalidEpisode(
+        "document.unknown_key", f'unknown key "{key}" (allowed here: {allowed})', path=path
+    )
+
+
+def _check_structure(prefixes: _Prefixes, seen_parts: set[str], steps: int) -> None:
+    containers = prefixes.containers_seen
+    # The parser walks past "" once at each end of the root object and once per root key, and past
+    # "inference.steps" once at each end of a steps array: more than that means a repeated key.
+    root_keys = containers.get("", 0) - 2
+    if root_keys - ("training" in seen_parts) - ("action_mapping" in seen_parts) > 1:
+        raise InvalidEpisode("document.duplicate_key", 'the key "inference" appears twice', path="inference")
+    if containers.get("inference.steps", 0) > 2:
+        raise InvalidEpisode("document.duplicate_key", 'the key "steps" appears twice', path="inference.steps")
+    if "training" not in seen_parts:
+        raise InvalidEpisode("document.required", '"training" is required', path="training")
+    if "inference" not in containers:
+        raise InvalidEpisode("document.required", '"inference" is required', path="inference")
+    if "inference.steps" not in containers:
+        raise InvalidEpisode(
+            "document.required",
+            'must be an object with a "steps" array',
+            path="inference",
+        )
+    if steps == 0:
+        raise InvalidEpisode(
+            "document.steps", "must be an array with at least one step", path="inference.steps"
+        )
+
+
+_PARSE_RULES = (
+    ("premature EOF", "file.truncated", "the file ends before the JSON document is complete (truncated?)"),
+    ("trailing garbage", "file.trailing_data", "unexpected data after the end of the JSON document"),
+    ("integer overflow", "number.int64", "an integer does not fit in a signed 64-bit integer"),
+    ("floating point) overflow", "number.finite", "a number is beyond the range of a 64-bit float"),
+    ("invalid bytes in UTF8", "file.utf8", "the file is not valid UTF-8"),
+)
+
+
+def _parse_error(exc: Exception, prefixes: _Prefixes, steps: int, reader: HashingReader) -> InvalidEpisode:
+    text = str(exc)
+    if isinstance(exc.args[0] if exc.args else None, bytes):
+        text = exc.args[0].decode("utf-8", "replace")
+    detail = text.strip().splitlines()[0] if text.strip() else "malformed JSON"
+    rule, message = "file.json", f"not valid JSON ({detail})"
+    for needle, known_rule, known_message in _PARSE_RULES:
+        if needle in text:
+            rule, message = known_rule, known_message
+            break
+    in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
+    path = f"inference.steps[{steps}]" if in_steps and rule != "file.trailing_data" else None
+    return InvalidEpisode(rule, message, path=path, offset=reader.consumed)

@@ -1,0 +1,108 @@
+"""Staging folders and the commit: an ingest is written privately, then published by one rename.
+
+An ingest writes everything under ``_staging/<token>/episode`` and publishes it with a single
+``rename`` to ``environment=<name>/episode_id=<id>``. A reader sees the whole episode or none
+of it. If that folder already exists the same content was ingested before (or is being
+committed by another process right now): the rename fails and the ingest reports "exists".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import LakeError
+from .layout import MAX_FOLDER_BYTES, OWNER_LOCK, STAGING, episode_path
+from .writer import fsync_path
+
+log = logging.getLogger(__name__)
+
+
+class Staging:
+    """A private folder for one ingest, removed on failure; :meth:`commit` publishes it.
+
+    The staging folder holds an exclusive ``flock`` on ``owner.lock`` for as long as the ingest
+    runs, so a later ``gc`` can tell a crashed ingest's leftovers from one still in progress.
+    """
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        token = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.root = lake / STAGING / token
+        self.folder = self.root / "episode"
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> Staging:
+        try:
+            self.folder.mkdir(parents=True)
+            self._lock_fd = os.open(self.root / OWNER_LOCK, os.O_CREAT | os.O_WRONLY, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(self._lock_fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        except OSError as exc:
+            self._cleanup()
+            raise LakeError(f"cannot create a staging folder in {self.lake}: {exc.strerror or exc}") from exc
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the owner lock (a forked helper must close its copy)."""
+        return self._lock_fd
+
+    def commit(self, environment: str, episode_id: str) -> bool:
+        """Publish the staged episode with one rename; False if it is already in the lake."""
+        target = episode_path(self.lake, environment, episode_id)
+        env_dir = target.parent
+        size = len(env_dir.name.encode())
+        if size > MAX_FOLDER_BYTES:
+            raise LakeError(
+                f"the environment name is too long for a folder of the lake ({size} bytes once encoded, "
+                f"at most {MAX_FOLDER_BYTES}); use a shorter training.environment"
+            )
+        created_env = False
+        try:
+            if not env_dir.is_dir():
+                env_dir.mkdir(exist_ok=True)
+                created_env = True
+                fsync_path(self.lake)
+            if target.exists():
+                return False
+            log.info("commit %s -> %s", self.folder, target)
+            os.rename(self.folder, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            if created_env:
+                _remove_if_empty(env_dir)
+            raise LakeError(f"could not publish the episode into {env_dir}: {exc.strerror or exc}") from exc
+        try:
+            fsync_path(env_dir)
+        except OSError as exc:  # published and visible; only its durability is in doubt
+            log.warning("episode %s published but %s could not be flushed: %s", episode_id, env_dir, exc)
+        return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this process created, unless another ingest has put an episode in it."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+

@@ -1,0 +1,109 @@
+"""Parquet writers for one episode's tables, flushing batches as they come.
+
+Encoding and zstd compression run in pyarrow's C++ code with the GIL released, so writes go to
+one background thread: the parser keeps the first core busy while the second compresses. At most
+``MAX_IN_FLIGHT`` batches wait for the writer, which keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import LakeError
+from .tables import SCHEMAS
+
+MAX_IN_FLIGHT = 2
+COMPRESSION = "zstd"
+# Dictionary encoding pays for names that repeat on every row, not for measurements.
+_DICTIONARY_COLUMNS = ["agent", "unit", "algorithm", "source"]
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's contents (its entries, for a directory) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EpisodeWriter:
+    """Writes the five tables of one episode as ``<table>.parquet`` files in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._in_flight: deque[Future[None]] = deque()
+        self._closed = False
+
+    def path(self, table: str) -> Path:
+        return self.folder / f"{table}.parquet"
+
+    def write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        """Queue one batch (or a small table) for ``table``; raise the writer's error, if any."""
+        while len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._wait_oldest()
+        self._in_flight.append(self._pool.submit(self._write, table, batch))
+
+    def _write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        writer = self._writers.get(table)
+        if writer is None:
+            writer = self._writers[table] = self._open(table)
+        if isinstance(batch, pa.RecordBatch):
+            writer.write_batch(batch)
+        else:
+            writer.write_table(batch)
+
+    def _open(self, table: str) -> pq.ParquetWriter:
+        return pq.ParquetWriter(
+            self.path(table), SCHEMAS[table], compression=COMPRESSION,
+            use_dictionary=_DICTIONARY_COLUMNS, write_statistics=True,
+        )
+
+    def _wait_oldest(self) -> None:
+        future = self._in_flight.popleft()
+        try:
+            future.result()
+        except OSError as exc:
+            raise LakeError(f"could not write {self.folder}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Finish every table (an empty file for a table without rows) and fsync files and folder."""
+        try:
+            while self._in_flight:
+                self._wait_oldest()
+            self._pool.submit(self._close_all).result()
+        except OSError as exc:
+            raise LakeError(f"could not write {self.folder}: {exc.strerror or exc}") from exc
+        finally:
+            self._pool.shutdown(wait=True)
+            self._closed = True
+
+    def _close_all(self) -> None:
+        for table in SCHEMAS:
+            if table not in self._writers:
+                self._writers[table] = self._open(table)
+        for table, writer in self._writers.items():
+            writer.close()
+            fsync_path(self.path(table))
+        fsync_path(self.folder)
+
+    def abort(self) -> None:
+        """Stop writing after a failure; the caller removes the folder."""
+        if self._closed:
+            return
+        for future in self._in_flight:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for writer in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+        self._closed = True

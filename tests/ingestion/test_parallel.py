@@ -1,0 +1,142 @@
+"""The two-process ingest (pipeline/split.py) behaves exactly like the single-process one."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import ingest, validate
+from pipeline.lake.check import check
+from pipeline.lake.layout import list_episodes
+from pipeline.lake.maintenance import gc
+from tests.helpers import full_episode, write_json
+from tests.ingestion.test_bad_input import BUGS as KNOWN_LIMITATIONS
+from tests.ingestion.test_roundtrip import pixel_episode
+from tests.lake.test_reliability import big_episode, episode_is_whole
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted(p for p in (ROOT / "tests" / "data" / "bad").iterdir() if p.name not in KNOWN_LIMITATIONS)
+TABLES = ("episodes", "episode_agents", "steps", "agent_steps", "unit_steps")
+
+
+def _tables(lake: Path) -> dict[str, object]:
+    (location,) = list_episodes(lake)
+    tables = {t: pq.read_table(location.table(t)) for t in TABLES}
+    tables["episodes"] = tables["episodes"].drop(["ingested_at"])
+    return tables
+
+
+# pixels: observations that cross the pipe as bytes, next to ones that cross as numbers.
+@pytest.mark.parametrize("make", [full_episode, pixel_episode, lambda: None], ids=["full", "pixels", "multi-agent-units"])
+def test_both_paths_write_identical_tables(tmp_path, make):
+    document = make()
+    path = write_json(tmp_path / "e.json", document) if document else big_episode(tmp_path / "e.json", 400)
+    single = ingest(path, lake=tmp_path / "one", parallel=False)
+    split = ingest(path, lake=tmp_path / "two", parallel=True)
+    assert single.status == split.status == "ingested"
+    assert (single.episode_id, single.steps, single.agent_steps, single.unit_steps) == \
+        (split.episode_id, split.steps, split.agent_steps, split.unit_steps)
+    one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])
+def test_both_paths_report_the_same_first_error(path):
+    single, split = validate(path, parallel=False), validate(path, parallel=True)
+    assert single.status == split.status == "invalid"
+    assert (split.error.rule, split.error.path, split.error.step, str(split.error)) == \
+        (single.error.rule, single.error.path, single.error.step, str(single.error))
+
+
+SCRIPT = ("import sys; from pipeline import ingest; "
+          "print(ingest(sys.argv[1], lake=sys.argv[2], parallel=True).status)")
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_reader_leaves_whole_episode_or_nothing(tmp_path):
+    source = big_episode(tmp_path / "big.json", 2000)
+    lake = tmp_path / "lake"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", SCRIPT, str(source), str(tmp_path / "timing")], env=env, check=True)
+    duration = time.monotonic() - started
+    rng = random.Random(7)
+    for _ in range(10):
+        process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(source), str(lake)], env=env,
+                                   stdout=subprocess.DEVNULL)
+        time.sleep(duration * rng.uniform(0.05, 1.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        locations = list_episodes(lake)
+        assert all(episode_is_whole(location) for location in locations)
+        assert not lake.exists() or check(lake, deep=True).ok
+        # The orphaned child sees the pipe close and exits; its copy of the lock is already closed.
+        deadline = time.monotonic() + 30
+        while gc(lake).running:
+            assert time.monotonic() < deadline, "a staging folder stayed locked after its reader died"
+            time.sleep(0.1)
+        assert not (lake / "_staging").exists() or list((lake / "_staging").iterdir()) == []
+        for location in locations:
+            from pipeline.lake.maintenance import remove_episodes
+            remove_episodes(lake, [location])
+
+
+def test_large_files_are_split_by_default_when_two_cores_are_free(tmp_path, monkeypatch):
+    import importlib
+
+    from pipeline.ingestion import parallel as split
+
+    ingest_module = importlib.import_module("pipeline.ingestion.run")
+    path = big_episode(tmp_path / "e.json", 300)
+    monkeypatch.setattr(split, "SPLIT_MIN_BYTES", path.stat().st_size)  # "large" = this file
+    calls = []
+    real = split.build_in_two_processes
+    monkeypatch.setattr(ingest_module, "build_in_two_processes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(split, "usable_cores", lambda: 2)
+    monkeypatch.setattr(split, "fork_is_safe", lambda: True)  # this test process has imported polars
+    default = ingest(path, lake=tmp_path / "default")
+    assert default.status == "ingested" and calls == [1]
+    assert ingest(path, lake=tmp_path / "single", parallel=False).status == "ingested"
+    assert calls == [1]
+    one, two = _tables(tmp_path / "single"), _tables(tmp_path / "default")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table
+    # One core, a smaller file, or a stream of unknown size: one process.
+    monkeypatch.setattr(split, "usable_cores", lambda: 1)
+    assert not split.split_pays(path.stat().st_size)
+    monkeypatch.setattr(split, "usable_cores", lambda: 2)
+    assert split.split_pays(path.stat().st_size)
+    assert not split.split_pays(path.stat().st_size - 1)
+    assert not split.split_pays(None)
+    with open(path, "rb") as stream:
+        assert ingest(stream, lake=tmp_path / "stream", name="e.json").status == "ingested"
+    assert calls == [1]
+
+
+def test_the_writer_process_works_without_importing_pandas(tmp_path):
+    """In a process that has not imported pandas, the forked writer keeps pyarrow from importing it
+    (0.27 s it would spend before writing anything) and still writes the same tables."""
+    path = write_json(tmp_path / "e.json", full_episode())
+    script = (
+        "import sys; from pipeline import ingest; "
+        f"r = ingest({str(path)!r}, lake={str(tmp_path / 'split')!r}, parallel=True); "
+        "print(r.status, 'pandas' in sys.modules); "
+        "import pyarrow as pa; from pipeline.ingestion.nopandas import keep_pandas_out; keep_pandas_out(); "
+        "print(pa.array([1.0]).type, 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    # The child ran with pandas blocked (the parent had not imported it), and blocking works:
+    assert out.stdout.split() == ["ingested", "False", "double", "False"], out.stderr
+    assert ingest(path, lake=tmp_path / "single", parallel=False).status == "ingested"
+    one, two = _tables(tmp_path / "single"), _tables(tmp_path / "split")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table

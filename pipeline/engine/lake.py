@@ -20,7 +20,6 @@ import polars as pl
 import pyarrow as pa
 
 from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound
-from ..export import arrays as export
 from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
@@ -293,12 +292,16 @@ class Lake:
                                   downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
 
     def to_numpy(self, episodes: Selection = None, agent: str | None = None, **options: Any) -> dict[str, Any]:
-        """The selected trajectories concatenated into arrays (see :func:`pipeline.export.to_numpy`)."""
+        """The selected trajectories concatenated into arrays (see :func:`pipeline.to_numpy`)."""
+        from ..export import arrays as export  # the facade reaches down to export only when asked
+
         return export.to_numpy(self.trajectories(episodes, agent, **options))
 
     def to_npz(self, path: str | os.PathLike[str], episodes: Selection = None, agent: str | None = None,
                **options: Any) -> Path:
         """Write the arrays of :meth:`to_numpy` to a compressed ``.npz`` file."""
+        from ..export import arrays as export
+
         return export.to_npz(path, self.trajectories(episodes, agent, **options))
 
     def to_d3rlpy(
@@ -321,4 +324,6 @@ class Lake:
             frames = True
         trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
                                          downsample_offset=downsample_offset)
+        from ..export import arrays as export
+
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)

@@ -1,0 +1,60 @@
+"""The Parquet writer: every table written with its declared schema, one row group per batch, errors as LakeError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import LakeError
+from pipeline.lake.tables import SCHEMAS, STEPS, TABLES
+from pipeline.lake.writer import EpisodeWriter
+
+
+def _steps(numbers: list[int]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(numbers, pa.int64()), pa.array(range(len(numbers)), pa.int64()),
+         pa.array([b"img"] * len(numbers), pa.binary())], schema=STEPS)
+
+
+def test_every_table_is_written_with_its_schema_even_without_rows(tmp_path: Path) -> None:
+    writer = EpisodeWriter(tmp_path)
+    writer.write("steps", _steps([0, 1, 2]))
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.parquet" for t in TABLES)
+    for table in TABLES:
+        read = pq.read_table(tmp_path / f"{table}.parquet")
+        assert read.schema.equals(SCHEMAS[table]), table
+    assert pq.read_table(tmp_path / "steps.parquet").column("step").to_pylist() == [0, 1, 2]
+    assert pq.read_table(tmp_path / "agent_steps.parquet").num_rows == 0
+
+
+def test_each_batch_becomes_one_row_group_in_order(tmp_path: Path) -> None:
+    writer = EpisodeWriter(tmp_path)
+    for start in range(0, 50, 10):
+        writer.write("steps", _steps(list(range(start, start + 10))))
+    writer.close()
+    meta = pq.ParquetFile(tmp_path / "steps.parquet").metadata
+    assert meta.num_row_groups == 5
+    assert pq.read_table(tmp_path / "steps.parquet").column("step").to_pylist() == list(range(50))
+    stats = meta.row_group(2).column(0).statistics
+    assert (stats.min, stats.max) == (20, 29), "readers prune row groups by these statistics"
+
+
+def test_a_failing_disk_is_a_lake_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    writer = EpisodeWriter(folder)
+    folder.rmdir()
+    writer.write("steps", _steps([0]))
+    with pytest.raises(LakeError, match=f"could not write {folder}"):
+        writer.close()
+
+
+def test_abort_after_a_failure_raises_nothing_more(tmp_path: Path) -> None:
+    writer = EpisodeWriter(tmp_path)
+    writer.write("steps", _steps([0]))
+    writer.abort()
+    writer.abort()  # twice is harmless: the caller's cleanup may run more than once

@@ -2,7 +2,7 @@
 
 Rule ids: every key of ``RULES`` is documented in ``docs/format.md`` and listed once in the README's error
 table; every rule id either document names exists; every rule id the code raises exists, and every one that
-exists is raised. Commands: every ``ingest-pipeline <command>`` the documents mention is a command of the CLI,
+exists is raised. Paths: every repository path they name exists. Commands: every ``ingest-pipeline <command>`` the documents mention is a command of the CLI,
 and every command's help has examples (the meta-test sqlite-utils keeps for its own CLI).
 """
 
@@ -30,6 +30,10 @@ AREAS = sorted({rule.partition(".")[0] for rule in RULES})
 DOCUMENTED_ID = re.compile(rf"`((?:{'|'.join(AREAS)})\.[a-z0-9_]+)`")
 RULE_SHAPED = re.compile(rf"(?:{'|'.join(AREAS)})\.[a-z0-9_]+")
 COMMAND_MENTION = re.compile(r"\bingest-pipeline +([a-z][a-z0-9-]*)")
+# Repository paths as the documents write them, in backticks; the README names `pipeline/ingest/` on purpose,
+# to say why no package has that name.
+REPO_PATH = re.compile(r"`((?:pipeline|tests|schemas|docs|benchmarks|examples)/[^`\s*]*)`")
+NOT_A_PATH = {"pipeline/ingest/"}
 
 
 def _read(path: Path) -> str:
@@ -158,6 +162,13 @@ def test_every_rule_is_raised_somewhere() -> None:
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: path.name)
 def test_documents_do_not_point_outside_the_repository(path: Path) -> None:
     assert "../shared" not in _read(path), f"{path.name} points at ../shared, which a user's clone does not have"
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: path.name)
+def test_every_repository_path_a_document_names_exists(path: Path) -> None:
+    named = set(REPO_PATH.findall(_read(path))) - NOT_A_PATH
+    assert named, f"{path.name}: the path pattern found no path at all"
+    assert sorted(name for name in named if not (REPO / name).exists()) == [], f"{path.name} names paths that moved"
 
 
 def test_the_readme_points_at_the_format_page() -> None:

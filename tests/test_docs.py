@@ -2,8 +2,9 @@
 
 Rule ids: every key of ``RULES`` is documented in ``docs/format.md`` and listed once in the README's error
 table; every rule id either document names exists; every rule id the code raises exists, and every one that
-exists is raised. Paths: every repository path they name exists. Commands: every ``ingest-pipeline <command>`` the documents mention is a command of the CLI,
-and every command's help has examples (the meta-test sqlite-utils keeps for its own CLI).
+exists is raised. Paths: every repository path the documents name exists. Commands: every
+``ingest-pipeline <command>`` they mention is a command of the CLI, and every command's help has examples
+(the meta-test sqlite-utils keeps for its own CLI).
 """
 
 from __future__ import annotations

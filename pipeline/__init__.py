@@ -8,7 +8,7 @@
 >>> Lake("lake").episodes().collect()                     # doctest: +SKIP
 
 Packages, one per part of the flow (the dependency rule is in the README's code map and enforced
-by ``tests/test_layers.py``): ``ingest`` (a file -> checked rows -> a staged episode), ``lake`` (the
+by ``tests/test_layers.py``): ``ingestion`` (a file -> checked rows -> a staged episode), ``lake`` (the
 lake on disk and every change to it), ``engine`` (reading: ``Lake``, trajectories), ``export``
 (arrays, d3rlpy) and ``report``.
 

@@ -1,6 +1,6 @@
 """Trajectories out of the lake: numpy arrays, ``.npz`` files and d3rlpy datasets.
 
-Every exporter takes an iterable of :class:`~pipeline.trajectory.Trajectory` (as
+Every exporter takes an iterable of :class:`~pipeline.engine.trajectory.Trajectory` (as
 :meth:`pipeline.Lake.trajectories` yields them) and concatenates them in order; ``terminals``
 marks where each one ends. d3rlpy is an optional extra: ``pip install 'ingest-pipeline[rl]'``.
 """

@@ -445,7 +445,7 @@ def _ingest_file(source: str, lake: str, token: str) -> IngestResult:
     """The task each worker runs: one input into the lake. ``token`` only makes the call unique.
 
     The workers already keep the cores busy, so a worker does not split its file over two
-    processes (:mod:`pipeline.split`).
+    processes (:mod:`pipeline.ingestion.parallel`).
     """
     return ingest(source, lake=lake, parallel=False)
 

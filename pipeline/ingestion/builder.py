@@ -1,10 +1,10 @@
 """Everything after parsing: an episode's parts, in file order, checked, tabulated and written.
 
-The header parts and steps that :func:`pipeline.source.read_document` yields go, in the same
+The header parts and steps that :func:`pipeline.ingestion.source.read_document` yields go, in the same
 order, through two halves: :class:`EpisodeChecks` runs the schema and the other rules and
 normalises each part in place; :class:`EpisodeTabulator` fills the table batches and (with a
 folder) writes the Parquet files. :class:`EpisodeBuilder` runs both in one process; the
-two-process ingest (:mod:`pipeline.split`) runs the checks where the file is read and the
+two-process ingest (:mod:`pipeline.ingestion.parallel`) runs the checks where the file is read and the
 tabulator in a second process.
 """
 

@@ -5,7 +5,7 @@ call in a process: 0.27 s on the development machine (measured), more than a sma
 ingest, and on the critical path of the two-process ingest, where the reader waits on a full pipe
 while the writer imports. Our conversions only ever see lists, bytes and numpy arrays.
 
-So the processes that are ours alone (the forked writer of :mod:`pipeline.split`, the default
+So the processes that are ours alone (the forked writer of :mod:`pipeline.ingestion.parallel`, the default
 batch workers, the ``ingest-pipeline run`` and ``validate`` commands) make ``import pandas`` fail;
 pyarrow then treats pandas as not installed. A user's own process, which imports this package,
 is never changed, and a process that already has pandas keeps it.

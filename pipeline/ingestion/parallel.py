@@ -2,9 +2,9 @@
 
 Parsing (ijson), the rules (schema and the rest) and the Arrow conversion all hold the GIL, so
 one process keeps one core busy while the other mostly idles. Here the reading process parses
-and runs :class:`~pipeline.builder.EpisodeChecks` on every part, then streams the checked
+and runs :class:`~pipeline.ingestion.builder.EpisodeChecks` on every part, then streams the checked
 parts, marshalled in small batches, through a pipe to a forked child that runs the
-:class:`~pipeline.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
+:class:`~pipeline.ingestion.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
 Measured on the 2-core development machine (100 MB files, median of 5, alternating, one run):
 teams 3.61 -> 2.91 s (0.81x), frames 1.14 -> 1.06 s, pixels 3.30 -> 3.27 s (parsing and checking

@@ -90,7 +90,7 @@ def ingest(
     :class:`~pipeline.errors.SourceError` or :class:`~pipeline.errors.LakeError` instead.
     ``parallel`` splits the work over two processes (parsing and checking here, converting and
     writing in a forked child); by default (None) files of 32 MiB or more are split when two
-    cores are free to use and forking is safe, ``False`` keeps to one process (see :mod:`pipeline.split`).
+    cores are free to use and forking is safe, ``False`` keeps to one process (see :mod:`pipeline.ingestion.parallel`).
     The lake is never left with part of an episode.
     """
     return _run(source, lake=resolve_lake(lake), name=name, raise_errors=raise_errors, progress=progress,

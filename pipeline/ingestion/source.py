@@ -12,7 +12,7 @@ over every event (1.6-3x slower). ijson matches prefixes with ``==``, and Python
 subclass's ``__eq__`` answer first when compared with a plain ``str``; so :class:`_Prefixes`
 matches several prefixes and remembers, in document order, which one each yielded value came
 from. The match is only consulted between values, never inside one, so the cost is one Python
-call per step. ``tests/test_source.py`` pins this behaviour for the installed ijson.
+call per step. ``tests/ingestion/test_source.py`` pins this behaviour for the installed ijson.
 """
 
 from __future__ import annotations
@@ -415,7 +415,7 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
 
     Structural rules of the document itself (a JSON object at the root, no unknown or repeated
     top-level keys, a non-empty steps array, parseable JSON) are enforced here, as the stream
-    goes; everything inside the parts is left to :mod:`pipeline.rules`.
+    goes; everything inside the parts is left to :mod:`pipeline.ingestion.rules`.
     """
     reader = source.reader
     prefixes = _Prefixes()

@@ -40,7 +40,7 @@ def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema,
 
     Keys a row lacks become nulls; keys the schema does not name are ignored. ``columns`` are
     ready-made arrays for some fields (rows need not hold those keys). Integers beyond 2^53
-    cannot become float64 exactly, which pyarrow refuses; FORMAT.md accepts the rounding.
+    cannot become float64 exactly, which pyarrow refuses; docs/format.md accepts the rounding.
     """
     columns = columns or {}
     fields = [field for field in schema if field.name not in columns]
@@ -56,7 +56,7 @@ def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema,
 
 
 def _floats(values: list[Any]) -> pa.Array:
-    """A float64 array of Python numbers (integers beyond 2^53 rounded, as FORMAT.md allows)."""
+    """A float64 array of Python numbers (integers beyond 2^53 rounded, as docs/format.md allows)."""
     try:
         return pa.array(values, F64)
     except (pa.ArrowInvalid, OverflowError):
@@ -67,7 +67,7 @@ class FloatListColumn:
     """A ``list<float64>`` column built row by row from flat values, converted in bulk.
 
     A row's values are either bytes (every value an integer 0..255, one byte each; see
-    :func:`pipeline.rules.flatten_observation`) or a list of numbers. Consecutive rows of the same
+    :func:`pipeline.ingestion.rules.flatten_observation`) or a list of numbers. Consecutive rows of the same
     kind share one buffer, so a run of pixel observations is one ``uint8 -> float64`` cast.
     """
 
@@ -206,7 +206,7 @@ class EpisodeTables:
         self._unit_rows: list[dict[str, Any]] = []
 
     def add_step(self, step: dict[str, Any], index: int) -> None:
-        """Add one checked, normalised step (see :meth:`pipeline.rules.EpisodeChecker.check_step`)."""
+        """Add one checked, normalised step (see :meth:`pipeline.ingestion.rules.EpisodeChecker.check_step`)."""
         number = step["number"]
         image = step.get("image")
         self._step_numbers.append(number)

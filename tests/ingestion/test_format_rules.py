@@ -1,4 +1,4 @@
-"""One test per rule of FORMAT.md: a file breaking it is rejected with the rule, the JSON path and a
+"""One test per rule of docs/format.md: a file breaking it is rejected with the rule, the JSON path and a
 message a person can act on, and the lake is byte-for-byte unchanged (see the ``reject`` fixture)."""
 
 from __future__ import annotations

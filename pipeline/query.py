@@ -321,3 +321,14 @@ class Lake:
         trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
                                          downsample_offset=downsample_offset)
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)
+
+    def to_minari(self, dataset_id: str, episodes: Selection = None, agent: str | None = None,
+                  **options: Any) -> Any:
+        """Write the selected trajectories as a local Minari dataset (needs the ``minari`` extra).
+
+        ``minari.load_dataset(dataset_id)`` opens it; see :func:`pipeline.minari_io.to_minari` for
+        the options and for what the N+1st observation of each episode is.
+        """
+        from . import minari_io
+
+        return minari_io.to_minari(self, dataset_id, episodes=episodes, agent=agent, **options)

@@ -182,10 +182,20 @@ def grayscale(rgb: np.ndarray, luma: str = "opencv") -> np.ndarray:
     ``"pillow"`` is Pillow's ``convert("L")`` (16-bit). They differ by 1 grey level on 0.13% of the
     16.7 M colours and never by more (tests/test_framestack.py counts them).
     """
-    r, g, b = (rgb[..., channel].astype(np.uint32) for channel in range(3))
-    if luma == "opencv":
-        return ((r * 9798 + g * 19235 + b * 3735 + (1 << 14)) >> 15).astype(np.uint8)
-    return ((r * 19595 + g * 38470 + b * 7471 + (1 << 15)) >> 16).astype(np.uint8)
+    weights, shift = _LUMA[luma]
+    # In float32 the fixed-point sums are exact (whole numbers below 2**24, in any order of addition),
+    # and so is the division by a power of two: twice as fast as uint32 arithmetic (measured).
+    total = rgb.astype(np.float32) @ weights
+    total += np.float32(1 << (shift - 1))
+    total *= np.float32(1.0 / (1 << shift))
+    return np.floor(total).astype(np.uint8)
+
+
+# Coefficients of R, G, B summing to 2**shift: OpenCV's RGB2Gray<uchar> (15 bits), Pillow's L24 (16 bits).
+_LUMA = {
+    "opencv": (np.array([9798, 19235, 3735], dtype=np.float32), 15),
+    "pillow": (np.array([19595, 38470, 7471], dtype=np.float32), 16),
+}
 
 
 def resize(frames: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:

@@ -100,8 +100,8 @@ def stacked_frames(
     """
     check_options(options)
     kept = np.asarray(kept, dtype=np.int64)
-    if kept.ndim != 1 or (len(kept) and kept.min() < 0):
-        raise DatasetError("kept steps must be a 1-D list of raw step indices >= 0")
+    if kept.ndim != 1 or len(kept) == 0 or kept.min() < 0:
+        raise DatasetError("kept steps must be a non-empty 1-D list of raw step indices >= 0")
     frame_at: Callable[[int], np.ndarray] = frames if callable(frames) else frames.__getitem__
     ends = element_ends(kept, options, skip=skip)
     unique = np.unique(ends[ends >= 0])

@@ -190,6 +190,8 @@ def test_bad_options_are_named() -> None:
     ]:
         with pytest.raises(DatasetError, match=f"^{message}$"):
             stacked_frames(frames, [0], options)
+    with pytest.raises(DatasetError, match=r"^kept steps must be a non-empty 1-D list of raw step indices >= 0$"):
+        stacked_frames(frames, [], FrameOptions())
     with pytest.raises(DatasetError, match=r"raw frame 0 must be uint8 RGB \[H, W, 3\]"):
         stacked_frames(frames.astype(np.float32), [0], FrameOptions())
 

@@ -574,7 +574,7 @@ def import_minari(dataset: str, lake: str | None, environment: str | None, as_js
       ingest-pipeline import minari cartpole/random-v0
       ingest-pipeline import minari ~/.minari/datasets/D4RL/door/human-v2 --lake /data/lake --json
     """
-    from pipeline.minari_io import import_minari as import_episodes
+    from pipeline.minari_import import import_minari as import_episodes
 
     counts = {"ingested": 0, "exists": 0, "invalid": 0, "failed": 0}
     with _library_errors():  # the dataset cannot be opened, or minari is not installed

@@ -326,9 +326,9 @@ class Lake:
                   **options: Any) -> Any:
         """Write the selected trajectories as a local Minari dataset (needs the ``minari`` extra).
 
-        ``minari.load_dataset(dataset_id)`` opens it; see :func:`pipeline.minari_io.to_minari` for
+        ``minari.load_dataset(dataset_id)`` opens it; see :func:`pipeline.minari_export.to_minari` for
         the options and for what the N+1st observation of each episode is.
         """
-        from . import minari_io
+        from . import minari_export
 
-        return minari_io.to_minari(self, dataset_id, episodes=episodes, agent=agent, **options)
+        return minari_export.to_minari(self, dataset_id, episodes=episodes, agent=agent, **options)

@@ -25,7 +25,7 @@ minari = pytest.importorskip("minari")
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("jax", reason="Minari's DataCollector needs jax (minari[create])")
 
-from pipeline.minari_io import import_minari  # noqa: E402  (after the skips: it is what they guard)
+from pipeline.minari_import import import_minari  # noqa: E402  (after the skips: it is what they guard)
 
 ARRAYS = ("observations", "actions", "rewards", "terminations", "truncations")
 

@@ -384,6 +384,47 @@ def check(lake: str | None, deep: bool) -> None:
     click.echo(f"ok: {console.plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Import episodes from other dataset formats into the lake, each checked and committed as by run.
+
+    \b
+    Examples:
+      ingest-pipeline import minari cartpole/random-v0 --lake /data/lake
+    """
+
+
+@import_group.command("minari")
+@click.argument("dataset", metavar="DATASET_ID_OR_PATH")
+@lake_option
+@click.option("--env", "environment", metavar="NAME",
+              help="Environment name in the lake. [default: the dataset's env_spec id]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per episode on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors and the final summary.")
+def import_minari(dataset: str, lake: str | None, environment: str | None, as_json: bool, quiet: bool) -> None:
+    """Import a local Minari dataset: one lake episode per Minari episode.
+
+    DATASET_ID_OR_PATH is a dataset id in Minari's datasets folder ($MINARI_DATASETS_PATH,
+    else ~/.minari/datasets) or a dataset's folder; nothing is downloaded. Each episode
+    is checked and committed like any ingested file, one line each; exit status 1 when
+    any is invalid or failed. Needs the minari extra: pip install 'ingest-pipeline[minari]'.
+
+    \b
+    Examples:
+      ingest-pipeline import minari cartpole/random-v0
+      ingest-pipeline import minari ~/.minari/datasets/D4RL/door/human-v2 --lake /data/lake --json
+    """
+    counts = {"ingested": 0, "exists": 0, "invalid": 0, "failed": 0}
+    with _library_errors():  # the dataset cannot be opened, or minari is not installed
+        for result in pipeline.import_minari(dataset, lake=pipeline.resolve_lake(lake), environment=environment):
+            counts[result.status] += 1
+            _echo_result(result, as_json, quiet)
+    click.echo(f"{console.plural(sum(counts.values()), 'episode')}: {counts['ingested']} ingested, "
+               f"{counts['exists']} already present, {counts['invalid']} invalid, {counts['failed']} failed", err=True)
+    if counts["invalid"] or counts["failed"]:
+        sys.exit(1)
+
+
 def main() -> None:
     global _PROCESS_IS_OURS
     _PROCESS_IS_OURS = True

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .engine.trajectory import FrameOptions, Trajectory
     from .export.arrays import dump_d3rlpy, to_npz, to_numpy
     from .ingestion.batch import Batch, BatchSummary, expand_sources, ingest_many
+    from .ingestion.minari import import_minari
     from .ingestion.nopandas import keep_pandas_out
     from .ingestion.run import IngestResult, ingest, validate
     from .lake.check import CheckReport, check
@@ -62,6 +63,7 @@ _LAZY = {
     "CheckReport": "lake.check",
     "keep_pandas_out": "ingestion.nopandas",
     "to_numpy": "export.arrays",
+    "import_minari": "ingestion.minari",
     "to_npz": "export.arrays",
     "dump_d3rlpy": "export.arrays",
 }
@@ -105,6 +107,7 @@ __all__ = [
     "dump_d3rlpy",
     "expand_sources",
     "gc",
+    "import_minari",
     "ingest",
     "ingest_many",
     "keep_pandas_out",

@@ -327,3 +327,14 @@ class Lake:
         from ..export import arrays as export
 
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)
+
+    def to_minari(self, dataset_id: str, episodes: Selection = None, agent: str | None = None,
+                  **options: Any) -> Any:
+        """Write the selected trajectories as a local Minari dataset (needs the ``minari`` extra).
+
+        ``minari.load_dataset(dataset_id)`` opens it; see :func:`pipeline.export.minari.to_minari` for
+        the options and for what the N+1st observation of each episode is.
+        """
+        from ..export import minari as minari_export
+
+        return minari_export.to_minari(self, dataset_id, episodes=episodes, agent=agent, **options)

@@ -8,13 +8,15 @@ Downsampling (``downsample_frequency=f``, ``downsample_offset=o``) keeps the age
 ``o, o+f, o+2f, …`` (positions in its trajectory). Like frame skipping, each kept step's reward is
 the sum of the rewards from it up to the next kept step, so no reward after the offset is lost.
 Frame stacking then runs over the kept steps: the frame of a kept step is stacked with those of the
-``stack_n - 1`` kept steps before it, the first frame repeated where the trajectory has none.
+``stack_n - 1`` kept steps before it, the first frame repeated where the trajectory has none, unless
+the options say otherwise (``FrameOptions.atari()``: CrowdPlay's frame buffer, see :mod:`.framestack`).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -25,6 +27,7 @@ from PIL import Image
 from ..errors import DatasetError
 from ..lake.layout import EpisodeLocation
 from .agentrows import AgentRows, AgentStepsFile
+from .framestack import raw_indices, stacked_frames
 
 _TRAJECTORY_COLUMNS = ["action", "rewards", "total_reward", "observation", "observation_shape"]  # and step
 
@@ -34,8 +37,15 @@ class FrameOptions:
     """How frames are decoded: size, colour, stacking, and what a step without an image gets.
 
     ``resize`` is ``(height, width)``; ``stack_n=None`` adds no stack axis, an ``int`` adds one of
-    that length, first (``[n, H, W(, C)]``) or last (``[H, W(, C), n]``) in each frame.
+    that length, first (``[n, H, W(, C)]``) or last (``[H, W(, C), n]``) in each frame, oldest first.
     ``missing="previous"`` gives a step without an image the latest image before it.
+
+    The frame buffer (:mod:`pipeline.framestack`): each stacked element is the pixel-wise max of
+    ``max_n`` consecutive raw frames; elements are ``skip_n`` raw steps apart (None: the kept steps,
+    i.e. ``downsample_frequency`` apart); before the episode's start, ``pad="repeat"`` repeats the
+    stack's earliest element and ``pad="zeros"`` gives black. ``resample`` is ``"bilinear"``
+    (Pillow) or ``"area"`` (area averaging, as OpenCV's ``INTER_AREA``); ``luma`` the grayscale
+    formula, Pillow's ``"L"`` or OpenCV's ``RGB2GRAY`` (they differ by at most 1 grey level).
     """
 
     resize: tuple[int, int] | None = None
@@ -43,11 +53,19 @@ class FrameOptions:
     stack_n: int | None = None
     framestack_axis_first: bool = False
     missing: Literal["error", "previous"] = "error"
+    max_n: int = 1
+    skip_n: int | None = None
+    pad: Literal["repeat", "zeros"] = "repeat"
+    resample: Literal["bilinear", "area"] = "bilinear"
+    luma: Literal["pillow", "opencv"] = "pillow"
 
     @classmethod
-    def atari(cls, *, stack_n: int | None = 4, framestack_axis_first: bool = False) -> FrameOptions:
-        """CrowdPlay's processing: 84x84 grayscale, four stacked frames, stack axis last."""
-        return cls(resize=(84, 84), grayscale=True, stack_n=stack_n, framestack_axis_first=framestack_axis_first)
+    def atari(cls, *, stack_n: int | None = 4, framestack_axis_first: bool = False,
+              missing: Literal["error", "previous"] = "error") -> FrameOptions:
+        """CrowdPlay's processing, exactly: its DeepMind-style frame buffer (max 2, skip 4, zeros before
+        the start), OpenCV's grayscale, 84x84 by area averaging, four stacked elements, stack axis last."""
+        return cls(resize=(84, 84), grayscale=True, stack_n=stack_n, framestack_axis_first=framestack_axis_first,
+                   missing=missing, max_n=2, skip_n=4, pad="zeros", resample="area", luma="opencv")
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,7 +153,8 @@ def load_trajectory(
     terminals[-1] = True
 
     options = FrameOptions() if frames is True else (frames or None)
-    frame_array = None if options is None else load_frames(location, steps, options)
+    frame_array = None if options is None else load_frames(location, rows.steps, options, kept=kept,
+                                                           skip=downsample_frequency)
     return Trajectory(
         episode_id=episode_id,
         environment=location.environment,
@@ -193,10 +212,18 @@ def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
     return None if mapping is None else tuple(mapping.to_list())
 
 
-def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions) -> np.ndarray:
-    """Decode, process and stack the frames of ``steps`` (in that order) as one uint8 array."""
+def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions, *,
+                kept: np.ndarray | None = None, skip: int = 1) -> np.ndarray:
+    """Decode, process and stack the frames of ``steps[kept]`` (default: every step) as one uint8 array.
+
+    ``steps`` are the trajectory's step numbers in order: its raw frames, of which the frame buffer
+    (:func:`pipeline.framestack.stacked_frames`) reads only those it needs, each decoded once.
+    ``skip`` is the downsampling frequency (the spacing of stacked frames when ``skip_n`` is None).
+    """
     episode_id = location.episode_id
-    sources = _previous_images(location, steps) if options.missing == "previous" else steps
+    kept = np.arange(len(steps)) if kept is None else kept
+    needed = raw_indices(kept, options, skip=skip)
+    sources = _previous_images(location, steps[needed]) if options.missing == "previous" else steps[needed]
     wanted = sorted(set(sources.tolist()))
     images = dict(
         pl.scan_parquet(location.table("steps"))
@@ -206,15 +233,13 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
     if lacking:
         raise DatasetError(f"episode {episode_id}: step {lacking[0]} has no image "
                            f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
-    decoded = {step: decode_frame(images[step], options) for step in wanted}
-    shapes = {frame.shape for frame in decoded.values()}
-    if len(shapes) > 1:
-        raise DatasetError(f"episode {episode_id}: frames of different sizes {sorted(shapes)}; "
-                           f"pass resize=(height, width)", episode_id=episode_id)
-    frames = np.stack([decoded[step] for step in sources.tolist()])
-    if options.stack_n is None:
-        return frames
-    return stack_frames(frames, options.stack_n, axis_first=options.framestack_axis_first)
+    source_of = dict(zip(needed.tolist(), sources.tolist(), strict=True))
+
+    @lru_cache(maxsize=options.max_n + 1)  # missing="previous" shows one image at several steps in a row
+    def decoded(step: int) -> np.ndarray:
+        return decode_frame(images[step], _RAW)
+
+    return stacked_frames(lambda index: decoded(source_of[index]), kept, options, skip=skip, episode_id=episode_id)
 
 
 def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray:
@@ -227,6 +252,9 @@ def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray
         raise DatasetError(f"episode {location.episode_id}: step {first} has no image, nor any step before it",
                            episode_id=location.episode_id)
     return with_image[position]
+
+
+_RAW = FrameOptions()  # a raw frame: RGB as decoded
 
 
 def frame_layout(options: FrameOptions) -> str:

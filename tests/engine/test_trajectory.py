@@ -184,10 +184,11 @@ def test_downsampled_reward_components_add_up(lake: Lake, ids: dict[str, str]) -
 
 
 def test_crowdplay_processing_shapes(lake: Lake, ids: dict[str, str]) -> None:
-    stacked = lake.trajectory(ids["lander"], frames=FrameOptions.atari(), downsample_frequency=5)
+    # CrowdPlay's buffer reads the raw frames 1 and 4 steps back too; this episode has an image every 5th step.
+    stacked = lake.trajectory(ids["lander"], frames=FrameOptions.atari(missing="previous"), downsample_frequency=5)
     assert stacked.frames is not None and stacked.frames.shape == (12, 84, 84, 4)
-    first = lake.trajectory(ids["lander"], frames=FrameOptions.atari(stack_n=1, framestack_axis_first=True),
-                            downsample_frequency=5)
+    first = lake.trajectory(ids["lander"], frames=FrameOptions.atari(stack_n=1, framestack_axis_first=True,
+                                                                     missing="previous"), downsample_frequency=5)
     assert first.frames is not None and first.frames.shape == (12, 1, 84, 84)
     assert np.array_equal(first.frames[:, 0], stacked.frames[..., -1])
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 DEFAULT_CACHE_BYTES = 1 << 30
 # With frames, the per-episode arrays get at most this share of the cache; the decoded frames the rest.
 _ARRAY_SHARE = 0.25
+_BLOCK = 64  # endless mode: batches whose indices are drawn together
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,6 +200,7 @@ class Sampler:
         if self.transitions == 0:
             raise DatasetError("the selection has no transitions to sample")
         self._permutation: tuple[int, np.ndarray] | None = None
+        self._block: tuple[int, np.ndarray] | None = None
         self._reset_caches()
 
     # -- what batch j is -------------------------------------------------------------------
@@ -217,8 +219,15 @@ class Sampler:
         if j < 0 or (self.num_batches is not None and j >= self.num_batches):
             raise DatasetError(f"batch {j} is out of range (this sampler gives {self.num_batches})")
         if self.epochs is None:  # with replacement: every transition equally likely in every slot
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, j])))
-            return rng.integers(0, self.transitions, size=self.batch_size, dtype=np.int64)
+            # Drawn _BLOCK batches at a time from a stream seeded by (seed, block): making a generator
+            # per batch cost ~45 us, a third of a resident batch's time (measured).
+            block, row = divmod(j, _BLOCK)
+            drawn = self._block
+            if drawn is None or drawn[0] != block:
+                rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, block])))
+                drawn = self._block = (block, rng.integers(0, self.transitions, size=(_BLOCK, self.batch_size),
+                                                           dtype=np.int64))
+            return drawn[1][row]
         epoch, chunk = divmod(j, self.batches_per_epoch)
         permutation = self._permutation
         if permutation is None or permutation[0] != epoch:
@@ -249,10 +258,14 @@ class Sampler:
         steps, actions, rewards, observations = self._gather(episode, position, indices)
         if self.frame_options is None:
             assert observations is not None
-            following = self._gather(episode, np.where(terminal, position, position + 1),
-                                     np.where(terminal, indices, indices + 1))[3]
-            assert following is not None
-            next_observations = following
+            if self._resident is not None:  # every sampled episode is resident now: one gather
+                assert self._resident.observations is not None
+                next_observations = self._resident.observations[np.where(terminal, indices, indices + 1)]
+            else:
+                following = self._gather(episode, np.where(terminal, position, position + 1),
+                                         np.where(terminal, indices, indices + 1))[3]
+                assert following is not None
+                next_observations = following
         else:
             observations, next_observations = self._frames(episode, position, terminal)
         next_observations[terminal] = 0
@@ -264,17 +277,19 @@ class Sampler:
 
     def _reset_caches(self) -> None:
         self._permutation = None
+        self._block = None
         array_budget = self.cache_bytes if self.frame_options is None else int(self.cache_bytes * _ARRAY_SHARE)
         self._lru = _LRU(array_budget)
         self._frames_lru = _LRU(self.cache_bytes - array_budget)
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
+        self._complete = False  # every episode resident
         self._decided = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Caches stay behind: each process (a DataLoader worker) fills its own.
         state = self.__dict__.copy()
-        for name in ("_permutation", "_lru", "_frames_lru", "_resident", "_loaded", "_decided"):
+        for name in ("_permutation", "_block", "_lru", "_frames_lru", "_resident", "_loaded", "_complete", "_decided"):
             state.pop(name)
         return state
 
@@ -364,8 +379,10 @@ class Sampler:
             self._episode_arrays(int(episode[0]))
         if self._resident is not None:
             assert self._loaded is not None
-            for e in np.unique(episode[~self._loaded[episode]]).tolist():
-                self._store(e, self._load(e))
+            if not self._complete:
+                for e in np.unique(episode[~self._loaded[episode]]).tolist():
+                    self._store(e, self._load(e))
+                self._complete = bool(self._loaded.all())
             r = self._resident
             return (r.steps[indices], r.actions[indices], r.rewards[indices],
                     None if r.observations is None else r.observations[indices])

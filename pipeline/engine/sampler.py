@@ -449,8 +449,8 @@ class Sampler:
                 except Exception as exc:  # polars raises its own errors for a file removed underneath
                     self._check_present(e, exc)
                     raise
-                for p, frame in zip(missing, decoded, strict=True):
-                    found[p] = frame
+                for p, view in zip(missing, decoded, strict=True):
+                    frame = found[p] = view.copy()  # a view would keep the whole decoded batch alive
                     self._frames_lru.put((e, p), frame, frame.nbytes)
             return np.stack([found[p] for p in positions.tolist()])
 

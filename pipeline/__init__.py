@@ -33,6 +33,7 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .engine.lake import Lake
+    from .engine.sampler import Sampler
     from .engine.trajectory import FrameOptions, Trajectory
     from .export.arrays import dump_d3rlpy, to_npz, to_numpy
     from .ingestion.batch import Batch, BatchSummary, expand_sources, ingest_many
@@ -48,6 +49,7 @@ _LAZY = {
     "Lake": "engine.lake",
     "FrameOptions": "engine.trajectory",
     "Trajectory": "engine.trajectory",
+    "Sampler": "engine.sampler",
     "IngestResult": "ingestion.run",
     "ingest": "ingestion.run",
     "validate": "ingestion.run",
@@ -100,6 +102,7 @@ __all__ = [
     "LakeError",
     "MissingExtra",
     "PipelineError",
+    "Sampler",
     "SourceError",
     "Trajectory",
     "__version__",

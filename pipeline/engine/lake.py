@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import polars as pl
@@ -24,6 +24,9 @@ from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
+
+if TYPE_CHECKING:
+    from .sampler import Sampler
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
 # What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
@@ -338,3 +341,28 @@ class Lake:
         from ..export import minari as minari_export
 
         return minari_export.to_minari(self, dataset_id, episodes=episodes, agent=agent, **options)
+
+    def sampler(
+        self,
+        episodes: Selection = None,
+        agent: str | None = None,
+        *,
+        batch_size: int = 256,
+        observation: Literal["vector", "frames"] = "vector",
+        frames: bool | FrameOptions = False,
+        downsample_frequency: int = 1,
+        downsample_offset: int = 0,
+        seed: int = 0,
+        epochs: int | None = None,
+        cache_bytes: int = 1 << 30,
+    ) -> Sampler:
+        """Batches of transitions drawn uniformly at random from the selection, in bounded memory.
+
+        See :class:`pipeline.engine.sampler.Sampler`: endless (or ``epochs`` passes), deterministic
+        for a ``seed``, aligned as :meth:`trajectory` is, within ``cache_bytes`` of cached arrays.
+        """
+        from .sampler import Sampler
+
+        return Sampler(self, episodes, agent, batch_size=batch_size, observation=observation, frames=frames,
+                       downsample_frequency=downsample_frequency, downsample_offset=downsample_offset,
+                       seed=seed, epochs=epochs, cache_bytes=cache_bytes)

@@ -212,6 +212,11 @@ def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
     return None if mapping is None else tuple(mapping.to_list())
 
 
+def agent_step_numbers(location: EpisodeLocation, agent: str) -> np.ndarray:
+    """One agent's step numbers in step order: the raw steps its frames are indexed by."""
+    return AgentStepsFile(str(location.table("agent_steps"))).rows(agent, []).steps
+
+
 def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions, *,
                 kept: np.ndarray | None = None, skip: int = 1) -> np.ndarray:
     """Decode, process and stack the frames of ``steps[kept]`` (default: every step) as one uint8 array.

@@ -1,0 +1,200 @@
+"""The training sampler's throughput and memory (issue 16), each measurement in a fresh process.
+
+    python -m benchmarks.sampler --transitions 200000 --vector --frames [--lake DIR] [--cache-mb 1024]
+
+Builds (once, cached by size in ``bench-data/``) a seeded lake of episodes of 84x84 grayscale PNG
+frames, an 8-float observation, an action and a reward per step, written as episode files and
+ingested with ``ingest_many``. Then, each in its own interpreter so that the peak RSS (``VmHWM``) is
+that measurement's alone:
+
+- ``numpy``: the same transitions sampled from in-memory numpy arrays (the upper bound);
+- ``vector``: ``Lake.sampler(observation="vector", batch_size=256)`` after a warm-up pass;
+- ``frames``: ``observation="frames"`` with ``FrameOptions.atari()`` (84x84, 4 stacked) and
+  ``cache_bytes``.
+
+Each prints one JSON line: transitions per second and peak RSS in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+EPISODE_STEPS = 2000
+POOL = 256  # distinct frames, cycled with an episode-dependent phase
+BATCH = 256
+
+
+def _frame_pool(seed: int) -> list[str]:
+    """Breakout-like 84x84 grayscale screens: bricks, a paddle and a ball, as base64 PNGs."""
+    import base64
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(POOL):
+        screen = np.zeros((84, 84), dtype=np.uint8)
+        screen[10:30] = np.repeat(rng.integers(60, 200, size=(5, 12), dtype=np.uint8), 4, 0).repeat(7, 1)[:20, :84]
+        screen[rng.random((84, 84)) < 0.02] = 255  # a little noise so that frames differ in more than the ball
+        x = (i * 3) % 80
+        screen[76:78, max(0, x - 6):x + 6] = 200
+        screen[40 + (i * 5) % 30:42 + (i * 5) % 30, (i * 7) % 82:(i * 7) % 82 + 2] = 255
+        buffer = io.BytesIO()
+        Image.fromarray(screen, mode="L").save(buffer, format="PNG")
+        frames.append(base64.b64encode(buffer.getvalue()).decode())
+    return frames
+
+
+def _write_episode(path: Path, n: int, steps: int, pool: list[str]) -> None:
+    rng = np.random.default_rng(n)
+    observations = rng.standard_normal((steps, 8)).astype(np.float32).astype(float)
+    actions = rng.integers(0, 4, size=steps)
+    rewards = rng.random(steps).round(3)
+    with open(path, "wb") as out:
+        out.write(orjson.dumps({"training": {"environment": "BreakoutBench-v0", "algorithm": "DQN",
+                                             "iterations": 1, "config": {"episode": n}}})[:-1])
+        out.write(b',"inference":{"steps":[')
+        for i in range(steps):
+            if i:
+                out.write(b",")
+            out.write(orjson.dumps({"number": i, "image": pool[(i + 17 * n) % POOL], "agent_steps": [
+                {"agent": "player_0", "action": int(actions[i]), "reward": float(rewards[i]),
+                 "observation_space": observations[i].tolist()}]}))
+        out.write(b"]}}\n")
+
+
+def build_lake(root: Path, transitions: int, seed: int = 0) -> Path:
+    """A lake of ``transitions`` steps in episodes of ``EPISODE_STEPS`` (built once per size)."""
+    lake = root / f"sampler-lake-{transitions}"
+    if (lake / ".complete").exists():
+        return lake
+    from pipeline import ingest_many
+
+    pool = _frame_pool(seed)
+    sources = root / f"sampler-sources-{transitions}"
+    sources.mkdir(parents=True, exist_ok=True)
+    episodes = -(-transitions // EPISODE_STEPS)
+    started = time.perf_counter()
+    for start in range(0, episodes, 20):  # 20 files at a time: bounded disk for the JSON
+        names = []
+        for n in range(start, min(episodes, start + 20)):
+            steps = min(EPISODE_STEPS, transitions - n * EPISODE_STEPS)
+            path = sources / f"{n}.json"
+            _write_episode(path, n, steps, pool)
+            names.append(path)
+        for result in ingest_many(names, lake=lake):
+            if result.status != "ingested":
+                raise SystemExit(f"{result.source}: {result.status} {result.error}")
+        for path in names:
+            path.unlink()
+    (lake / ".complete").write_text(f"{time.perf_counter() - started:.1f} s\n")
+    return lake
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rate(make_batch: Any, seconds: float) -> tuple[float, int]:
+    done, started = 0, time.perf_counter()
+    j = 0
+    while time.perf_counter() - started < seconds:
+        done += len(make_batch(j)[0])
+        j += 1
+    return done / (time.perf_counter() - started), j
+
+
+def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[str, Any]:
+    from pipeline import FrameOptions, Lake
+
+    lake = Lake(lake_path)
+    cache = cache_mb << 20
+    result: dict[str, Any] = {"mode": mode, "episodes": len(lake), "cache_mb": cache_mb}
+    if mode == "numpy":
+        started = time.perf_counter()
+        arrays = lake.to_numpy()
+        observations = arrays["observations"].reshape(len(arrays["observations"]), -1)
+        actions, rewards, terminals = arrays["actions"], arrays["rewards"], arrays["terminals"]
+        n = len(actions)
+        result["load_seconds"] = round(time.perf_counter() - started, 3)
+
+        rng = np.random.default_rng(0)
+
+        def numpy_batch(j: int) -> tuple[np.ndarray, ...]:
+            index = rng.integers(0, n, size=BATCH)
+            terminal = terminals[index]
+            following = observations[np.minimum(index + 1, n - 1)]
+            following[terminal] = 0
+            return observations[index], actions[index], rewards[index], following, terminal
+
+        rate, batches = _rate(numpy_batch, seconds)
+        result["transitions"] = n
+    else:
+        frames = FrameOptions.atari() if mode == "frames" else False
+        started = time.perf_counter()
+        sampler = lake.sampler(batch_size=BATCH, observation="frames" if mode == "frames" else "vector",
+                               frames=frames, seed=0, cache_bytes=cache)
+        result["index_seconds"] = round(time.perf_counter() - started, 3)
+        result["transitions"] = sampler.transitions
+        started = time.perf_counter()
+        warm_batches = 3 * len(sampler.episodes) if mode == "vector" else 20
+        for j in range(warm_batches):  # vector: until every episode is loaded, with high probability
+            sampler.batch(1_000_000 + j)
+        result["warmup_seconds"] = round(time.perf_counter() - started, 3)
+        rate, batches = _rate(lambda j: tuple(sampler.batch(j)), seconds)
+        result["resident"] = sampler._resident is not None
+        result["frame_cache_mb"] = round(sampler._frames_lru.bytes / 2**20, 1)
+    result["transitions_per_second"] = round(rate)
+    result["batches"] = batches
+    result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transitions", type=int, default=200_000)
+    parser.add_argument("--vector", action="store_true")
+    parser.add_argument("--frames", action="store_true")
+    parser.add_argument("--numpy", action="store_true", help="the in-memory baseline (default with --vector)")
+    parser.add_argument("--data", default="bench-data")
+    parser.add_argument("--cache-mb", type=int, default=1024)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--lake", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.lake, args.cache_mb, args.seconds)), flush=True)
+        return
+    root = Path(args.data)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    lake = build_lake(root, args.transitions)
+    size = sum(f.stat().st_size for f in lake.rglob("*.parquet"))
+    print(json.dumps({"lake": str(lake), "transitions": args.transitions, "parquet_mb": round(size / 1e6),
+                      "build": (lake / ".complete").read_text().strip(),
+                      "seconds_here": round(time.perf_counter() - started, 1)}), flush=True)
+    modes = [m for m, on in (("numpy", args.numpy or args.vector), ("vector", args.vector),
+                             ("frames", args.frames)) if on]
+    for mode in modes:
+        subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--measure", mode, "--lake", str(lake),
+                        "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds)], check=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+if __name__ == "__main__":
+    main()

@@ -171,8 +171,9 @@ def insert_key(draw: Any, case: Case) -> Outcome:
         return Outcome("valid", what=f"insert {key} in free-form {path}")
     if where in ("root", "inference"):
         return Outcome("invalid", frozenset({"document.unknown_key"}), f"insert {key} at {path}")
-    if where == "labels":
-        return Outcome("invalid", frozenset({"value.key_pattern"}), f"insert {key} at {path}")
+    if where == "labels":  # a label value that is not a string breaks value.type too; either may be reported
+        rules = {"value.key_pattern"} if isinstance(target[key], str) else {"value.key_pattern", "value.type"}
+        return Outcome("invalid", frozenset(rules), f"insert {key} at {path}")
     if where is not None:
         return Outcome("invalid", frozenset({"document.unknown_key"}), f"insert {key} at {path}")
     return Outcome("unknown", what=f"insert {key} at {path}")

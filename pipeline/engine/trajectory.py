@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import polars as pl
-import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import DatasetError
+from ..lake.damage import open_verified, reading
 from ..lake.layout import EpisodeLocation
 from .agentrows import AgentRows, AgentStepsFile
 
@@ -89,7 +88,9 @@ def agents(location: EpisodeLocation) -> list[str]:
     ``episode_agents.parquet`` holds its rows in that order (see ``EpisodeTables.episode_agents``).
     """
     # ParquetFile, not pq.read_table: read_table imports pyarrow.dataset, 0.24 s on a first call (measured).
-    return pq.ParquetFile(location.table("episode_agents")).read(columns=["agent"]).column("agent").to_pylist()
+    path = location.table("episode_agents")
+    with reading(path):
+        return open_verified(path).read(columns=["agent"]).column("agent").to_pylist()
 
 
 def load_trajectory(
@@ -189,19 +190,18 @@ def _reward_components(rows: AgentRows, episode_id: str, agent: str) -> np.ndarr
 
 
 def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
-    mapping = pl.read_parquet(location.table("episodes"), columns=["reward_mapping"])["reward_mapping"][0]
-    return None if mapping is None else tuple(mapping.to_list())
+    path = location.table("episodes")
+    with reading(path):
+        mapping = open_verified(path).read(columns=["reward_mapping"]).column("reward_mapping")[0].as_py()
+    return None if mapping is None else tuple(mapping)
 
 
 def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions) -> np.ndarray:
     """Decode, process and stack the frames of ``steps`` (in that order) as one uint8 array."""
     episode_id = location.episode_id
-    sources = _previous_images(location, steps) if options.missing == "previous" else steps
+    images = _images(location)
+    sources = _previous_images(location, images, steps) if options.missing == "previous" else steps
     wanted = sorted(set(sources.tolist()))
-    images = dict(
-        pl.scan_parquet(location.table("steps"))
-        .filter(pl.col("step").is_in(wanted)).select("step", "image").collect().iter_rows()
-    )
     lacking = [step for step in wanted if images.get(step) is None]
     if lacking:
         raise DatasetError(f"episode {episode_id}: step {lacking[0]} has no image "
@@ -217,10 +217,17 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
     return stack_frames(frames, options.stack_n, axis_first=options.framestack_axis_first)
 
 
-def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray:
+def _images(location: EpisodeLocation) -> dict[int, bytes | None]:
+    """Step number -> image bytes (None for a step without one), read with page checksums verified."""
+    path = location.table("steps")
+    with reading(path):
+        table = open_verified(path).read(columns=["step", "image"])
+    return dict(zip(table.column("step").to_pylist(), table.column("image").to_pylist(), strict=True))
+
+
+def _previous_images(location: EpisodeLocation, images: dict[int, bytes | None], steps: np.ndarray) -> np.ndarray:
     """For each step, the step whose image it shows: itself, or the latest step before it with one."""
-    with_image = (pl.scan_parquet(location.table("steps"))
-                  .filter(pl.col("image").is_not_null()).select("step").collect()["step"].sort().to_numpy())
+    with_image = np.array(sorted(step for step, image in images.items() if image is not None), dtype=np.int64)
     position = np.searchsorted(with_image, steps, side="right") - 1
     if len(position) and position.min() < 0:
         first = int(steps[position < 0][0])

@@ -79,11 +79,26 @@ def page_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def find_damaged(paths: Iterable[str | os.PathLike[str]]) -> list[DamagedFile]:
-    """The files among ``paths`` whose footers cannot be read (missing, cut short, not Parquet)."""
+def find_damaged(paths: Iterable[str | os.PathLike[str]], *, page_budget: int = 0) -> list[DamagedFile]:
+    """The files among ``paths`` that are damaged: first by their footers (missing, cut short, not
+    Parquet); if every footer reads, by reading and verifying the pages of files, up to
+    ``page_budget`` bytes of them, stopping at the first damaged one."""
+    paths = [Path(path) for path in paths]
     found = []
     for path in paths:
         problem = footer_problem(path)
         if problem is not None:
             found.append(DamagedFile(str(path), problem, episode_id=episode_of(path)))
-    return found
+    if found:
+        return found
+    for path in paths:
+        try:
+            page_budget -= path.stat().st_size
+        except OSError:
+            continue
+        if page_budget < 0:
+            break
+        problem = page_problem(path)
+        if problem is not None:
+            return [DamagedFile(str(path), problem, episode_id=episode_of(path))]
+    return []

@@ -162,10 +162,21 @@ def _library_errors() -> Iterator[None]:
         raise click.ClickException(f"cannot read or write{where}: {exc.strerror or exc}") from exc
 
 
+def _no_such_folder(path: Path) -> bool:
+    """Whether ``path`` does not exist (not: cannot be looked at, which the library reports)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _open_lake(lake: str | None) -> pipeline.Lake:
     """The lake a reading command reads; a lake folder that does not exist is an error (usually a typo)."""
     path = pipeline.resolve_lake(lake)
-    if not path.exists():
+    if _no_such_folder(path):
         raise click.ClickException(f"no lake at {path} (no such folder); give --lake the lake's folder, "
                                    f"or ingest into it first with: ingest-pipeline run FILE --lake {path}")
     return pipeline.Lake(path)

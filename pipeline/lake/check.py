@@ -10,6 +10,7 @@ check never stops at the first.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import LakeError
 from .damage import READ_ERRORS, describe, page_problem
 from .layout import ENVIRONMENT_PREFIX, EPISODE_PREFIX, EpisodeLocation, list_episodes, resolve_lake
 from .tables import SCHEMAS, TABLES
@@ -60,16 +62,26 @@ class CheckReport:
 def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> CheckReport:
     """Check every committed episode: tables present and readable, schemas and row counts right.
 
+    A lake folder that does not exist or cannot be read is :class:`~pipeline.errors.LakeError`.
+
     With ``deep=True`` also read every page of every file, verifying page checksums, and the key
     columns: step numbers unique, every agent step's step in ``steps``, every unit step's (step,
     agent) in ``agent_steps``, agents matching ``episode_agents``.
     """
     root = resolve_lake(lake)
     try:
-        problems = _stray_entries(root)
-        locations = list_episodes(root) if root.is_dir() else []
+        mode = root.stat().st_mode
+    except FileNotFoundError as exc:
+        raise LakeError(f"no lake at {root} (no such folder); give the lake's folder") from exc
     except OSError as exc:
-        return CheckReport(0, [Problem(root, f"cannot be read: {exc.strerror or exc}")])
+        raise LakeError(f"cannot read the lake {root}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise LakeError(f"{root} is a file, not a lake folder; give the lake's folder")
+    try:
+        problems = _stray_entries(root)
+        locations = list_episodes(root)
+    except OSError as exc:
+        raise LakeError(f"cannot read the lake {root}: {exc.strerror or exc}") from exc
     for location in locations:
         try:
             problems.extend(_check_episode(location, deep))
@@ -80,10 +92,6 @@ def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> 
 
 def _stray_entries(lake: Path) -> list[Problem]:
     problems = []
-    if not lake.exists():
-        return [Problem(lake, "is not a lake folder (it does not exist)")]
-    if not lake.is_dir():
-        return [Problem(lake, "is a file, not a lake folder")]
     for entry in lake.iterdir():
         if entry.name.startswith(("_", ".")):
             continue  # _staging and other bookkeeping; readers skip these

@@ -14,15 +14,15 @@ from pipeline.lake.damage import find_damaged, page_problem
 from tests.dataset_lake import build_lake
 
 
-def flip(path: Path, count: int = 200) -> None:
-    """Flip ``count`` bytes in the middle of the file's largest column chunk: inside its pages."""
+def flip(path: Path, count: int = 200, *, at_start: bool = False) -> None:
+    """Flip ``count`` bytes in the middle (or at the start: a page header) of the file's largest column chunk."""
     metadata = pq.read_metadata(path)
     chunk = max((metadata.row_group(g).column(c) for g in range(metadata.num_row_groups)
                  for c in range(metadata.num_columns)), key=lambda chunk: chunk.total_compressed_size)
     start = chunk.dictionary_page_offset or chunk.data_page_offset
     middle = start + chunk.total_compressed_size // 2
     data = bytearray(path.read_bytes())
-    first = max(start, middle - count // 2)
+    first = start if at_start else max(start, middle - count // 2)
     for i in range(first, min(first + count, start + chunk.total_compressed_size)):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -97,7 +97,7 @@ def test_frames_and_exports_of_a_damaged_episode(lake: Path, ids: dict[str, str]
     steps = table(lake, ids["lander"], "steps")
     flip(steps)
     the_lake = Lake(lake)
-    with pytest.raises(DamagedFile, match="damaged file .*steps.parquet"):
+    with pytest.raises(DamagedFile, match=r"damaged file .*steps\.parquet"):
         the_lake.trajectory(ids["lander"], frames=FrameOptions(missing="previous"))
     with pytest.raises(DamagedFile, match=f"episode {ids['lander']}"):
         the_lake.to_npz(tmp_path / "out.npz", [ids["lander"]], frames=FrameOptions(missing="previous"))
@@ -105,7 +105,7 @@ def test_frames_and_exports_of_a_damaged_episode(lake: Path, ids: dict[str, str]
     cut(table(lake, ids["full"], "episode_agents"))
     with pytest.raises(DamagedFile, match=f"episode {ids['full']}: damaged file .*episode_agents.parquet"):
         the_lake.to_numpy([ids["full"]])  # two agents: the first is read from episode_agents
-    with pytest.raises(DamagedFile, match="episode_agents.parquet"):
+    with pytest.raises(DamagedFile, match=r"episode_agents\.parquet"):
         the_lake.agents(ids["full"])
 
 
@@ -125,7 +125,7 @@ def test_polars_reads_name_the_damaged_file(lake: Path, ids: dict[str, str]) -> 
                  lambda: the_lake.sql("SELECT count(*) FROM episodes", eager=True)):
         with pytest.raises(DamagedFile, match=f"episode {ids['full']}: damaged file .*episodes.parquet"):
             read()
-    with pytest.raises(DamagedFile, match="episodes.parquet"), the_lake.reading():
+    with pytest.raises(DamagedFile, match=r"episodes\.parquet"), the_lake.reading():
         the_lake.episodes().collect()
 
 
@@ -162,12 +162,15 @@ def test_a_lake_that_is_a_file_or_under_one(tmp_path: Path) -> None:
         Lake(file)
     with pytest.raises(LakeError, match=f"^cannot read the lake {file}/lake: Not a directory"):
         Lake(file / "lake")
-    assert [p.message for p in check(file).problems] == ["is a file, not a lake folder"]
+    with pytest.raises(LakeError, match=f"^{file} is a file, not a lake folder"):
+        check(file)
+    with pytest.raises(LakeError, match=f"^no lake at {tmp_path / 'nowhere'} "):
+        check(tmp_path / "nowhere")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_export_to_a_full_disk(lake: Path, ids: dict[str, str]) -> None:
-    with pytest.raises(ExportError, match="^could not write /dev/full: No space left on device; free some space"):
+    with pytest.raises(ExportError, match=r"^could not write /dev/full: No space left on device; free some space"):
         Lake(lake).to_npz("/dev/full", [ids["cart"]])
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # written to, never replaced
     assert not Path("/dev/.full.partial").exists()

@@ -260,7 +260,7 @@ def query(sql: str, fmt: str, output: str | None, lake: str | None) -> None:
         elif fmt == "json":
             text = frame.write_ndjson()
         else:
-            _write_output(output, frame.write_parquet)
+            _write_output(str(output), frame.write_parquet)
             return
     if output is None:
         click.echo(text, nl=fmt == "table")

@@ -206,7 +206,7 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
     if lacking:
         raise DatasetError(f"episode {episode_id}: step {lacking[0]} has no image "
                            f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
-    decoded = {step: decode_frame(images[step], options) for step in wanted}
+    decoded = {step: decode_frame(images[step] or b"", options) for step in wanted}  # none lacking
     shapes = {frame.shape for frame in decoded.values()}
     if len(shapes) > 1:
         raise DatasetError(f"episode {episode_id}: frames of different sizes {sorted(shapes)}; "

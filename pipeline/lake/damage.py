@@ -56,7 +56,7 @@ def reading(path: str | os.PathLike[str]) -> Iterator[None]:
 def open_verified(path: str | os.PathLike[str], **options: object) -> pq.ParquetFile:
     """A Parquet file whose reads verify page checksums; a footer that cannot be read is DamagedFile."""
     with reading(path):
-        return pq.ParquetFile(path, page_checksum_verification=VERIFY_PAGES, **options)  # type: ignore[arg-type]
+        return pq.ParquetFile(path, page_checksum_verification=VERIFY_PAGES, **options)
 
 
 def footer_problem(path: str | os.PathLike[str]) -> str | None:
@@ -83,15 +83,15 @@ def find_damaged(paths: Iterable[str | os.PathLike[str]], *, page_budget: int = 
     """The files among ``paths`` that are damaged: first by their footers (missing, cut short, not
     Parquet); if every footer reads, by reading and verifying the pages of files, up to
     ``page_budget`` bytes of them, stopping at the first damaged one."""
-    paths = [Path(path) for path in paths]
+    files = [Path(path) for path in paths]
     found = []
-    for path in paths:
+    for path in files:
         problem = footer_problem(path)
         if problem is not None:
             found.append(DamagedFile(str(path), problem, episode_id=episode_of(path)))
     if found:
         return found
-    for path in paths:
+    for path in files:
         try:
             page_budget -= path.stat().st_size
         except OSError:

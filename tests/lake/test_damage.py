@@ -179,3 +179,15 @@ def test_export_to_a_full_disk(lake: Path, ids: dict[str, str]) -> None:
 def test_export_into_a_missing_folder(lake: Path, ids: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="create its folder first"):
         Lake(lake).to_npz(tmp_path / "no" / "out.npz", [ids["cart"]])
+
+
+def test_a_lake_that_may_not_be_read(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root, whom chmod 000 does not stop: refuse the listing itself.
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(LakeError, match=f"^cannot read the lake {lake}: Permission denied$"):
+        Lake(lake)
+    with pytest.raises(LakeError, match=f"^cannot read the lake {lake}: Permission denied$"):
+        check(lake)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -156,7 +156,30 @@ def _library_errors() -> Iterator[None]:
         yield
     except (pipeline.PipelineError, pl.exceptions.PolarsError) as exc:
         # polars appends its query plan to errors; the first paragraph is the message
-        raise click.ClickException(str(exc).split("\n\n", 1)[0]) from exc
+        raise click.ClickException(" ".join(str(exc).split("\n\n", 1)[0].split())) from exc
+    except OSError as exc:  # the last resort: the library names its own; this one names at least the file
+        where = f" {exc.filename}" if exc.filename else ""
+        raise click.ClickException(f"cannot read or write{where}: {exc.strerror or exc}") from exc
+
+
+def _no_such_folder(path: Path) -> bool:
+    """Whether ``path`` does not exist (not: cannot be looked at, which the library reports)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _open_lake(lake: str | None) -> pipeline.Lake:
+    """The lake a reading command reads; a lake folder that does not exist is an error (usually a typo)."""
+    path = pipeline.resolve_lake(lake)
+    if _no_such_folder(path):
+        raise click.ClickException(f"no lake at {path} (no such folder); give --lake the lake's folder, "
+                                   f"or ingest into it first with: ingest-pipeline run FILE --lake {path}")
+    return pipeline.Lake(path)
 
 
 @cli.command("ls")
@@ -172,7 +195,7 @@ def ls(environment: str | None, as_json: bool, lake: str | None) -> None:
       ingest-pipeline ls --env LunarLander-v3 --json
     """
     with _library_errors():
-        rows = pipeline.Lake(lake).listing(environment).to_dicts()
+        rows = _open_lake(lake).listing(environment).to_dicts()
     if as_json:
         for row in rows:
             click.echo(json.dumps({**row, "ingested_at": console.timestamp(row["ingested_at"])}, ensure_ascii=False))
@@ -195,7 +218,7 @@ def show(episode_id: str, as_json: bool, lake: str | None) -> None:
       ingest-pipeline show 257a --json | jq .agents
     """
     with _library_errors():
-        info = pipeline.Lake(lake).describe(episode_id)
+        info = _open_lake(lake).describe(episode_id)
     if as_json:
         info["episode"]["ingested_at"] = console.timestamp(info["episode"]["ingested_at"])
         click.echo(json.dumps(info, ensure_ascii=False))
@@ -223,13 +246,13 @@ def query(sql: str, fmt: str, output: str | None, lake: str | None) -> None:
       ingest-pipeline query "SELECT * FROM episode_agents WHERE total_reward >= 100" --format csv
       ingest-pipeline query "SELECT * FROM agent_steps" --format parquet -o steps.parquet
     """
+    import polars as pl
+
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs -o FILE")
     with _library_errors():
-        frame = pipeline.Lake(lake).sql(sql).lazy().collect()
+        frame = cast("pl.DataFrame", _open_lake(lake).sql(sql, eager=True))
         if fmt == "table":
-            import polars as pl
-
             with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
                 text = str(frame)
         elif fmt == "csv":
@@ -237,12 +260,21 @@ def query(sql: str, fmt: str, output: str | None, lake: str | None) -> None:
         elif fmt == "json":
             text = frame.write_ndjson()
         else:
-            frame.write_parquet(str(output))
+            _write_output(str(output), frame.write_parquet)
             return
     if output is None:
         click.echo(text, nl=fmt == "table")
     else:
-        Path(output).write_text(text if fmt != "table" else text + "\n", encoding="utf-8")
+        data = (text if fmt != "table" else text + "\n").encode()
+        _write_output(output, lambda path: Path(path).write_bytes(data))
+
+
+def _write_output(output: str, write: Any) -> None:
+    """Write an output file with ``write(path)``; a failure (disk full, no such folder) is one line."""
+    try:
+        write(output)
+    except OSError as exc:
+        raise click.ClickException(f"could not write {output}: {exc.strerror or exc}") from exc
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -293,7 +325,7 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
                                         missing=missing_frames)  # type: ignore[arg-type]
     sampling = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
     with _library_errors():
-        the_lake = pipeline.Lake(lake)
+        the_lake = _open_lake(lake)
         if fmt == "npz":
             the_lake.to_npz(output, list(episode_ids), agent, frames=options, **sampling)
         else:
@@ -318,7 +350,7 @@ def rm(episode_ids: tuple[str, ...], lake: str | None) -> None:
       ingest-pipeline rm 257a 3f2a --lake /data/lake
     """
     with _library_errors():
-        removed = pipeline.Lake(lake).remove(episode_ids)
+        removed = _open_lake(lake).remove(episode_ids)
     for location in removed:
         click.echo(f"removed episode {location.episode_id} ({location.environment})")
 
@@ -352,7 +384,8 @@ def gc(lake: str | None, older_than: float) -> None:
       ingest-pipeline gc
       ingest-pipeline gc --lake /data/lake --older-than 12h
     """
-    report = pipeline.gc(lake, older_than=older_than)
+    with _library_errors():
+        report = pipeline.gc(lake, older_than=older_than)
     for folder in report.removed:
         click.echo(f"removed {folder}")
     kept = len(report.running) + len(report.recent)
@@ -363,10 +396,13 @@ def gc(lake: str | None, older_than: float) -> None:
 
 @cli.command()
 @lake_option
-@click.option("--deep", is_flag=True, help="Also read the key columns: unique step numbers, keys that join.")
+@click.option("--deep", is_flag=True,
+              help="Also read every page of every file (checksums verified) and check that the keys join.")
 def check(lake: str | None, deep: bool) -> None:
     """Verify every committed episode is whole: tables present, readable, row counts right.
 
+    Every file's footer is read, so a file cut short or not Parquet is found; --deep reads
+    every page, verifying its checksum, and lists every damaged file with its episode.
     Exit status 0 when the lake is clean, 1 with one line per problem otherwise.
 
     \b
@@ -374,12 +410,16 @@ def check(lake: str | None, deep: bool) -> None:
       ingest-pipeline check
       ingest-pipeline check --lake /data/lake --deep
     """
-    report = pipeline.check(lake, deep=deep)
+    with _library_errors():
+        report = pipeline.check(lake, deep=deep)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     if report.problems:
         click.echo(f"{console.plural(len(report.problems), 'problem')} in {console.plural(report.episodes, 'episode')}",
                    err=True)
+        if report.damaged_episodes:
+            click.echo(f"to take the damaged episodes out of the lake: ingest-pipeline rm "
+                       f"{' '.join(report.damaged_episodes)}; then ingest their source files again", err=True)
         sys.exit(1)
     click.echo(f"ok: {console.plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
 

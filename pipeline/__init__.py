@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AmbiguousEpisodeId,
+    DamagedFile,
     DatasetError,
     EpisodeNotFound,
+    ExportError,
     InvalidEpisode,
     LakeError,
     MissingExtra,
@@ -92,8 +94,10 @@ __all__ = [
     "Batch",
     "BatchSummary",
     "CheckReport",
+    "DamagedFile",
     "DatasetError",
     "EpisodeNotFound",
+    "ExportError",
     "FrameOptions",
     "GcReport",
     "IngestResult",

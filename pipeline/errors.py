@@ -98,6 +98,28 @@ class DatasetError(PipelineError):
         super().__init__(message)
 
 
+class DamagedFile(DatasetError):
+    """A file of the lake cannot be read: damaged on disk, cut short, or not Parquet at all.
+
+    ``file`` is the file's path (None when a reader failed without naming it), ``episode_id`` the
+    episode it belongs to (when known), ``detail`` what the reader said. Nothing an ingest writes
+    is ever damaged: the disk or a copy did it.
+    """
+
+    HINT = "run `ingest-pipeline check --deep` to list every damaged file, then `ingest-pipeline rm` its episodes"
+
+    def __init__(self, file: str | None, detail: str, *, episode_id: str | None = None) -> None:
+        self.file = file
+        self.detail = " ".join(detail.split())  # one line, whatever the reader's message was
+        episode = f"episode {episode_id}: " if episode_id else ""
+        what = f"damaged file {file}" if file else "a Parquet file of the lake cannot be read"
+        super().__init__(f"{episode}{what}: {self.detail}; {self.HINT}", episode_id=episode_id)
+
+
+class ExportError(PipelineError):
+    """An export's output file could not be written (disk full, no such folder, permissions)."""
+
+
 class MissingExtra(PipelineError, ImportError):
     """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
 

@@ -300,7 +300,8 @@ def test_check_passes_on_what_run_writes_and_fails_with_problems(good, lake):
     (folder / "steps.parquet").unlink()
     broken = invoke("check", "--lake", str(lake))
     assert broken.exit_code == 1
-    assert broken.stderr == f"problem: {folder / 'steps.parquet'}: missing table\n1 problem in 1 episode\n"
+    assert broken.stderr == (f"problem: {folder / 'steps.parquet'} (episode {folder.name[len('episode_id='):]}): "
+                             f"missing table\n1 problem in 1 episode\n")
 
 
 def test_gc_removes_dead_staging_folders_and_reports_them(lake):

@@ -79,8 +79,16 @@ def test_ls_env_and_json(built: tuple[Path, dict[str, str]]) -> None:
 
 
 def test_ls_on_an_empty_lake_prints_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
     result = invoke(tmp_path / "empty", "ls")
     assert (result.exit_code, result.output) == (0, "")
+
+
+def test_reading_a_lake_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "nowhere", "ls")
+    assert (result.exit_code, result.output) == (1, (
+        f"Error: no lake at {tmp_path / 'nowhere'} (no such folder); give --lake the lake's folder, "
+        f"or ingest into it first with: ingest-pipeline run FILE --lake {tmp_path / 'nowhere'}\n"))
 
 
 # -- show ------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from ..cores import usable_cores
 from ..errors import DatasetError
+from ..lake import damage
+from ..lake.damage import open_verified, reading
 
 AGENT = "agent"
 
@@ -90,7 +92,8 @@ class AgentStepsFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = pq.ParquetFile(path)
+        # Page checksums verified: a damaged page is DamagedFile, not a wrong number (cost: BENCHMARKS.md).
+        self._file = open_verified(path)
         metadata = self._file.metadata
         self._ranges = [_min_max(metadata, group) for group in range(metadata.num_row_groups)]
 
@@ -106,7 +109,8 @@ class AgentStepsFile:
         """The rows of ``agent``: ``columns`` plus ``step``, in step order."""
         groups, exact = _row_groups(self._ranges, agent)
         wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])))
-        table = self._read(groups, wanted)
+        with reading(self.path):
+            table = self._read(groups, wanted)
         rows: np.ndarray | None = None if exact else np.flatnonzero(_equals(table.column(AGENT), agent))
         result = AgentRows(table, rows)
         steps = result.steps
@@ -126,8 +130,9 @@ class AgentStepsFile:
 
         def read(part: list[int]) -> pa.Table:
             # Without pyarrow's own column threads: starting its pool cost ~5 ms of a first call.
-            return pq.ParquetFile(self.path, metadata=metadata).read_row_groups(part, columns=columns,
-                                                                                use_threads=False)
+            file = pq.ParquetFile(self.path, metadata=metadata,
+                                  page_checksum_verification=damage.VERIFY_PAGES)
+            return file.read_row_groups(part, columns=columns, use_threads=False)
 
         with ThreadPoolExecutor(2) as pool:
             return pa.concat_tables(list(pool.map(read, [groups[:half], groups[half:]])))

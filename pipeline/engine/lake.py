@@ -9,6 +9,7 @@ so other episodes' files are not opened (``lake.agent_steps().filter(...).explai
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -19,7 +20,8 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound
+from ..errors import AmbiguousEpisodeId, DamagedFile, DatasetError, EpisodeNotFound, LakeError, PipelineError
+from ..lake.damage import find_damaged
 from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
@@ -32,6 +34,8 @@ PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
 # What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
 Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
 
+# How much of the snapshot's files a failed polars read verifies, page by page, to name the damaged one.
+_PAGE_SEARCH_BYTES = 1 << 30
 _ACTION_LABELS = {"episode_id": pl.String, "action": pl.Float64, "action_label": pl.String}
 _REWARD_LABELS = {"episode_id": pl.String, "component": pl.Int64, "reward_name": pl.String}
 
@@ -67,7 +71,12 @@ class Lake:
 
     def refresh(self) -> Lake:
         """Take a new snapshot: episodes committed or removed since become visible."""
-        self._locations = tuple(list_episodes(self.path))
+        if self.path.exists() and not self.path.is_dir():
+            raise LakeError(f"{self.path} is a file, not a lake folder; give --lake the lake's folder")
+        try:
+            self._locations = tuple(list_episodes(self.path))
+        except OSError as exc:
+            raise LakeError(f"cannot read the lake {self.path}: {exc.strerror or exc}") from exc
         self._by_id = {location.episode_id: location for location in self._locations}
         self._labels = None
         return self
@@ -125,14 +134,57 @@ class Lake:
         """Run polars SQL over the five tables and the label tables, registered by name.
 
         The label tables are ``action_labels`` and ``unit_action_labels`` (episode_id, action,
-        action_label) and ``reward_labels`` (episode_id, component, reward_name).
+        action_label) and ``reward_labels`` (episode_id, component, reward_name). With ``eager=True``
+        the result is collected here, and a damaged file is :class:`~pipeline.errors.DamagedFile`.
         """
         frames: dict[str, pl.LazyFrame] = {table: self.scan(table) for table in TABLES}
         frames["action_labels"] = self.action_labels()
         frames["unit_action_labels"] = self.action_labels(units=True)
         frames["reward_labels"] = self.reward_labels()
         with pl.SQLContext(frames) as context:
-            return context.execute(query, eager=eager)
+            if not eager:
+                return context.execute(query)
+            with self.reading():
+                return context.execute(query, eager=True)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Collect polars frames of this lake inside this: a damaged file becomes DamagedFile.
+
+        polars names no file in its errors (and verifies no page checksums), so on a polars error
+        the footers of the snapshot's files are read (~0.1 ms each) to find the damaged one; when
+        every footer reads, the pages of up to 1 GB of files are verified, and past that the error
+        names no file but says to run ``ingest-pipeline check --deep``.
+
+        >>> with lake.reading():                                    # doctest: +SKIP
+        ...     frame = lake.agent_steps().filter(pl.col("reward") > 1).collect()
+        """
+        try:
+            yield
+        except PipelineError:
+            raise
+        except (pl.exceptions.ComputeError, OSError, pl.exceptions.PanicException) as exc:
+            error = self._read_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _read_error(self, exc: BaseException) -> BaseException:
+        """The error behind a failed polars read of the snapshot: DamagedFile when a file is damaged."""
+        gone = [location for location in self._locations if not location.path.exists()]
+        if gone:
+            return DatasetError(f"episode {gone[0].episode_id} was removed after this snapshot of {self.path} was "
+                                f"taken; take a new one (Lake.refresh())", episode_id=gone[0].episode_id)
+        damaged = find_damaged((location.table(table) for location in self._locations for table in TABLES),
+                               page_budget=_PAGE_SEARCH_BYTES)
+        if damaged:
+            return damaged[0]
+        text = " ".join(str(exc).split("\n\n", 1)[0].split())
+        if any(word in text.lower() for word in ("parquet", "decompress", "thrift", "page", "out of spec")):
+            return DamagedFile(None, f"polars: {text}")
+        if isinstance(exc, pl.exceptions.PanicException):  # a BaseException: never let it through as such
+            return DatasetError(f"polars failed reading {self.path}: {text}")
+        return exc
 
     # -- episode ids --------------------------------------------------------------------------
 
@@ -168,7 +220,8 @@ class Lake:
             columns = [c for c in ("episode_id", "agent") if c in frame.collect_schema()]
             if "episode_id" not in columns:
                 raise DatasetError("an episode selection frame needs an episode_id column")
-            rows = frame.select(columns).unique(maintain_order=True).collect().iter_rows()
+            with self.reading():
+                rows = frame.select(columns).unique(maintain_order=True).collect().iter_rows()
             return [(self.resolve(row[0]), row[1] if len(row) > 1 else None) for row in rows]
         return [(self.resolve(episode_id), None) for episode_id in episodes]
 
@@ -181,19 +234,21 @@ class Lake:
         frame = self.episodes()
         if environment is not None:
             frame = frame.filter(pl.col("environment") == environment)
-        return frame.select(
-            "episode_id", "environment", "algorithm", pl.col("length").alias("steps"), "agents",
-            "agent_steps", "unit_steps", "total_reward", "ingested_at", "source",
-        ).sort("ingested_at", "episode_id").collect()
+        with self.reading():
+            return frame.select(
+                "episode_id", "environment", "algorithm", pl.col("length").alias("steps"), "agents",
+                "agent_steps", "unit_steps", "total_reward", "ingested_at", "source",
+            ).sort("ingested_at", "episode_id").collect()
 
     def describe(self, episode_id: str) -> dict[str, Any]:
         """An episode's metadata, per-agent summary and labels, as plain Python values."""
         location = self.resolve(episode_id)
-        episode = self.episodes(episodes=location.episode_id).collect().row(0, named=True)
+        with self.reading():
+            episode = self.episodes(episodes=location.episode_id).collect().row(0, named=True)
+            agent_rows = self.episode_agents(episodes=location.episode_id).drop("environment", "episode_id").collect()
         mapping: dict[str, Any] = orjson.loads(episode["action_mapping"]) if episode["action_mapping"] else {}
         unit_mapping = mapping.pop("unit_mapping", None) or {}
         order = {agent: i for i, agent in enumerate(agents(location))}
-        agent_rows = self.episode_agents(episodes=location.episode_id).drop("environment", "episode_id").collect()
         return {
             "episode": episode,
             "agents": sorted(agent_rows.to_dicts(), key=lambda row: order.get(row["agent"], len(order))),
@@ -241,7 +296,8 @@ class Lake:
 
     def _label_tables(self) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         if self._labels is None:
-            rows = self.episodes().select("episode_id", "action_mapping", "reward_mapping").collect()
+            with self.reading():
+                rows = self.episodes().select("episode_id", "action_mapping", "reward_mapping").collect()
             actions: list[tuple[str, float, str]] = []
             unit_actions: list[tuple[str, float, str]] = []
             rewards: list[tuple[str, int, str]] = []

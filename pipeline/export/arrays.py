@@ -8,6 +8,7 @@ marks where each one ends. d3rlpy is an optional extra: ``pip install 'ingest-pi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from ..engine.trajectory import Trajectory
-from ..errors import DatasetError, MissingExtra
+from ..errors import DatasetError, ExportError, MissingExtra
 
 _PER_STEP = ("observations", "actions", "rewards", "terminals", "steps")
 
@@ -68,14 +69,33 @@ def dump_d3rlpy(dataset: Any, path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def _replacing(target: Path) -> Iterator[IO[bytes]]:
-    """A file that replaces ``target`` once written in full; a failure leaves ``target`` as it was."""
+    """A file that replaces ``target`` once written in full; a failure leaves ``target`` as it was.
+
+    A target that exists and is not a regular file (``/dev/stdout``, a pipe) is written directly:
+    renaming over it would replace the device. A failure to write is :class:`ExportError`.
+    """
+    if target.exists() and not target.is_file():
+        try:
+            with open(target, "wb") as file:
+                yield file
+        except OSError as exc:
+            raise _export_error(target, exc) from exc
+        return
     partial = target.with_name(f".{target.name}.partial")
     try:
         with open(partial, "w+b") as file:  # h5py reads back what it writes
             yield file
         os.replace(partial, target)
+    except OSError as exc:
+        raise _export_error(target, exc) from exc
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _export_error(target: Path, exc: OSError) -> ExportError:
+    advice = {errno.ENOSPC: "; free some space or write elsewhere", errno.ENOENT: "; create its folder first",
+              errno.EACCES: "; choose a folder you may write to"}.get(exc.errno or 0, "")
+    return ExportError(f"could not write {target}: {exc.strerror or exc}{advice}")
 
 
 def to_d3rlpy(trajectories: Iterable[Trajectory], *, observation: Literal["vector", "frames"] = "vector",

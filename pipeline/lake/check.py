@@ -1,12 +1,16 @@
 """``check``: verify that every committed episode of a lake is whole and self-consistent.
 
 Nothing that ``run`` writes may ever fail these checks; a problem means the lake was damaged
-from outside (a disk error, a hand edit, a copy interrupted half-way).
+from outside (a disk error, a hand edit, a copy interrupted half-way). The cheap check reads every
+file's footer (so a file cut short or not Parquet at all is found); ``deep`` also reads every page
+of every file, verifying its checksum. Each damaged file is one problem naming its episode; the
+check never stops at the first.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import LakeError
+from .damage import READ_ERRORS, describe, page_problem
 from .layout import ENVIRONMENT_PREFIX, EPISODE_PREFIX, EpisodeLocation, list_episodes, resolve_lake
 from .tables import SCHEMAS, TABLES
 
@@ -27,9 +33,14 @@ class Problem:
 
     path: Path
     message: str
+    episode_id: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        episode = f" (episode {self.episode_id})" if self.episode_id else ""
+        return f"{self.path}{episode}: {self.message}"
+
+
+DAMAGED = "damaged"  # the start of a damaged file's message: "damaged: <what the reader said>"
 
 
 @dataclass
@@ -41,25 +52,46 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def damaged_episodes(self) -> list[str]:
+        """The episodes with a damaged file, in the order found."""
+        return list(dict.fromkeys(p.episode_id for p in self.problems
+                                  if p.episode_id and p.message.startswith(DAMAGED)))
+
 
 def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> CheckReport:
     """Check every committed episode: tables present and readable, schemas and row counts right.
 
-    With ``deep=True`` also read the key columns: step numbers unique, every agent step's step in
-    ``steps``, every unit step's (step, agent) in ``agent_steps``, agents matching ``episode_agents``.
+    A lake folder that does not exist or cannot be read is :class:`~pipeline.errors.LakeError`.
+
+    With ``deep=True`` also read every page of every file, verifying page checksums, and the key
+    columns: step numbers unique, every agent step's step in ``steps``, every unit step's (step,
+    agent) in ``agent_steps``, agents matching ``episode_agents``.
     """
     root = resolve_lake(lake)
-    problems = _stray_entries(root)
-    locations = list_episodes(root)
+    try:
+        mode = root.stat().st_mode
+    except FileNotFoundError as exc:
+        raise LakeError(f"no lake at {root} (no such folder); give the lake's folder") from exc
+    except OSError as exc:
+        raise LakeError(f"cannot read the lake {root}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise LakeError(f"{root} is a file, not a lake folder; give the lake's folder")
+    try:
+        problems = _stray_entries(root)
+        locations = list_episodes(root)
+    except OSError as exc:
+        raise LakeError(f"cannot read the lake {root}: {exc.strerror or exc}") from exc
     for location in locations:
-        problems.extend(_check_episode(location, deep))
+        try:
+            problems.extend(_check_episode(location, deep))
+        except OSError as exc:  # a folder that cannot be listed, a file that cannot be opened
+            problems.append(Problem(location.path, f"cannot be read: {exc.strerror or exc}", location.episode_id))
     return CheckReport(len(locations), problems)
 
 
 def _stray_entries(lake: Path) -> list[Problem]:
     problems = []
-    if not lake.is_dir():
-        return [Problem(lake, "is not a lake folder (it does not exist)")]
     for entry in lake.iterdir():
         if entry.name.startswith(("_", ".")):
             continue  # _staging and other bookkeeping; readers skip these
@@ -73,62 +105,76 @@ def _stray_entries(lake: Path) -> list[Problem]:
 
 
 def _check_episode(location: EpisodeLocation, deep: bool) -> list[Problem]:
+    episode = location.episode_id
     problems: list[Problem] = []
     files: dict[str, pq.ParquetFile] = {}
     expected = {f"{t}.parquet" for t in TABLES}
     for entry in location.path.iterdir():
         if entry.name not in expected:
-            problems.append(Problem(entry, "unexpected file in an episode folder"))
+            problems.append(Problem(entry, "unexpected file in an episode folder", episode))
     for table in TABLES:
         path = location.table(table)
         if not path.exists():
-            problems.append(Problem(path, "missing table"))
+            problems.append(Problem(path, "missing table", episode))
             continue
         try:
-            parquet = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            problems.append(Problem(path, f"cannot be read as Parquet: {exc}"))
+            parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        except READ_ERRORS as exc:
+            problems.append(Problem(path, f"{DAMAGED}: cannot be read as Parquet: {describe(exc)}", episode))
             continue
         if not parquet.schema_arrow.equals(SCHEMAS[table]):
-            problems.append(Problem(path, "schema differs from the table's declared schema"))
+            problems.append(Problem(path, "schema differs from the table's declared schema", episode))
             continue
+        if deep:
+            damage = page_problem(path)
+            if damage is not None:
+                problems.append(Problem(path, f"{DAMAGED}: {damage}", episode))
+                continue
         files[table] = parquet
     if "episodes" not in files:
         return problems
     if files["episodes"].metadata.num_rows != 1:
-        return [*problems, Problem(location.table("episodes"), "must hold exactly one row")]
-    counts = files["episodes"].read(columns=list(_COUNTS.values())).to_pylist()[0]
+        return [*problems, Problem(location.table("episodes"), "must hold exactly one row", episode)]
+    try:
+        counts = files["episodes"].read(columns=list(_COUNTS.values())).to_pylist()[0]
+    except READ_ERRORS as exc:
+        return [*problems, Problem(location.table("episodes"), f"{DAMAGED}: {describe(exc)}", episode)]
     for table, column in _COUNTS.items():
         if table in files and files[table].metadata.num_rows != counts[column]:
             problems.append(Problem(
                 location.table(table),
                 f"holds {files[table].metadata.num_rows} rows but the episode records {column}={counts[column]}",
+                episode,
             ))
     if deep and not problems:
-        problems.extend(_check_keys(location, files))
+        try:
+            problems.extend(_check_keys(location, files))
+        except READ_ERRORS as exc:  # the pages were just verified; this is a file changed since
+            problems.append(Problem(location.path, f"{DAMAGED}: {describe(exc)}", episode))
     return problems
 
 
 def _check_keys(location: EpisodeLocation, files: dict[str, pq.ParquetFile]) -> list[Problem]:
     problems = []
+    episode = location.episode_id
     steps = files["steps"].read(columns=["step"]).column("step")
     if pc.count_distinct(steps).as_py() != len(steps):
-        problems.append(Problem(location.table("steps"), "step numbers are not unique"))
+        problems.append(Problem(location.table("steps"), "step numbers are not unique", episode))
     agent_steps = files["agent_steps"].read(columns=["step", "agent"])
     if not pc.all(pc.is_in(agent_steps.column("step"), value_set=steps)).as_py() and len(agent_steps):
-        problems.append(Problem(location.table("agent_steps"), "has steps that are not in steps.parquet"))
+        problems.append(Problem(location.table("agent_steps"), "has steps that are not in steps.parquet", episode))
     agent_keys = _keys(agent_steps, ["step", "agent"])
     if len(set(agent_keys)) != len(agent_keys):
-        problems.append(Problem(location.table("agent_steps"), "an agent appears twice in one step"))
+        problems.append(Problem(location.table("agent_steps"), "an agent appears twice in one step", episode))
     unit_steps = files["unit_steps"].read(columns=["step", "agent", "unit"])
     if not set(_keys(unit_steps, ["step", "agent"])) <= set(agent_keys):
-        problems.append(Problem(location.table("unit_steps"), "has unit steps without their agent step"))
+        problems.append(Problem(location.table("unit_steps"), "has unit steps without their agent step", episode))
     unit_keys = _keys(unit_steps, ["step", "agent", "unit"])
     if len(set(unit_keys)) != len(unit_keys):
-        problems.append(Problem(location.table("unit_steps"), "a unit appears twice in one agent step"))
+        problems.append(Problem(location.table("unit_steps"), "a unit appears twice in one agent step", episode))
     summary_agents = set(files["episode_agents"].read(columns=["agent"]).column("agent").to_pylist())
     if summary_agents != {agent for _, agent in agent_keys}:
-        problems.append(Problem(location.table("episode_agents"), "agents differ from those in agent_steps"))
+        problems.append(Problem(location.table("episode_agents"), "agents differ from those in agent_steps", episode))
     return problems
 
 

@@ -70,6 +70,8 @@ def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -
         entries = sorted(staging.iterdir())
     except FileNotFoundError:
         return report
+    except OSError as exc:  # the lake is a file, or under one, or not ours to read
+        raise LakeError(f"cannot read the lake {lake}: {exc.strerror or exc}") from exc
     now = time.time()
     for folder in entries:
         try:

@@ -321,3 +321,15 @@ class Lake:
         trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
                                          downsample_offset=downsample_offset)
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def report(self, output: str | os.PathLike[str], episodes: Selection = None, **options: Any) -> Path:
+        """Write a self-contained HTML report (needs the ``report`` extra); see :func:`pipeline.report.write_report`.
+
+        Episode ids give an episode report (several: compared side by side); nothing, a selection frame,
+        ``environment=``, ``where=`` or ``sql=`` give an overview of those episodes.
+        """
+        from .report import write_report
+
+        return write_report(self, output, episodes, **options)

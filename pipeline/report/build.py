@@ -41,19 +41,20 @@ def write_report(
     """Write a self-contained HTML report to ``output`` and return its path.
 
     ``episodes`` given as ids (or unique prefixes) makes an episode report, several episodes compared
-    side by side; nothing, a polars frame with an ``episode_id`` column, ``environment``, ``where`` (an SQL
-    condition on the ``episodes`` table) or ``sql`` (a query returning ``episode_id``) makes an overview
-    of those episodes. ``overview`` forces one or the other. ``frames`` is how many frames the player
-    shows (an evenly spaced subset; ``"all"`` or ``"none"``), ``resize`` their ``(height, width)``;
-    ``gamma`` the discount of the realised return (default: the training config's ``gamma``, else 0.99);
-    series longer than ``max_points`` are reduced for drawing (the page says so).
+    side by side; nothing, or a polars frame with an ``episode_id`` column, makes an overview of the lake
+    or of those episodes, narrowed by ``environment``, ``where`` (an SQL condition on the ``episodes``
+    table) or ``sql`` (a query returning ``episode_id``). ``overview`` forces one or the other.
+    ``frames`` is how many frames the player shows (an evenly spaced subset; ``"all"`` or ``"none"``),
+    ``resize`` their ``(height, width)``; ``gamma`` the discount of the realised return (default: the
+    training config's ``gamma``, else 0.99); series longer than ``max_points`` are reduced for drawing,
+    and the page says so.
     """
     plotly_js()  # a missing extra fails here, before any reading
     if max_points < 10:
         raise DatasetError(f"max_points must be at least 10, got {max_points}")
     selects = environment is not None or where is not None or sql is not None
     if overview is None:
-        overview = episodes is None or isinstance(episodes, pl.DataFrame | pl.LazyFrame) or selects
+        overview = episodes is None or isinstance(episodes, pl.DataFrame | pl.LazyFrame)
     if overview:
         page = _overview(lake, episodes, environment=environment, where=where, sql=sql)
     else:

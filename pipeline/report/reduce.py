@@ -2,10 +2,11 @@
 
 A browser draws a few thousand points per line as fast as it draws a hundred; a 100,000-step line
 costs seconds and megabytes and shows no more on a 1,000-pixel plot. So a series longer than
-``max_points`` is cut into ``max_points // 2`` buckets of consecutive steps, and each bucket keeps
+``max_points`` is cut into about ``max_points / 2`` buckets of consecutive steps, and each bucket keeps
 the steps of its smallest and largest value (and the series keeps its first and last step). Every
 spike survives: the largest value of the whole series is the largest of its bucket. Several series
-drawn together (stacked reward components) keep the union of their extremes, so they stay aligned.
+drawn together (stacked reward components) keep the union of their extremes, so they stay aligned;
+they get fewer, larger buckets, so that the union still holds at most ``max_points`` points.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ def extremes(values: np.ndarray, max_points: int) -> np.ndarray | None:
     count = len(values)
     if count <= max_points:
         return None
-    buckets = max(max_points // 2, 1)
-    size = -(-count // buckets)
     matrix = values.reshape(count, -1).astype(np.float64)
+    size = -(-count // _buckets(max_points, matrix.shape[1]))
     padded_rows = size * (-(-count // size))
     lows = np.where(np.isnan(matrix), np.inf, matrix)
     highs = np.where(np.isnan(matrix), -np.inf, matrix)
@@ -55,6 +55,11 @@ def extremes(values: np.ndarray, max_points: int) -> np.ndarray | None:
     return indices[indices < count]
 
 
+def _buckets(max_points: int, columns: int) -> int:
+    """Buckets such that their minima and maxima (of every column) and the two ends fit in ``max_points``."""
+    return max((max_points - 2) // (2 * columns), 1)
+
+
 def reduce_series(x: np.ndarray, *ys: np.ndarray, max_points: int) -> tuple[np.ndarray, list[np.ndarray],
                                                                              Reduction | None]:
     """``x`` and each ``y`` kept at the extremes of the ``y`` together (see :func:`extremes`)."""
@@ -63,8 +68,7 @@ def reduce_series(x: np.ndarray, *ys: np.ndarray, max_points: int) -> tuple[np.n
     kept = extremes(np.column_stack(ys), max_points)
     if kept is None:
         return x, list(ys), None
-    buckets = max(max_points // 2, 1)
-    reduction = Reduction(steps=len(x), points=len(kept), bucket=-(-len(x) // buckets))
+    reduction = Reduction(steps=len(x), points=len(kept), bucket=-(-len(x) // _buckets(max_points, len(ys))))
     return x[kept], [y[kept] for y in ys], reduction
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from conftest import agent_step, episode, write_json
+from conftest import PNG_B64, agent_step, episode, write_json
 from dataset_lake import copy_lake
 from PIL import Image
 from report_helpers import (
@@ -323,3 +323,31 @@ def test_missing_plotly_names_the_install_line(lake: Lake, ids: dict[str, str], 
         plot.plotly_js.cache_clear()
     assert str(info.value) == "an HTML report needs plotly, which is not installed: pip install 'ingest-pipeline[report]'"
     assert not (tmp_path / "r.html").exists()
+
+
+# -- odd episodes --------------------------------------------------------------------------------
+
+
+def test_odd_episodes_still_make_a_page(tmp_path: Path) -> None:
+    continuous = episode(steps=50)
+    for i, step in enumerate(continuous["inference"]["steps"]):
+        step["agent_steps"][0].update(action=i / 7, action_distribution=[0.5] * (1 + i % 3))
+    no_agents = {"training": {"environment": "Empty-v0", "algorithm": "X", "iterations": 1},
+                 "inference": {"steps": [{"number": 3, "image": PNG_B64}, {"number": 9}]}}
+    lake_path = tmp_path / "lake"
+    made = {name: ingest(write_json(tmp_path / f"{name}.json", doc), lake=lake_path).episode_id
+            for name, doc in (("continuous", continuous), ("single", episode(steps=1)), ("empty", no_agents))}
+    lake = Lake(lake_path)
+    figures = page_figures(lake.report(tmp_path / "c.html", made["continuous"]))
+    histogram = trace(figure(figures, "p0:actions"), "actions")
+    assert sum(histogram["y"]) == 50 and len(histogram["x"]) == 40
+    timeline = figure(figures, "p0:timeline")
+    assert trace(timeline, "action")["type"] == "scatter" and trace(timeline, "action")["mode"] == "lines"
+    third = decoded(trace(timeline, "distribution")["z"])[2]  # action 2: given on steps 2, 5, 8, ...
+    assert np.isnan(third[0]) and np.isnan(third[1]) and third[2] == 0.5
+    single = figure(page_figures(lake.report(tmp_path / "s.html", made["single"])), "p0:timeline")
+    assert trace(single, "reward")["mode"] == "markers"
+    empty = lake.report(tmp_path / "e.html", made["empty"])
+    assert page_figures(empty) == []
+    assert "This episode has no agent steps." in empty.read_text(encoding="utf-8")
+    assert frames_data(empty)[0]["steps"] == [3]

@@ -22,7 +22,7 @@ ROW_PX = 150
 HEAT_PX = 170
 GAP_PX = 42
 TOP_PX, BOTTOM_PX = 30, 45
-HEAT_COLUMNS = 1000     # heat-map columns at most (steps are averaged in buckets beyond that)
+HEAT_COLUMNS = 500      # heat-map columns at most, about one per pixel (steps are averaged in buckets beyond)
 MAX_MARKERS = 1000      # discrete actions of longer series are drawn as a heat map: SVG markers cost ~0.1 ms each
 MAX_DISCRETE = 64       # more distinct actions than this are drawn as a continuous series
 

@@ -78,57 +78,74 @@ def load_episode(lake: Lake, episode_id: str, *, gamma: float | None = None) -> 
     agent_frame = (lake.agent_steps(episodes=full_id).filter(only)
                    .select(*_COMMON, *_AGENT_ONLY).collect())
     order = [row["agent"] for row in info["agents"]]
-    agents = [_subject(part, agent, None) for agent, part in _split(agent_frame, ["agent"], order)]
+    agents = _subjects(agent_frame, ["agent"], order)
     units: dict[str, list[Subject]] = {}
     if info["episode"]["unit_steps"]:
         unit_frame = lake.unit_steps(episodes=full_id).filter(only).select(*_COMMON, "unit").collect()
-        for (agent, unit), part in _split(unit_frame, ["agent", "unit"], None):
-            units.setdefault(agent, []).append(_subject(part, agent, unit))
+        for unit in _subjects(unit_frame, ["agent", "unit"], None):
+            units.setdefault(unit.agent, []).append(unit)
     chosen, source = _discount(info["episode"]["training_config"], gamma)
     return EpisodeData(info=info, agents=agents, units=units, gamma=chosen, gamma_source=source)
 
 
-def _split(frame: pl.DataFrame, keys: list[str], order: list[str] | None) -> list[tuple[Any, pl.DataFrame]]:
-    """``frame`` split by ``keys``; groups in ``order`` (agents) or by first appearance (units)."""
-    parts = frame.partition_by(keys, maintain_order=True, as_dict=True)
-    groups = [(key if len(keys) > 1 else key[0], part) for key, part in parts.items()]
+def _subjects(frame: pl.DataFrame, keys: list[str], order: list[str] | None) -> list[Subject]:
+    """The rows of ``frame`` as one :class:`Subject` per agent (or per agent and unit), in step order.
+
+    Agents come in ``order``, units by first appearance. Every column is converted to numpy once for
+    the whole table, put in (subject, step) order by one permutation, and sliced per subject: a polars
+    call per column and subject cost 0.25 s of a two-team report with 20 units (measured), and sorting
+    the frame itself moves its list columns.
+    """
+    if frame.is_empty():
+        return []
+    ordering = frame.select(pl.arg_sort_by([*keys, "step"], maintain_order=True)).to_series().to_numpy()
+    sorted_keys = frame.select(keys)[ordering]
+    changed = sorted_keys.select(pl.any_horizontal([pl.col(k) != pl.col(k).shift() for k in keys]).fill_null(True))
+    starts = np.flatnonzero(changed.to_series().to_numpy())
+    ends = np.append(starts[1:], len(frame)).astype(np.int64)
+    names = sorted_keys[starts.tolist()].rows()
+    optional: dict[str, np.ndarray | None] = {
+        "components": _padded(frame["rewards"]),
+        "action_distribution": _padded(frame["action_distribution"]),
+        **{name: _floats(frame[name]) for name in ("health", "value_estimate", "predicted_reward")},
+        **{name: _padded(frame[name]) for name in _AGENT_ONLY if name in frame.columns},
+    }
+    optional = {key: None if values is None else values[ordering] for key, values in optional.items()}
+    steps = frame["step"].to_numpy().astype(np.int64)[ordering]
+    rewards, actions = _floats(frame["total_reward"])[ordering], _floats(frame["action"])[ordering]
+    texts = frame["custom_metrics"].to_list()
+    subjects = []
+    for name, start, end in zip(names, starts.tolist(), ends.tolist(), strict=True):
+        rows = ordering[start:end]
+        metrics = [(int(steps[i]), orjson.loads(texts[row])) for i, row in enumerate(rows.tolist(), start)
+                   if texts[row] is not None]
+        subject = Subject(agent=name[0], unit=name[1] if len(name) > 1 else None, steps=steps[start:end],
+                          rewards=rewards[start:end], actions=actions[start:end], custom_metrics=metrics,
+                          **{key: _trimmed(values, start, end) for key, values in optional.items()})
+        subjects.append((int(rows.min()), subject))
     if order is not None:
-        rank: dict[Any, int] = {name: i for i, name in enumerate(order)}
-        groups.sort(key=lambda group: rank.get(group[0], len(rank)))
+        rank = {agent: i for i, agent in enumerate(order)}
+        subjects.sort(key=lambda item: rank.get(item[1].agent, len(rank)))
     else:
-        groups.sort(key=lambda group: int(group[1]["step"].min()))  # type: ignore[arg-type]
-    return groups
+        subjects.sort(key=lambda item: (int(item[1].steps[0]), item[0]))
+    return [subject for _, subject in subjects]
 
 
-def _subject(frame: pl.DataFrame, agent: str, unit: str | None) -> Subject:
-    frame = frame.sort("step", maintain_order=True)
-    metrics = frame.filter(pl.col("custom_metrics").is_not_null()).select("step", "custom_metrics")
-    return Subject(
-        agent=agent,
-        unit=unit,
-        steps=frame["step"].to_numpy().astype(np.int64),
-        rewards=_floats(frame["total_reward"]),
-        actions=_floats(frame["action"]),
-        components=_padded(frame["rewards"]),
-        action_distribution=_padded(frame["action_distribution"]),
-        health=_optional(frame["health"]),
-        value_estimate=_optional(frame["value_estimate"]),
-        predicted_reward=_optional(frame["predicted_reward"]),
-        enemy_agent_health=_padded(frame["enemy_agent_health"]) if "enemy_agent_health" in frame else None,
-        enemy_unit_health=_padded(frame["enemy_unit_health"]) if "enemy_unit_health" in frame else None,
-        custom_metrics=[(step, orjson.loads(text)) for step, text in metrics.iter_rows()],
-    )
+def _trimmed(column: np.ndarray | None, start: int, end: int) -> np.ndarray | None:
+    """A subject's rows of an optional column: None when it gave no value; a matrix without its empty right end."""
+    if column is None:
+        return None
+    values = column[start:end]
+    present = ~np.isnan(values)
+    if not present.any():
+        return None
+    if values.ndim == 2:
+        return values[:, : int(np.flatnonzero(present.any(axis=0))[-1]) + 1]
+    return values
 
 
 def _floats(column: pl.Series) -> np.ndarray:
     return column.cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64, copy=True)
-
-
-def _optional(column: pl.Series) -> np.ndarray | None:
-    """The column as floats with NaN for missing values, or None when no step gave one."""
-    if column.null_count() == len(column):
-        return None
-    return _floats(column)
 
 
 def _padded(column: pl.Series) -> np.ndarray | None:

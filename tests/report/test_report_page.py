@@ -351,3 +351,16 @@ def test_odd_episodes_still_make_a_page(tmp_path: Path) -> None:
     assert page_figures(empty) == []
     assert "This episode has no agent steps." in empty.read_text(encoding="utf-8")
     assert frames_data(empty)[0]["steps"] == [3]
+
+
+def test_units_come_in_order_of_first_appearance(tmp_path: Path) -> None:
+    doc = episode(steps=3)
+    for i, step in enumerate(doc["inference"]["steps"]):
+        units = [{"unit": "zed", "action": 0, "reward": 1.0}, {"unit": "abe", "action": 1, "reward": 2.0}]
+        if i == 0:
+            units = [{"unit": "mid", "action": 0, "reward": 0.5}]  # first seen on step 0
+        step["agent_steps"][0]["unit_steps"] = units
+    made = ingest(write_json(tmp_path / "u.json", doc), lake=tmp_path / "lake").episode_id
+    keys = [f["key"].split(":")[1] for f in page_figures(Lake(tmp_path / "lake").report(tmp_path / "u.html", made))
+            if f["key"].endswith(":timeline")]
+    assert keys == ["p0", "p0 / mid", "p0 / zed", "p0 / abe"]

@@ -97,5 +97,6 @@ def _curves(episodes: list[EpisodeData], max_points: int) -> dict[str, Any]:
                          "meta": f"{episode.episode_id}:{agent.agent}", "x": typed(x), "y": typed(y),
                          "line": {"color": color(i), "dash": ["solid", "dot", "dash", "dashdot"][j % 4]}})
     return {"data": data, "layout": {"title": {"text": "Cumulative reward"}, "height": 380,
+                                     "margin": {"t": 50, "b": 50},
                                      "xaxis": {"title": {"text": "agent step"}},
                                      "yaxis": {"title": {"text": "cumulative reward"}}}}

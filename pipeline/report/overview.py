@@ -59,6 +59,7 @@ def _boxes(listing: pl.DataFrame, column: str, title: str, axis: str) -> dict[st
                      "marker": {"size": 4, "color": color(i)}, "boxmean": True})
     data.sort(key=lambda trace: str(trace["name"]))
     return {"data": data, "layout": {"title": {"text": title}, "height": 380, "showlegend": False,
+                                     "margin": {"t": 50, "b": 50},
                                      "yaxis": {"title": {"text": axis}, "zeroline": False},
                                      "xaxis": {"automargin": True}}}
 

@@ -87,6 +87,7 @@ def bar_figure(title: str, x: list[Any], traces: Sequence[tuple[str, Sequence[fl
             for i, (name, values) in enumerate(traces)]
     return {"data": data, "layout": {
         "title": {"text": title}, "height": height, "barmode": "relative" if stacked else "group",
+        "margin": {"t": 50, "b": 50},
         "xaxis": {"title": {"text": x_title}, "type": "category", "automargin": True},
         "yaxis": {"title": {"text": y_title}, "automargin": True},
         "showlegend": len(traces) > 1,

@@ -95,7 +95,7 @@ def build_timeline(subject: Subject, labels: Labels, reward_names: list[str], ga
 def _components(b: _Builder, x: np.ndarray, components: np.ndarray, names: list[str]) -> None:
     row = b.row("Reward components (stacked)", "reward")
     xs, columns, reduction = reduce_series(x, *components.T, max_points=b.max_points)
-    b.note("series", reduction)
+    b.note("components", reduction)
     for i, values in enumerate(columns):
         name = names[i] if i < len(names) else f"component {i}"
         row.traces.append({"type": "scatter", "mode": "lines", "stackgroup": "components", "name": name,
@@ -213,6 +213,8 @@ def _notes(reductions: dict[str, Reduction]) -> list[str]:
     notes = []
     if "series" in reductions:
         notes.append(reductions["series"].note("line"))
+    if "components" in reductions:
+        notes.append(reductions["components"].note("stacked component"))
     for key, what in (("actions", "the action heat map shows the share of each action"),
                       ("distribution", "the action distribution is the mean")):
         if key in reductions:

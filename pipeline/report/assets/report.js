@@ -1,5 +1,6 @@
 // The report's own script: draws the figures (plotly.js), runs the frame players, moves the cursor
-// on the time plots with the player, and sorts tables. Sets window.__reportReady when all is drawn.
+// on the time plots with the player, and sorts tables. window.__reportReady is set once the player
+// works and the plots on the first screen are drawn, window.__reportAllDrawn once every plot is.
 (function () {
   "use strict";
   window.__reportScriptAt = performance.now();
@@ -9,7 +10,8 @@
     paper_bgcolor: "#ffffff", plot_bgcolor: "#fbfcfd", hoverlabel: { namelength: -1 },
     title: { x: 0, xanchor: "left", xref: "paper", font: { size: 14 } }
   };
-  var config = { displaylogo: false, responsive: true, displayModeBar: "hover", modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+  var config = { displaylogo: false, responsive: true, displayModeBar: "hover",
+                 modeBarButtonsToRemove: ["select2d", "lasso2d"] };
   var cursorPlots = {};    // episode -> [plot elements with a cursor]
   var cursorAt = {};       // episode -> step the cursor shows
   var players = {};        // episode -> Player

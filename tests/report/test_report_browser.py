@@ -99,6 +99,11 @@ def test_the_player_advances_and_moves_the_cursor(browser: Any, pages: dict[str,
     assert browser.execute_script(cursor)["visible"] is True
     src = browser.find_element("css selector", ".player img.frame").get_attribute("src")
     assert src.startswith("data:image/png;base64,")
+    # A click on a time plot moves the player to the last frame at or before the clicked step.
+    browser.execute_script("document.querySelector('[data-key$=\"lander:timeline\"]')"
+                           ".emit('plotly_click', {points: [{x: 27}]})")
+    wait_until(lambda: player.get_attribute("data-step") == "25", what="the player to follow a click")
+    assert player.find_element("css selector", ".counter").text == "frame 6 of 12"
     assert severe_console_entries(browser) == []
 
 

@@ -78,6 +78,7 @@ lint: install ## ruff and mypy
 
 bench: install ## Benchmark ingest and reads at ~100 MB and ~1 GB per profile; writes BENCHMARKS.md (long)
 	$(PY) -m benchmarks.run --data $(BENCH_DATA)
+	$(PY) -m benchmarks.report --data $(BENCH_DATA) --append BENCHMARKS.md
 
 bench-quick: install ## Benchmark the ~100 MB files only (a few minutes); writes BENCHMARKS.md
 	$(PY) -m benchmarks.run --quick --data $(BENCH_DATA)

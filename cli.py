@@ -355,6 +355,39 @@ def rm(episode_ids: tuple[str, ...], lake: str | None) -> None:
         click.echo(f"removed episode {location.episode_id} ({location.environment})")
 
 
+@cli.command()
+@click.argument("episode_ids", nargs=-1, metavar="[EPISODE_ID]...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="HTML file to write. [default: report.html, or lake.html for an overview]")
+@click.option("--env", "environment", metavar="NAME", help="Overview: only episodes of this environment.")
+@click.option("--where", metavar="CONDITION", help="Overview: only episodes matching this SQL condition on episodes.")
+@click.option("--sql", metavar="QUERY", help="Overview: only the episodes this SQL query returns (episode_id).")
+@click.option("--frames", default="200", show_default=True, metavar="N|all|none",
+              help="Frames in the player: an evenly spaced subset of N, all, or none.")
+@click.option("--resize", metavar="HxW", callback=_size, help="Resize the frames, e.g. 210x160.")
+@lake_option
+def report(episode_ids: tuple[str, ...], output: str | None, environment: str | None, where: str | None,
+           sql: str | None, frames: str, resize: tuple[int, int] | None, lake: str | None) -> None:
+    """Write a self-contained HTML report: episodes, or an overview of the lake.
+
+    With EPISODE_IDs (unique prefixes are fine): each episode's plots and frame player,
+    several compared side by side. Without: the lake's (or a selection's) return and
+    length distributions and its episodes. Needs: pip install 'ingest-pipeline[report]'.
+
+    \b
+    Examples:
+      ingest-pipeline report 257a0fe1 -o report.html
+      ingest-pipeline report 257a 3f2a --frames all --resize 210x160
+      ingest-pipeline report --env LunarLander-v3 -o lake.html
+      ingest-pipeline report --where "algorithm = 'PPO' AND total_reward > 100"
+    """
+    output = output or ("report.html" if episode_ids else "lake.html")
+    with _library_errors():
+        path = pipeline.Lake(lake).report(output, list(episode_ids) or None, environment=environment, where=where,
+                                          sql=sql, frames=frames, resize=resize)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -422,3 +422,15 @@ class Lake:
         return Sampler(self, episodes, agent, batch_size=batch_size, observation=observation, frames=frames,
                        downsample_frequency=downsample_frequency, downsample_offset=downsample_offset,
                        seed=seed, epochs=epochs, cache_bytes=cache_bytes)
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def report(self, output: str | os.PathLike[str], episodes: Selection = None, **options: Any) -> Path:
+        """Write a self-contained HTML report (needs the ``report`` extra); see :func:`pipeline.report.write_report`.
+
+        Episode ids give an episode report (several: compared side by side); nothing, a selection frame,
+        ``environment=``, ``where=`` or ``sql=`` give an overview of those episodes.
+        """
+        from ..report import write_report
+
+        return write_report(self, output, episodes, **options)

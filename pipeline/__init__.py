@@ -28,6 +28,7 @@ from .errors import (
     MissingExtra,
     PipelineError,
     SourceError,
+    StaleSnapshot,
 )
 from .version import __version__
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .ingestion.nopandas import keep_pandas_out
     from .ingestion.run import IngestResult, ingest, validate
     from .lake.check import CheckReport, check
+    from .lake.compact import CompactReport, compact
     from .lake.layout import ENV_VAR as LAKE_ENV_VAR
     from .lake.layout import resolve_lake
     from .lake.maintenance import GcReport, gc
@@ -59,6 +61,8 @@ _LAZY = {
     "gc": "lake.maintenance",
     "GcReport": "lake.maintenance",
     "check": "lake.check",
+    "compact": "lake.compact",
+    "CompactReport": "lake.compact",
     "CheckReport": "lake.check",
     "keep_pandas_out": "ingestion.nopandas",
     "to_numpy": "export.arrays",
@@ -88,6 +92,7 @@ __all__ = [
     "Batch",
     "BatchSummary",
     "CheckReport",
+    "CompactReport",
     "DatasetError",
     "EpisodeNotFound",
     "FrameOptions",
@@ -99,9 +104,11 @@ __all__ = [
     "MissingExtra",
     "PipelineError",
     "SourceError",
+    "StaleSnapshot",
     "Trajectory",
     "__version__",
     "check",
+    "compact",
     "dump_d3rlpy",
     "expand_sources",
     "gc",

@@ -98,6 +98,13 @@ class DatasetError(PipelineError):
         super().__init__(message)
 
 
+class StaleSnapshot(DatasetError):
+    """A :class:`~pipeline.Lake` snapshot refers to files a compaction or a removal has since replaced.
+
+    Nothing wrong was read: the snapshot's files are gone. ``lake.refresh()`` takes a new snapshot.
+    """
+
+
 class MissingExtra(PipelineError, ImportError):
     """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
 

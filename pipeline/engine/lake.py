@@ -19,14 +19,16 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound
+from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound, StaleSnapshot
 from ..export import arrays as export
-from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
+from ..lake.layout import EpisodeLocation, list_lake, read_generation, resolve_lake
+from ..lake.compact import CompactReport, compact
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
+_SEGMENT_PARTITIONS = {"environment": pl.String, "segment": pl.String}
 # What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
 Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
 
@@ -60,12 +62,15 @@ class Lake:
         self.path: Path = resolve_lake(path)
         self._locations: tuple[EpisodeLocation, ...] = ()
         self._by_id: dict[str, EpisodeLocation] = {}
+        self._generations: dict[str, str] = {}
         self._labels: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None
         self.refresh()
 
     def refresh(self) -> Lake:
         """Take a new snapshot: episodes committed or removed since become visible."""
-        self._locations = tuple(list_episodes(self.path))
+        listing = list_lake(self.path)
+        self._locations = tuple(listing.episodes)
+        self._generations = listing.generations
         self._by_id = {location.episode_id: location for location in self._locations}
         self._labels = None
         return self
@@ -94,10 +99,37 @@ class Lake:
         schema = _table_schema(table)
         if not locations:
             return pl.LazyFrame(schema={**PARTITIONS, **schema})
-        files = list(dict.fromkeys(str(location.table(table)) for location in locations))
-        frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
-                                missing_columns="insert", extra_columns="ignore")
-        return frame.select(*PARTITIONS, *schema)
+        self.check_fresh(locations)
+        files = list(dict.fromkeys(str(loc.table(table)) for loc in locations if not loc.segment))
+        segments: dict[str, list[str]] = {}
+        for location in locations:
+            if location.segment:
+                segments.setdefault(str(location.table(table)), []).append(location.episode_id)
+        frames = []
+        if files:
+            frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
+                                    missing_columns="insert", extra_columns="ignore")
+            frames.append(frame.select(*PARTITIONS, *schema))
+        if segments:
+            # A segment holds its episodes' rows with an episode_id column; its files never change,
+            # so the snapshot's episodes of a segment are all its rows unless a selection picks some.
+            frame = pl.scan_parquet(list(segments), schema={"episode_id": pl.String, **schema},
+                                    hive_partitioning=True, hive_schema=_SEGMENT_PARTITIONS,
+                                    missing_columns="insert", extra_columns="ignore")
+            if episodes is not None:
+                frame = frame.filter(pl.col("episode_id").is_in([i for ids in segments.values() for i in ids]))
+            frames.append(frame.select(*PARTITIONS, *schema))
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+    def check_fresh(self, locations: Iterable[EpisodeLocation] | None = None) -> None:
+        """Raise :class:`~pipeline.errors.StaleSnapshot` if a compaction or removal has since
+        rebuilt an environment folder the snapshot (or ``locations``) reads."""
+        folders = {loc.path.parent.name: loc.path.parent for loc in (self._locations if locations is None
+                                                                     else locations)}
+        for name, folder in folders.items():
+            if read_generation(folder) != self._generations.get(name, ""):
+                raise StaleSnapshot(f"the snapshot of {self.path} is stale: {name} was compacted or had "
+                                    "episodes removed since it was taken; call lake.refresh() and query again")
 
     def episodes(self, *, episodes: Selection = None) -> pl.LazyFrame:
         """One row per episode: source, training and inference metadata, counts, total reward."""
@@ -200,6 +232,13 @@ class Lake:
             "reward_names": list(episode["reward_mapping"] or []),
         }
 
+    def compact(self, *, environment: str | None = None) -> CompactReport:
+        """Compact the lake (see :func:`pipeline.lake.compact.compact`); then refresh."""
+        try:
+            return compact(self.path, environment=environment)
+        finally:
+            self.refresh()
+
     def remove(self, episode_ids: Iterable[str]) -> list[EpisodeLocation]:
         """Remove episodes (ids or unique prefixes, all resolved first) atomically; then refresh."""
         locations = list(dict.fromkeys(self.resolve(episode_id) for episode_id in episode_ids))
@@ -271,7 +310,9 @@ class Lake:
 
         ``frames=True`` (or a :class:`FrameOptions`) also decodes the frames of the kept steps.
         """
-        return load_trajectory(self.resolve(episode_id), agent, frames=frames,
+        location = self.resolve(episode_id)
+        self.check_fresh([location])
+        return load_trajectory(location, agent, frames=frames,
                                downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
 
     def trajectories(
@@ -289,6 +330,7 @@ class Lake:
         episode's first agent.
         """
         for location, selected in self.select(episodes):
+            self.check_fresh([location])
             yield load_trajectory(location, agent or selected, frames=frames,
                                   downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
 

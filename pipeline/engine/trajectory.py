@@ -19,11 +19,11 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import DatasetError
 from ..lake.layout import EpisodeLocation
+from ..lake.segments import episode_rows
 from .agentrows import AgentRows, AgentStepsFile
 
 _TRAJECTORY_COLUMNS = ["action", "rewards", "total_reward", "observation", "observation_shape"]  # and step
@@ -89,7 +89,7 @@ def agents(location: EpisodeLocation) -> list[str]:
     ``episode_agents.parquet`` holds its rows in that order (see ``EpisodeTables.episode_agents``).
     """
     # ParquetFile, not pq.read_table: read_table imports pyarrow.dataset, 0.24 s on a first call (measured).
-    return pq.ParquetFile(location.table("episode_agents")).read(columns=["agent"]).column("agent").to_pylist()
+    return episode_rows(location, "episode_agents", ["agent"]).column("agent").to_pylist()
 
 
 def load_trajectory(
@@ -106,7 +106,7 @@ def load_trajectory(
         raise DatasetError(
             f"downsampling needs frequency >= 1 and 0 <= offset < frequency, "
             f"got frequency {downsample_frequency} and offset {downsample_offset}", episode_id=episode_id)
-    file = AgentStepsFile(str(location.table("agent_steps")))
+    file = AgentStepsFile(str(location.table("agent_steps")), episode_id if location.segment else None)
     if agent is None:
         agent = file.only_agent() or next(iter(agents(location)), None)
         if agent is None:
@@ -189,8 +189,8 @@ def _reward_components(rows: AgentRows, episode_id: str, agent: str) -> np.ndarr
 
 
 def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
-    mapping = pl.read_parquet(location.table("episodes"), columns=["reward_mapping"])["reward_mapping"][0]
-    return None if mapping is None else tuple(mapping.to_list())
+    mapping = episode_rows(location, "episodes", ["reward_mapping"]).column("reward_mapping")[0].as_py()
+    return None if mapping is None else tuple(mapping)
 
 
 def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions) -> np.ndarray:
@@ -199,7 +199,7 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
     sources = _previous_images(location, steps) if options.missing == "previous" else steps
     wanted = sorted(set(sources.tolist()))
     images = dict(
-        pl.scan_parquet(location.table("steps"))
+        _steps(location)
         .filter(pl.col("step").is_in(wanted)).select("step", "image").collect().iter_rows()
     )
     lacking = [step for step in wanted if images.get(step) is None]
@@ -219,7 +219,7 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
 
 def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray:
     """For each step, the step whose image it shows: itself, or the latest step before it with one."""
-    with_image = (pl.scan_parquet(location.table("steps"))
+    with_image = (_steps(location)
                   .filter(pl.col("image").is_not_null()).select("step").collect()["step"].sort().to_numpy())
     position = np.searchsorted(with_image, steps, side="right") - 1
     if len(position) and position.min() < 0:
@@ -227,6 +227,12 @@ def _previous_images(location: EpisodeLocation, steps: np.ndarray) -> np.ndarray
         raise DatasetError(f"episode {location.episode_id}: step {first} has no image, nor any step before it",
                            episode_id=location.episode_id)
     return with_image[position]
+
+
+def _steps(location: EpisodeLocation) -> pl.LazyFrame:
+    """The episode's rows of ``steps``; in a segment, found by the ``episode_id`` statistics."""
+    frame = pl.scan_parquet(location.table("steps"))
+    return frame.filter(pl.col("episode_id") == location.episode_id) if location.segment else frame
 
 
 def frame_layout(options: FrameOptions) -> str:

@@ -290,10 +290,21 @@ class Batch(Iterator[IngestResult]):
         self._started = time.perf_counter()
         self._report()
         jobs = self._jobs or usable_cores()
-        if self._executor is None and (jobs == 1 or len(self.sources) <= 1):
-            yield from self._run_here()
-        else:
-            yield from self._run_pooled(jobs)
+        touched: set[str] = set()
+        results = self._run_here() if self._executor is None and (jobs == 1 or len(self.sources) <= 1) \
+            else self._run_pooled(jobs)
+        for result in results:
+            if result.status == "ingested" and result.environment is not None:
+                touched.add(result.environment)
+            yield result
+        if touched:
+            # A batch is when many small entries appear at once (see the README's "The lake").
+            from ..lake.compact import compact_if_fragmented
+
+            try:
+                compact_if_fragmented(self.lake, touched)
+            except PipelineError as exc:  # the ingests are committed; compaction can wait
+                log.warning("automatic compaction of %s skipped: %s", self.lake, exc)
         self._report()
 
     def _run_here(self) -> Iterator[IngestResult]:

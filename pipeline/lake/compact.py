@@ -232,7 +232,10 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
         added = []
         for number, names in enumerate(bins):
             folder = staging.root / f"segment-{number}"
-            write_segment(folder, read_tables(loc for name in names for loc in by_entry[name]))
+            try:
+                write_segment(folder, read_tables(loc for name in names for loc in by_entry[name]))
+            except FileNotFoundError:  # retired by a removal or another compaction since the listing
+                return None
             added.append(folder)
         if not _swap(root, env_dir, staging, set(small), added):
             return None
@@ -241,6 +244,25 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
     report.replaced += len(small)
     report.segments += len(added)
     return True
+
+
+# Compact an environment by itself once it holds this many episode folders and small segments.
+AUTO_COMPACT_ENTRIES = 16
+
+
+def compact_if_fragmented(lake: Path, environments: set[str], *,
+                          entries: int = AUTO_COMPACT_ENTRIES) -> CompactReport | None:
+    """Compact the environments among ``environments`` that hold ``entries`` or more small entries."""
+    report = None
+    for environment in sorted(environments):
+        env_dir = lake / environment_folder(environment)
+        try:
+            names = [e.name for e in os.scandir(env_dir) if e.name.startswith((EPISODE_PREFIX, SEGMENT_PREFIX))]
+        except FileNotFoundError:
+            continue
+        if len(names) >= entries:
+            report = compact(lake, environment=environment, min_entries=entries)
+    return report
 
 
 # -- removal ------------------------------------------------------------------------------------
@@ -267,10 +289,14 @@ def remove_from_environment(lake: Path, environment: str, episode_ids: set[str])
                 kept = [loc for loc in listing if loc.path.name == name and loc.episode_id not in episode_ids]
                 if kept:
                     folder = staging.root / f"segment-{len(added)}"
-                    write_segment(folder, read_tables(kept))
+                    try:
+                        write_segment(folder, read_tables(kept))
+                    except FileNotFoundError:  # retired by a compaction since the listing
+                        break
                     added.append(folder)
-            if _swap(lake, env_dir, staging, consumed, added):
-                return sorted(found.values(), key=lambda loc: loc.episode_id)
+            else:
+                if _swap(lake, env_dir, staging, consumed, added):
+                    return sorted(found.values(), key=lambda loc: loc.episode_id)
     raise LakeError(f"{env_dir.name} kept changing during the removal ({_ATTEMPTS} attempts); try again")
 
 

@@ -9,6 +9,7 @@ so other episodes' files are not opened (``lake.agent_steps().filter(...).explai
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -21,8 +22,8 @@ import pyarrow as pa
 
 from ..errors import AmbiguousEpisodeId, DatasetError, EpisodeNotFound, StaleSnapshot
 from ..export import arrays as export
-from ..lake.layout import EpisodeLocation, list_lake, read_generation, resolve_lake
 from ..lake.compact import CompactReport, compact
+from ..lake.layout import Entry, EpisodeLocation, list_lake, locations_of, read_generation, resolve_lake
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
@@ -60,8 +61,8 @@ class Lake:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path: Path = resolve_lake(path)
-        self._locations: tuple[EpisodeLocation, ...] = ()
-        self._by_id: dict[str, EpisodeLocation] = {}
+        self._entries: list[Entry] = []
+        self._locations: tuple[EpisodeLocation, ...] | None = None
         self._generations: dict[str, str] = {}
         self._labels: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None
         self.refresh()
@@ -69,19 +70,23 @@ class Lake:
     def refresh(self) -> Lake:
         """Take a new snapshot: episodes committed or removed since become visible."""
         listing = list_lake(self.path)
-        self._locations = tuple(listing.episodes)
+        # Entries (folders and segments), not one object per episode: a snapshot of 100,000
+        # episodes in a few segments is taken in milliseconds; locations are made when asked for.
+        self._entries = listing.entries
         self._generations = listing.generations
-        self._by_id = {location.episode_id: location for location in self._locations}
+        self._locations = None
         self._labels = None
         return self
 
     @property
     def locations(self) -> tuple[EpisodeLocation, ...]:
-        """The folders of the snapshot's episodes, sorted by environment then id."""
+        """Where the snapshot's episodes live (folders or segments), sorted by environment then id."""
+        if self._locations is None:
+            self._locations = tuple(locations_of(self._entries))
         return self._locations
 
     def __len__(self) -> int:
-        return len(self._locations)
+        return sum(len(entry.ids) for entry in self._entries)
 
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, {len(self)} episodes)"
@@ -95,16 +100,26 @@ class Lake:
         """
         if table not in TABLES:
             raise DatasetError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
-        locations = self._locations if episodes is None else [loc for loc, _ in self.select(episodes)]
         schema = _table_schema(table)
-        if not locations:
-            return pl.LazyFrame(schema={**PARTITIONS, **schema})
-        self.check_fresh(locations)
-        files = list(dict.fromkeys(str(loc.table(table)) for loc in locations if not loc.segment))
+        name = f"{table}.parquet"
+        files: list[str] = []
         segments: dict[str, list[str]] = {}
-        for location in locations:
-            if location.segment:
-                segments.setdefault(str(location.table(table)), []).append(location.episode_id)
+        if episodes is None:
+            self.check_fresh()
+            for entry in self._entries:
+                if entry.segment:
+                    segments[os.path.join(entry.path, name)] = entry.ids
+                else:
+                    files.append(os.path.join(entry.path, name))
+        else:
+            locations = [loc for loc, _ in self.select(episodes)]
+            self.check_fresh(locations)
+            files = list(dict.fromkeys(str(loc.table(table)) for loc in locations if not loc.segment))
+            for location in locations:
+                if location.segment:
+                    segments.setdefault(str(location.table(table)), []).append(location.episode_id)
+        if not files and not segments:
+            return pl.LazyFrame(schema={**PARTITIONS, **schema})
         frames = []
         if files:
             frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
@@ -124,8 +139,8 @@ class Lake:
     def check_fresh(self, locations: Iterable[EpisodeLocation] | None = None) -> None:
         """Raise :class:`~pipeline.errors.StaleSnapshot` if a compaction or removal has since
         rebuilt an environment folder the snapshot (or ``locations``) reads."""
-        folders = {loc.path.parent.name: loc.path.parent for loc in (self._locations if locations is None
-                                                                     else locations)}
+        folders = ({entry.path.parent.name: entry.path.parent for entry in self._entries} if locations is None
+                   else {loc.path.parent.name: loc.path.parent for loc in locations})
         for name, folder in folders.items():
             if read_generation(folder) != self._generations.get(name, ""):
                 raise StaleSnapshot(f"the snapshot of {self.path} is stale: {name} was compacted or had "
@@ -171,10 +186,14 @@ class Lake:
         prefix = episode_id.strip().lower()
         if not prefix:
             raise EpisodeNotFound("an episode id cannot be empty")
-        location = self._by_id.get(prefix)
-        if location is not None:
-            return location
-        matches = [loc for loc in self._locations if loc.episode_id.startswith(prefix)]
+        matches = []
+        for entry in self._entries:  # a segment's ids are sorted: bisect them
+            at = bisect.bisect_left(entry.ids, prefix)
+            while at < len(entry.ids) and entry.ids[at].startswith(prefix):
+                if entry.ids[at] == prefix:
+                    return EpisodeLocation(entry.environment, prefix, entry.path, entry.segment)
+                matches.append(EpisodeLocation(entry.environment, entry.ids[at], entry.path, entry.segment))
+                at += 1
         if not matches:
             raise EpisodeNotFound(f"no episode {episode_id!r} in {self.path}")
         if len(matches) > 1:
@@ -190,7 +209,7 @@ class Lake:
         ``episode_id`` column (and optionally ``agent``), such as a filtered ``episode_agents()``.
         """
         if episodes is None:
-            return [(location, None) for location in self._locations]
+            return [(location, None) for location in self.locations]
         if isinstance(episodes, str):
             return [(self.resolve(episodes), None)]
         if isinstance(episodes, pl.LazyFrame | pl.DataFrame):

@@ -383,7 +383,7 @@ class Batch(Iterator[IngestResult]):
                     if item.grouped and future.exception() is not None:
                         # A lost worker (or an executor that failed the task) costs no file its
                         # result: each file of the chunk runs again on its own.
-                        waiting.extendleft(reversed([_Item([i], [s]) for i, s in zip(item.indices, item.sources)]))
+                        waiting.extendleft(reversed([_Item([i], [s]) for i, s in zip(item.indices, item.sources, strict=False)]))
                         continue
                     if item.grouped:
                         results = groups.add(item, future, finished, self.summary)
@@ -588,11 +588,11 @@ def _next_ready(waiting: deque[_Item], busy: set[object]) -> _Item | None:
     return None
 
 
-def _submit(executor: Executor, fn: Callable[..., IngestResult], *args: Any) -> Future[IngestResult]:
+def _submit(executor: Executor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
     try:
         return executor.submit(fn, *args)
     except Exception as exc:  # a broken or shut-down executor: this input fails, the loop goes on
-        future: Future[IngestResult] = Future()
+        future: Future[Any] = Future()
         future.set_exception(exc)
         return future
 

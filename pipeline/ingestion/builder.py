@@ -113,7 +113,8 @@ class EpisodeTabulator:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
         tables = self._tables
         tables.flush()
-        write = self._writer.write if self._writer is not None else self._collect if self._collected is not None else None
+        write = (self._writer.write if self._writer is not None
+                 else self._collect if self._collected is not None else None)
         if write is not None:
             write("episode_agents", tables.episode_agents())
             write("episodes", episode_table(

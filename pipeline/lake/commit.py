@@ -17,10 +17,9 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-
-from collections.abc import Iterator
 
 from ..errors import LakeError
 from .layout import (

@@ -43,7 +43,7 @@ from .layout import (
     list_lake,
     resolve_lake,
 )
-from .segments import ID, folder_bytes, new_segment_name, read_tables, segment_ids, write_segment
+from .segments import ID, folder_bytes, new_segment_name, read_tables, write_segment
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
         bins[-1].append(name)
         filled += sizes[name]
     with Staging(root) as staging:
-        added = []
+        added: list[Path] = []
         for number, names in enumerate(bins):
             folder = staging.root / f"segment-{number}"
             try:
@@ -284,7 +284,7 @@ def remove_from_environment(lake: Path, environment: str, episode_ids: set[str])
             raise EpisodeNotFound(f"episode {sorted(missing)[0]} is no longer in {lake}")
         consumed = {loc.path.name for loc in found.values()}
         with Staging(lake) as staging:
-            added = []
+            added: list[Path] = []
             for name in sorted(n for n in consumed if n.startswith(SEGMENT_PREFIX)):
                 kept = [loc for loc in listing if loc.path.name == name and loc.episode_id not in episode_ids]
                 if kept:

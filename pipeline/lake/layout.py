@@ -87,11 +87,35 @@ class EpisodeLocation:
 
 
 @dataclass(frozen=True)
-class Listing:
-    """One consistent listing of a lake: the episodes, and each environment's generation token."""
+class Entry:
+    """One folder of an environment: an episode folder (one id) or a segment (its ids, sorted)."""
 
-    episodes: list[EpisodeLocation]
+    environment: str
+    path: Path
+    segment: bool
+    ids: list[str]
+
+    def locations(self) -> list[EpisodeLocation]:
+        return [EpisodeLocation(self.environment, episode_id, self.path, self.segment) for episode_id in self.ids]
+
+
+@dataclass
+class Listing:
+    """One consistent listing of a lake: its entries, and each environment's generation token."""
+
+    entries: list[Entry]
     generations: dict[str, str]  # environment folder name -> token ("" before its first swap)
+
+    @property
+    def episodes(self) -> list[EpisodeLocation]:
+        """Every episode, sorted by environment then id (one object each: costly for 100k episodes)."""
+        return locations_of(self.entries)
+
+
+def locations_of(entries: list[Entry]) -> list[EpisodeLocation]:
+    """The episodes of ``entries``, sorted by environment (folder name) then id."""
+    found = [location for entry in entries for location in entry.locations()]
+    return sorted(found, key=lambda loc: (loc.path.parent.name, loc.episode_id))
 
 
 def episode_path(lake: Path, environment: str, episode_id: str) -> Path:
@@ -118,7 +142,7 @@ def list_lake(lake: Path) -> Listing:
     the folder meanwhile changes the token, and that environment is listed again. So the listing
     of each environment is one generation's, whole: no episode twice, none missing.
     """
-    found: list[EpisodeLocation] = []
+    found: list[Entry] = []
     generations: dict[str, str] = {}
     try:
         env_dirs = sorted(os.scandir(lake), key=lambda e: e.name)
@@ -129,12 +153,12 @@ def list_lake(lake: Path) -> Listing:
             continue
         listed = _list_environment(Path(env_dir.path))
         if listed is not None:
-            generations[env_dir.name], episodes = listed
-            found.extend(episodes)
+            generations[env_dir.name], entries = listed
+            found.extend(entries)
     return Listing(found, generations)
 
 
-def _list_environment(env_dir: Path) -> tuple[str, list[EpisodeLocation]] | None:
+def _list_environment(env_dir: Path) -> tuple[str, list[Entry]] | None:
     from .segments import segment_ids  # segments imports this module
 
     environment = environment_name(env_dir.name)
@@ -144,17 +168,16 @@ def _list_environment(env_dir: Path) -> tuple[str, list[EpisodeLocation]] | None
             entries = sorted(os.scandir(env_dir), key=lambda e: e.name)
         except FileNotFoundError:  # removed while we looked
             return None
-        folders, segments = [], []
+        found: list[Entry] = []
         try:
             for entry in entries:
                 if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
-                    folders.append(EpisodeLocation(environment, entry.name[len(EPISODE_PREFIX):], Path(entry.path)))
+                    found.append(Entry(environment, Path(entry.path), False, [entry.name[len(EPISODE_PREFIX):]]))
                 elif entry.name.startswith(SEGMENT_PREFIX) and entry.is_dir():
                     path = Path(entry.path)
-                    segments.extend(EpisodeLocation(environment, episode_id, path, segment=True)
-                                    for episode_id in segment_ids(path))
+                    found.append(Entry(environment, path, True, segment_ids(path)))
         except FileNotFoundError:  # a segment swapped out between the listing and its read
             continue
         if read_generation(env_dir) == before:
-            return before, sorted([*folders, *segments], key=lambda loc: loc.episode_id)
+            return before, found
     raise LakeError(f"{env_dir} was rebuilt {_LIST_ATTEMPTS} times while it was being listed; try again")

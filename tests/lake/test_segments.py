@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -333,7 +330,7 @@ def test_any_sequence_of_changes_matches_a_model(tmp_path_factory, ops):
             Lake(lake).remove([victim])
             model.discard(victim)
         assert ids(lake) == sorted(model)
-    assert check(lake, deep=True).ok
+    assert not lake.exists() or check(lake, deep=True).ok
     if model:  # every table's rows equal those of the same files ingested alone into a fresh lake
         reference = root / "reference"
         for episode_id in model:
@@ -356,7 +353,7 @@ def _readme_block(language: str, marker: str) -> str:
 
 
 def test_readme_recipes_read_every_episode_once_from_folders_and_segments(mixed, monkeypatch):
-    lake, files = mixed
+    lake, _files = mixed
     monkeypatch.chdir(lake.parent)
     expected = sorted(ids(lake))
     assert any(loc.segment for loc in list_episodes(lake)) and not all(loc.segment for loc in list_episodes(lake))

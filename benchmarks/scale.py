@@ -26,7 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = ("CartPole-v1", "LunarLander-v3", "Acrobot-v1", "MountainCar-v0")
-GENERATOR = 1  # bump when the episodes generated change
+GENERATOR = 2  # bump when the episodes generated change
 
 TARGETS = {  # seconds, from the scale issue
     "episodes": 0.05, "agents_filter": 0.05, "count_agent_steps": 0.05, "mean_reward_per_env": 0.5,
@@ -34,15 +34,23 @@ TARGETS = {  # seconds, from the scale issue
 
 
 def small_episode(rng: random.Random, index: int) -> dict[str, Any]:
+    """A control-task episode: the 8-float state moves a little each step, at 3 decimals (as
+    CartPole-like environments log it), rewards of +1 with a final -1 or +10 now and then."""
     steps = rng.randint(20, 60)
     environment = ENVIRONMENTS[index % len(ENVIRONMENTS)]
+    state = [rng.uniform(-0.05, 0.05) for _ in range(8)]
+    observations = []
+    for _ in range(steps):
+        state = [x + rng.uniform(-0.02, 0.02) for x in state]
+        observations.append([round(x, 3) for x in state])
+    rewards = [1.0] * (steps - 1) + [rng.choice([-1.0, 1.0, 10.0])]
     return {
         "training": {"environment": environment, "algorithm": "PPO", "iterations": rng.randint(1, 1000),
                      "config": {"seed": index, "lr": 0.0003}},
         "inference": {"steps": [
             {"number": n, "agent_steps": [{
-                "agent": "agent_0", "action": rng.randint(0, 3), "reward": round(rng.uniform(-1, 1), 4),
-                "observation_space": [round(rng.uniform(-1, 1), 6) for _ in range(8)],
+                "agent": "agent_0", "action": rng.randint(0, 3), "reward": rewards[n],
+                "observation_space": observations[n],
             }]} for n in range(steps)
         ]},
     }

@@ -39,7 +39,6 @@ ID = "episode_id"
 ROW_GROUP_ROWS = 16_384
 STEP_ROW_GROUP_ROWS = 4_096
 _STEP_TABLES = ("steps", "agent_steps", "unit_steps")
-_DICTIONARY_COLUMNS = [ID, "agent", "unit", "algorithm", "source", "pipeline_version"]
 
 _ids_cache: dict[tuple[str, int, int], list[str]] = {}
 
@@ -83,9 +82,11 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(ID, "ascending")]))  # a stable sort
         path = folder / f"{table}.parquet"
         group_rows = STEP_ROW_GROUP_ROWS if table in _STEP_TABLES else ROW_GROUP_ROWS
+        # Dictionary encoding for every column: a segment's many episodes repeat names, and often
+        # values (quantised observations, actions); pyarrow falls back to plain pages for a column
+        # whose dictionary outgrows its page limit, so random floats cost nothing extra.
         pq.write_table(rows, path, row_group_size=group_rows, compression=COMPRESSION,
-                       use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in rows.column_names],
-                       write_statistics=True)
+                       use_dictionary=True, write_statistics=True)
         fsync_path(path)
     fsync_path(folder)
 

@@ -383,7 +383,8 @@ class Batch(Iterator[IngestResult]):
                     if item.grouped and future.exception() is not None:
                         # A lost worker (or an executor that failed the task) costs no file its
                         # result: each file of the chunk runs again on its own.
-                        waiting.extendleft(reversed([_Item([i], [s]) for i, s in zip(item.indices, item.sources, strict=False)]))
+                        singles = [_Item([i], [s]) for i, s in zip(item.indices, item.sources, strict=True)]
+                        waiting.extendleft(reversed(singles))
                         continue
                     if item.grouped:
                         results = groups.add(item, future, finished, self.summary)

@@ -388,6 +388,26 @@ def report(episode_ids: tuple[str, ...], output: str | None, environment: str | 
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@cli.command()
+@lake_option
+@click.option("--env", "environment", metavar="NAME", help="Only this environment.")
+def compact(lake: str | None, environment: str | None) -> None:
+    """Rewrite episode folders and small segments as segments: fewer, larger files.
+
+    Each environment is swapped atomically; ingests, removals and readers may run meanwhile.
+
+    \b
+    Examples:
+      ingest-pipeline compact
+      ingest-pipeline compact --lake /data/lake --env CartPole-v1
+    """
+    with _library_errors():
+        report = pipeline.compact(lake, environment=environment)
+    click.echo(f"compacted {console.plural(report.episodes, 'episode')} of "
+               f"{console.plural(report.environments, 'environment')} into "
+               f"{console.plural(report.segments, 'segment')} ({report.replaced} folders and segments retired)")
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

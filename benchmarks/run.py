@@ -647,6 +647,8 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-read", action="store_true", help="skip the read side")
     parser.add_argument("--no-files", action="store_true", help="skip the ingest side")
     parser.add_argument("--pipeline", help="import pipeline from this folder instead of the working tree")
+    parser.add_argument("--scale", type=int, default=100_000,
+                        help="small episodes in the scale section (benchmarks/scale.py; 0 skips it)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     global pipeline_root
     pipeline_root = Path(args.pipeline).absolute() if args.pipeline else REPO
@@ -679,8 +681,18 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
         runs = bench_reads(manifest, repeat=max(args.read_repeat, 3))
         report["read_runs"] = runs
         report["reads"] = {name: summarise(v) for name, v in runs.items()}
+    if args.scale:
+        from benchmarks import scale
+
+        log(f"scale: {args.scale} small episodes")
+        report["scale"] = scale.run(args.scale, data=data, seed=args.seed, repeat=max(args.read_repeat, 3),
+                                    jobs=os.cpu_count() or 1)
     report["load_end"] = load_average()
     text = render(report)
+    if report.get("scale"):
+        from benchmarks import scale
+
+        text += "\n" + scale.render(report["scale"])
     Path(args.output).write_text(text, encoding="utf-8")
     (data / "last-run.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(text)

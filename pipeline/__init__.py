@@ -30,6 +30,7 @@ from .errors import (
     MissingExtra,
     PipelineError,
     SourceError,
+    StaleSnapshot,
 )
 from .version import __version__
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .ingestion.nopandas import keep_pandas_out
     from .ingestion.run import IngestResult, ingest, validate
     from .lake.check import CheckReport, check
+    from .lake.compact import CompactReport, compact
     from .lake.layout import ENV_VAR as LAKE_ENV_VAR
     from .lake.layout import resolve_lake
     from .lake.maintenance import GcReport, gc
@@ -64,6 +66,8 @@ _LAZY = {
     "gc": "lake.maintenance",
     "GcReport": "lake.maintenance",
     "check": "lake.check",
+    "compact": "lake.compact",
+    "CompactReport": "lake.compact",
     "CheckReport": "lake.check",
     "keep_pandas_out": "ingestion.nopandas",
     "to_numpy": "export.arrays",
@@ -94,6 +98,7 @@ __all__ = [
     "Batch",
     "BatchSummary",
     "CheckReport",
+    "CompactReport",
     "DamagedFile",
     "DatasetError",
     "EpisodeNotFound",
@@ -108,9 +113,11 @@ __all__ = [
     "PipelineError",
     "Sampler",
     "SourceError",
+    "StaleSnapshot",
     "Trajectory",
     "__version__",
     "check",
+    "compact",
     "dump_d3rlpy",
     "expand_sources",
     "gc",

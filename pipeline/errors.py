@@ -120,6 +120,13 @@ class ExportError(PipelineError):
     """An export's output file could not be written (disk full, no such folder, permissions)."""
 
 
+class StaleSnapshot(DatasetError):
+    """A :class:`~pipeline.Lake` snapshot refers to files a compaction or a removal has since replaced.
+
+    Nothing wrong was read: the snapshot's files are gone. ``lake.refresh()`` takes a new snapshot.
+    """
+
+
 class MissingExtra(PipelineError, ImportError):
     """An optional dependency is not installed; the message gives the exact ``pip install`` line."""
 

@@ -100,12 +100,15 @@ def write_json(path: Path, document: Any) -> Path:
 
 
 def lake_snapshot(lake: Path) -> dict[str, bytes | None]:
-    """Every file (with its bytes) and folder under the lake, for byte-for-byte comparisons."""
+    """Every file (with its bytes) and folder under the lake, for byte-for-byte comparisons.
+
+    Lock files (``_locks/``: empty, created on first use, never removed) are left out.
+    """
     if not lake.exists():
         return {}
     return {
         str(p.relative_to(lake)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(lake.rglob("*"))
+        for p in sorted(lake.rglob("*")) if p.relative_to(lake).parts[0] != "_locks"
     }
 
 

@@ -126,7 +126,8 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     """``benchmarks.run`` end to end (about ten fresh processes), down to the report's sections."""
     output = tmp_path / "BENCHMARKS.md"
     report = run.main(["--sizes", "100KB", "--profiles", "pixels", "--repeat", "1", "--lake-sizes", "3",
-                       "--trajectory-steps", "300", "--data", str(tmp_path / "data"), "--output", str(output)])
+                       "--trajectory-steps", "300", "--scale", "40", "--data", str(tmp_path / "data"),
+                       "--output", str(output)])
     summary = report["files"][0]["summary"]
     assert {kind: s["status"] for kind, s in summary.items()} == {
         "ingest": "ok", "parse_floor": "ok", "baseline": "ok"}

@@ -57,7 +57,10 @@ BAD_MESSAGE = (
 
 
 def episode_folders(lake: Path) -> list[str]:
-    return sorted(str(p.relative_to(lake)) for p in lake.glob("environment=*/episode_id=*"))
+    """Each committed episode as ``environment=<env>/episode_id=<id>``, in its own folder or a segment."""
+    from pipeline.lake.layout import list_episodes
+
+    return sorted(f"{loc.path.parent.name}/episode_id={loc.episode_id}" for loc in list_episodes(lake))
 
 
 # --- run ------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..lake import damage
 from ..lake.damage import open_verified, reading
 
 AGENT = "agent"
+EPISODE = "episode_id"  # a column only in segments, which hold many episodes
 
 
 class AgentRows:
@@ -90,17 +91,25 @@ class AgentRows:
 class AgentStepsFile:
     """An episode's ``agent_steps.parquet``, opened once: its footer says where each agent's rows are."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, episode_id: str | None = None) -> None:
+        """``episode_id``: the file is a segment's, holding many episodes; read this one's rows."""
         self.path = path
+        self.episode_id = episode_id
+        # Dictionary-decoded, a segment's key columns compare as a few names, not a name per row.
+        self._dictionary = None if episode_id is None else [AGENT, EPISODE]
         # Page checksums verified: a damaged page is DamagedFile, not a wrong number (cost: BENCHMARKS.md).
-        self._file = open_verified(path)
+        self._file = open_verified(path, read_dictionary=self._dictionary)
         metadata = self._file.metadata
         self._ranges = [_min_max(metadata, group) for group in range(metadata.num_row_groups)]
+        # In a segment only the row groups whose episode_id range holds the episode are read.
+        self._groups = (list(range(metadata.num_row_groups)) if episode_id is None
+                        else [g for g in range(metadata.num_row_groups)
+                              if _within(_min_max(metadata, g, EPISODE), episode_id)])
 
     def only_agent(self) -> str | None:
         """The agent of every row, when the statistics prove there is only one (else None)."""
-        names = set(self._ranges)
-        if len(names) != 1:
+        names = {self._ranges[group] for group in self._groups}
+        if len(names) != 1 or self.episode_id is not None:
             return None
         low, high = names.pop()
         return low if low is not None and low == high else None
@@ -108,10 +117,19 @@ class AgentStepsFile:
     def rows(self, agent: str, columns: list[str]) -> AgentRows:
         """The rows of ``agent``: ``columns`` plus ``step``, in step order."""
         groups, exact = _row_groups(self._ranges, agent)
-        wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])))
+        if self.episode_id is not None:
+            chosen = set(self._groups)
+            groups, exact = [group for group in groups if group in chosen], False
+        wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])
+                                    + ([] if self.episode_id is None else [EPISODE])))
         with reading(self.path):
             table = self._read(groups, wanted)
-        rows: np.ndarray | None = None if exact else np.flatnonzero(_equals(table.column(AGENT), agent))
+        rows: np.ndarray | None = None
+        if not exact:
+            mask = _equals(table.column(AGENT), agent)
+            if self.episode_id is not None:
+                mask &= _equals(table.column(EPISODE), self.episode_id)
+            rows = np.flatnonzero(mask)
         result = AgentRows(table, rows)
         steps = result.steps
         if len(steps) > 1 and not bool((steps[1:] > steps[:-1]).all()):
@@ -130,7 +148,7 @@ class AgentStepsFile:
 
         def read(part: list[int]) -> pa.Table:
             # Without pyarrow's own column threads: starting its pool cost ~5 ms of a first call.
-            file = pq.ParquetFile(self.path, metadata=metadata,
+            file = pq.ParquetFile(self.path, metadata=metadata, read_dictionary=self._dictionary,
                                   page_checksum_verification=damage.VERIFY_PAGES)
             return file.read_row_groups(part, columns=columns, use_threads=False)
 
@@ -151,11 +169,16 @@ def _row_groups(ranges: list[tuple[str | None, str | None]], agent: str) -> tupl
     return groups, exact
 
 
-def _min_max(metadata: pq.FileMetaData, group: int) -> tuple[str | None, str | None]:
+def _within(bounds: tuple[str | None, str | None], value: str) -> bool:
+    low, high = bounds
+    return low is None or high is None or low <= value <= high
+
+
+def _min_max(metadata: pq.FileMetaData, group: int, column: str = AGENT) -> tuple[str | None, str | None]:
     row_group = metadata.row_group(group)
     for index in range(row_group.num_columns):
         chunk = row_group.column(index)
-        if chunk.path_in_schema == AGENT:
+        if chunk.path_in_schema == column:
             stats = chunk.statistics
             if stats is None or not stats.has_min_max:
                 return None, None

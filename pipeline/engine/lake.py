@@ -9,6 +9,7 @@ so other episodes' files are not opened (``lake.agent_steps().filter(...).explai
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
@@ -20,9 +21,18 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from ..errors import AmbiguousEpisodeId, DamagedFile, DatasetError, EpisodeNotFound, LakeError, PipelineError
+from ..errors import (
+    AmbiguousEpisodeId,
+    DamagedFile,
+    DatasetError,
+    EpisodeNotFound,
+    LakeError,
+    PipelineError,
+    StaleSnapshot,
+)
+from ..lake.compact import CompactReport, compact
 from ..lake.damage import find_damaged
-from ..lake.layout import EpisodeLocation, list_episodes, resolve_lake
+from ..lake.layout import Entry, EpisodeLocation, list_lake, locations_of, read_generation, resolve_lake
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
@@ -31,6 +41,7 @@ if TYPE_CHECKING:
     from .sampler import Sampler
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
+_SEGMENT_PARTITIONS = {"environment": pl.String, "segment": pl.String}
 # What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
 Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
 
@@ -64,8 +75,9 @@ class Lake:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path: Path = resolve_lake(path)
-        self._locations: tuple[EpisodeLocation, ...] = ()
-        self._by_id: dict[str, EpisodeLocation] = {}
+        self._entries: list[Entry] = []
+        self._locations: tuple[EpisodeLocation, ...] | None = None
+        self._generations: dict[str, str] = {}
         self._labels: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None
         self.refresh()
 
@@ -74,20 +86,26 @@ class Lake:
         if self.path.exists() and not self.path.is_dir():
             raise LakeError(f"{self.path} is a file, not a lake folder; give --lake the lake's folder")
         try:
-            self._locations = tuple(list_episodes(self.path))
+            listing = list_lake(self.path)
         except OSError as exc:
             raise LakeError(f"cannot read the lake {self.path}: {exc.strerror or exc}") from exc
-        self._by_id = {location.episode_id: location for location in self._locations}
+        # Entries (folders and segments), not one object per episode: a snapshot of 100,000
+        # episodes in a few segments is taken in milliseconds; locations are made when asked for.
+        self._entries = listing.entries
+        self._generations = listing.generations
+        self._locations = None
         self._labels = None
         return self
 
     @property
     def locations(self) -> tuple[EpisodeLocation, ...]:
-        """The folders of the snapshot's episodes, sorted by environment then id."""
+        """Where the snapshot's episodes live (folders or segments), sorted by environment then id."""
+        if self._locations is None:
+            self._locations = tuple(locations_of(self._entries))
         return self._locations
 
     def __len__(self) -> int:
-        return len(self._locations)
+        return sum(len(entry.ids) for entry in self._entries)
 
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, {len(self)} episodes)"
@@ -101,14 +119,51 @@ class Lake:
         """
         if table not in TABLES:
             raise DatasetError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
-        locations = self._locations if episodes is None else [loc for loc, _ in self.select(episodes)]
         schema = _table_schema(table)
-        if not locations:
+        name = f"{table}.parquet"
+        files: list[str] = []
+        segments: dict[str, list[str]] = {}
+        if episodes is None:
+            self.check_fresh()
+            for entry in self._entries:
+                if entry.segment:
+                    segments[os.path.join(entry.path, name)] = entry.ids
+                else:
+                    files.append(os.path.join(entry.path, name))
+        else:
+            locations = [loc for loc, _ in self.select(episodes)]
+            self.check_fresh(locations)
+            files = list(dict.fromkeys(str(loc.table(table)) for loc in locations if not loc.segment))
+            for location in locations:
+                if location.segment:
+                    segments.setdefault(str(location.table(table)), []).append(location.episode_id)
+        if not files and not segments:
             return pl.LazyFrame(schema={**PARTITIONS, **schema})
-        files = list(dict.fromkeys(str(location.table(table)) for location in locations))
-        frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
-                                missing_columns="insert", extra_columns="ignore")
-        return frame.select(*PARTITIONS, *schema)
+        frames = []
+        if files:
+            frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
+                                    missing_columns="insert", extra_columns="ignore")
+            frames.append(frame.select(*PARTITIONS, *schema))
+        if segments:
+            # A segment holds its episodes' rows with an episode_id column; its files never change,
+            # so the snapshot's episodes of a segment are all its rows unless a selection picks some.
+            frame = pl.scan_parquet(list(segments), schema={"episode_id": pl.String, **schema},
+                                    hive_partitioning=True, hive_schema=_SEGMENT_PARTITIONS,
+                                    missing_columns="insert", extra_columns="ignore")
+            if episodes is not None:
+                frame = frame.filter(pl.col("episode_id").is_in([i for ids in segments.values() for i in ids]))
+            frames.append(frame.select(*PARTITIONS, *schema))
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+    def check_fresh(self, locations: Iterable[EpisodeLocation] | None = None) -> None:
+        """Raise :class:`~pipeline.errors.StaleSnapshot` if a compaction or removal has since
+        rebuilt an environment folder the snapshot (or ``locations``) reads."""
+        folders = ({entry.path.parent.name: entry.path.parent for entry in self._entries} if locations is None
+                   else {loc.path.parent.name: loc.path.parent for loc in locations})
+        for name, folder in folders.items():
+            if read_generation(folder) != self._generations.get(name, ""):
+                raise StaleSnapshot(f"the snapshot of {self.path} is stale: {name} was compacted or had "
+                                    "episodes removed since it was taken; call lake.refresh() and query again")
 
     def episodes(self, *, episodes: Selection = None) -> pl.LazyFrame:
         """One row per episode: source, training and inference metadata, counts, total reward."""
@@ -171,12 +226,15 @@ class Lake:
 
     def _read_error(self, exc: BaseException) -> BaseException:
         """The error behind a failed polars read of the snapshot: DamagedFile when a file is damaged."""
-        gone = [location for location in self._locations if not location.path.exists()]
+        locations = self.locations
+        gone = [location for location in locations if not location.path.exists()]
         if gone:
-            return DatasetError(f"episode {gone[0].episode_id} was removed after this snapshot of {self.path} was "
-                                f"taken; take a new one (Lake.refresh())", episode_id=gone[0].episode_id)
-        damaged = find_damaged((location.table(table) for location in self._locations for table in TABLES),
-                               page_budget=_PAGE_SEARCH_BYTES)
+            return StaleSnapshot(f"episode {gone[0].episode_id} was removed or compacted after this snapshot of "
+                                 f"{self.path} was taken; take a new one (Lake.refresh())",
+                                 episode_id=gone[0].episode_id)
+        # A segment's files hold many episodes: each file is searched once.
+        files = dict.fromkeys(location.table(table) for location in locations for table in TABLES)
+        damaged = find_damaged(files, page_budget=_PAGE_SEARCH_BYTES)
         if damaged:
             return damaged[0]
         text = " ".join(str(exc).split("\n\n", 1)[0].split())
@@ -193,10 +251,14 @@ class Lake:
         prefix = episode_id.strip().lower()
         if not prefix:
             raise EpisodeNotFound("an episode id cannot be empty")
-        location = self._by_id.get(prefix)
-        if location is not None:
-            return location
-        matches = [loc for loc in self._locations if loc.episode_id.startswith(prefix)]
+        matches = []
+        for entry in self._entries:  # a segment's ids are sorted: bisect them
+            at = bisect.bisect_left(entry.ids, prefix)
+            while at < len(entry.ids) and entry.ids[at].startswith(prefix):
+                if entry.ids[at] == prefix:
+                    return EpisodeLocation(entry.environment, prefix, entry.path, entry.segment)
+                matches.append(EpisodeLocation(entry.environment, entry.ids[at], entry.path, entry.segment))
+                at += 1
         if not matches:
             raise EpisodeNotFound(f"no episode {episode_id!r} in {self.path}")
         if len(matches) > 1:
@@ -212,7 +274,7 @@ class Lake:
         ``episode_id`` column (and optionally ``agent``), such as a filtered ``episode_agents()``.
         """
         if episodes is None:
-            return [(location, None) for location in self._locations]
+            return [(location, None) for location in self.locations]
         if isinstance(episodes, str):
             return [(self.resolve(episodes), None)]
         if isinstance(episodes, pl.LazyFrame | pl.DataFrame):
@@ -256,6 +318,13 @@ class Lake:
             "unit_actions": _sorted_labels(unit_mapping),
             "reward_names": list(episode["reward_mapping"] or []),
         }
+
+    def compact(self, *, environment: str | None = None) -> CompactReport:
+        """Compact the lake (see :func:`pipeline.lake.compact.compact`); then refresh."""
+        try:
+            return compact(self.path, environment=environment)
+        finally:
+            self.refresh()
 
     def remove(self, episode_ids: Iterable[str]) -> list[EpisodeLocation]:
         """Remove episodes (ids or unique prefixes, all resolved first) atomically; then refresh."""
@@ -329,7 +398,9 @@ class Lake:
 
         ``frames=True`` (or a :class:`FrameOptions`) also decodes the frames of the kept steps.
         """
-        return load_trajectory(self.resolve(episode_id), agent, frames=frames,
+        location = self.resolve(episode_id)
+        self.check_fresh([location])
+        return load_trajectory(location, agent, frames=frames,
                                downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
 
     def trajectories(
@@ -347,6 +418,7 @@ class Lake:
         episode's first agent.
         """
         for location, selected in self.select(episodes):
+            self.check_fresh([location])
             yield load_trajectory(location, agent or selected, frames=frames,
                                   downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
 

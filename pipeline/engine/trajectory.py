@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError
-from ..lake.damage import open_verified, reading
 from ..lake.layout import EpisodeLocation
+from ..lake.segments import episode_rows
 from .agentrows import AgentRows, AgentStepsFile
 from .framestack import raw_indices, stacked_frames
 
@@ -106,9 +106,7 @@ def agents(location: EpisodeLocation) -> list[str]:
     ``episode_agents.parquet`` holds its rows in that order (see ``EpisodeTables.episode_agents``).
     """
     # ParquetFile, not pq.read_table: read_table imports pyarrow.dataset, 0.24 s on a first call (measured).
-    path = location.table("episode_agents")
-    with reading(path):
-        return open_verified(path).read(columns=["agent"]).column("agent").to_pylist()
+    return episode_rows(location, "episode_agents", ["agent"]).column("agent").to_pylist()
 
 
 def load_trajectory(
@@ -125,7 +123,7 @@ def load_trajectory(
         raise DatasetError(
             f"downsampling needs frequency >= 1 and 0 <= offset < frequency, "
             f"got frequency {downsample_frequency} and offset {downsample_offset}", episode_id=episode_id)
-    file = AgentStepsFile(str(location.table("agent_steps")))
+    file = AgentStepsFile(str(location.table("agent_steps")), episode_id if location.segment else None)
     if agent is None:
         agent = file.only_agent() or next(iter(agents(location)), None)
         if agent is None:
@@ -209,9 +207,7 @@ def _reward_components(rows: AgentRows, episode_id: str, agent: str) -> np.ndarr
 
 
 def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
-    path = location.table("episodes")
-    with reading(path):
-        mapping = open_verified(path).read(columns=["reward_mapping"]).column("reward_mapping")[0].as_py()
+    mapping = episode_rows(location, "episodes", ["reward_mapping"]).column("reward_mapping")[0].as_py()
     return None if mapping is None else tuple(mapping)
 
 
@@ -249,9 +245,7 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
 
 def _images(location: EpisodeLocation) -> dict[int, bytes | None]:
     """Step number -> image bytes (None for a step without one), read with page checksums verified."""
-    path = location.table("steps")
-    with reading(path):
-        table = open_verified(path).read(columns=["step", "image"])
+    table = episode_rows(location, "steps", ["step", "image"])
     return dict(zip(table.column("step").to_pylist(), table.column("image").to_pylist(), strict=True))
 
 

@@ -29,10 +29,10 @@ from typing import IO, Any
 import fsspec
 
 from ..cores import usable_cores
-from ..errors import PipelineError, SourceError
+from ..errors import LakeError, PipelineError, SourceError
 from ..lake.layout import resolve_lake
 from .nopandas import keep_pandas_out
-from .run import IngestResult, ingest
+from .run import IngestResult, ingest, tabulate_file
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +290,21 @@ class Batch(Iterator[IngestResult]):
         self._started = time.perf_counter()
         self._report()
         jobs = self._jobs or usable_cores()
-        if self._executor is None and (jobs == 1 or len(self.sources) <= 1):
-            yield from self._run_here()
-        else:
-            yield from self._run_pooled(jobs)
+        touched: set[str] = set()
+        results = self._run_here() if self._executor is None and (jobs == 1 or len(self.sources) <= 1) \
+            else self._run_pooled(jobs)
+        for result in results:
+            if result.status == "ingested" and result.environment is not None:
+                touched.add(result.environment)
+            yield result
+        if touched:
+            # A batch is when many small entries appear at once (see the README's "The lake").
+            from ..lake.compact import compact_if_fragmented
+
+            try:
+                compact_if_fragmented(self.lake, touched)
+            except PipelineError as exc:  # the ingests are committed; compaction can wait
+                log.warning("automatic compaction of %s skipped: %s", self.lake, exc)
         self._report()
 
     def _run_here(self) -> Iterator[IngestResult]:
@@ -332,27 +343,33 @@ class Batch(Iterator[IngestResult]):
             streams = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-stream")
             owned.append(streams)
         window = 2 * jobs
-        waiting = deque(enumerate(self.sources))
-        running: dict[Future[IngestResult], int] = {}
+        # --fail-fast takes files one at a time, so that nothing starts after the first bad one.
+        waiting = deque(_work_items(self.sources, grouped=executor is not None and not self._fail_fast))
+        running: dict[Future[Any], _Item] = {}
         busy: set[object] = set()  # inputs in flight: a repeated input waits for its first run
         finished: dict[int, IngestResult] = {}
         skipped: set[int] = set()
+        groups = _Groups(self.lake)
         next_out = 0
         clean = False
         try:
             while True:
                 while len(running) < window and (item := _next_ready(waiting, busy)) is not None:
-                    index, source = item
-                    if _is_stream(source):
+                    if item.grouped:
+                        assert executor is not None
+                        future = _submit(executor, _tabulate_files, item.sources, uuid.uuid4().hex)
+                    elif _is_stream(item.sources[0]):
                         assert streams is not None
-                        future = _submit(streams, _ingest_here, source, self.lake, None)
+                        future = _submit(streams, _ingest_here, item.sources[0], self.lake, None)
                     else:
                         assert executor is not None
                         # The token keeps each call distinct for executors that reuse the result
                         # of an identical earlier call (Dask's does, by default).
-                        future = _submit(executor, _ingest_file, source, str(self.lake), uuid.uuid4().hex)
-                    running[future] = index
-                    busy.add(_key(source))
+                        future = _submit(executor, _ingest_file, item.sources[0], str(self.lake), uuid.uuid4().hex)
+                    running[future] = item
+                    busy.update(item.keys)
+                if not running and not waiting:
+                    groups.flush_all(finished, self.summary)
                 while next_out in finished or next_out in skipped:
                     if next_out in finished:
                         yield finished.pop(next_out)
@@ -361,17 +378,26 @@ class Batch(Iterator[IngestResult]):
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    index = running.pop(future)
-                    source = self.sources[index]
-                    busy.discard(_key(source))
-                    result = _outcome(future, source)
-                    finished[index] = result
-                    self.summary.add(result)
-                    if self._fail_fast and not result.ok:
-                        skipped.update(i for i, _ in waiting)
+                    item = running.pop(future)
+                    busy.difference_update(item.keys)
+                    if item.grouped and future.exception() is not None:
+                        # A lost worker (or an executor that failed the task) costs no file its
+                        # result: each file of the chunk runs again on its own.
+                        singles = [_Item([i], [s]) for i, s in zip(item.indices, item.sources, strict=True)]
+                        waiting.extendleft(reversed(singles))
+                        continue
+                    if item.grouped:
+                        results = groups.add(item, future, finished, self.summary)
+                    else:
+                        result = _outcome(future, item.sources[0])
+                        finished[item.indices[0]] = result
+                        self.summary.add(result)
+                        results = [result]
+                    if self._fail_fast and not all(result.ok for result in results):
+                        skipped.update(i for queued in waiting for i in queued.indices)
                         waiting.clear()
                         for queued in [f for f in running if f.cancel()]:  # submitted, not started
-                            skipped.add(running.pop(queued))
+                            skipped.update(running.pop(queued).indices)
                         self.summary.skipped = len(skipped)
                 self._report()
             clean = True
@@ -380,6 +406,159 @@ class Batch(Iterator[IngestResult]):
                 future.cancel()
             for pool in owned:
                 pool.shutdown(wait=clean, cancel_futures=True)
+
+
+# Files up to this size are checked and tabulated in memory by the workers and committed in groups,
+# one segment per group (a file's Arrow rows take about its size); bigger ones stream to their own
+# folder with bounded memory. A task takes up to _CHUNK_FILES of them (fewer round trips), and a
+# group is published when it holds _GROUP_EPISODES episodes or _GROUP_BYTES of Arrow data.
+GROUP_FILE_BYTES = 4 * 1024 * 1024
+_CHUNK_FILES = 64
+_CHUNK_BYTES = 16 * 1024 * 1024
+_GROUP_EPISODES = 8192
+_GROUP_BYTES = 128 * 1024 * 1024
+
+
+@dataclass
+class _Item:
+    """One task: one input, or a chunk of small files tabulated in memory for a group commit."""
+
+    indices: list[int]
+    sources: list[Any]
+    grouped: bool = False
+
+    @property
+    def keys(self) -> list[object]:
+        return [_key(source) for source in self.sources]
+
+
+def _work_items(sources: list[str | IO[bytes]], *, grouped: bool) -> list[_Item]:
+    items: list[_Item] = []
+    chunk: _Item | None = None
+    chunk_bytes = 0
+    for index, source in enumerate(sources):
+        size = _local_size(source) if grouped else None
+        if size is None or size > GROUP_FILE_BYTES:
+            items.append(_Item([index], [source]))
+            continue
+        if chunk is None or len(chunk.sources) >= _CHUNK_FILES or chunk_bytes + size > _CHUNK_BYTES:
+            chunk = _Item([], [], grouped=True)
+            chunk_bytes = 0
+            items.append(chunk)
+        chunk.indices.append(index)
+        chunk.sources.append(source)
+        chunk_bytes += size
+    return items
+
+
+def _local_size(source: str | IO[bytes]) -> int | None:
+    if not isinstance(source, str) or source == STDIN or "://" in source:
+        return None
+    try:
+        return os.stat(source).st_size
+    except OSError:
+        return None
+
+
+def _tabulate_files(sources: list[str], token: str) -> tuple[list[IngestResult], dict[str, dict[str, Any]]]:
+    """The task of a worker for a chunk of small files: each checked and tabulated, nothing written.
+
+    Returns each file's result (``valid`` when its rows are in the tables) and, per environment,
+    the rows of the valid ones, one Arrow table per lake table. The same content twice in the
+    chunk is kept once; the second copy is ``exists``.
+    """
+    import pyarrow as pa
+
+    results: list[IngestResult] = []
+    parts: dict[str, dict[str, list[Any]]] = {}
+    seen: set[str] = set()
+    for source in sources:
+        result, tables = tabulate_file(source)
+        if tables is not None and result.episode_id in seen:
+            result.status, tables = "exists", None
+        if tables is not None:
+            seen.add(result.episode_id or "")
+            by_table = parts.setdefault(result.environment or "", {})
+            for name, rows in tables.items():
+                by_table.setdefault(name, []).append(rows)
+        results.append(result)
+    return results, {env: {name: pa.concat_tables(rows) for name, rows in by_table.items()}
+                     for env, by_table in parts.items()}
+
+
+class _Groups:
+    """Small files' rows waiting for their group commit, per environment, in the batch's process."""
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        self.pending: dict[str, list[tuple[int, IngestResult]]] = {}
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.nbytes: dict[str, int] = {}
+        self.seen: set[str] = set()  # ids of this batch, pending or committed
+
+    def add(self, item: _Item, future: Future[Any], finished: dict[int, IngestResult],
+            summary: BatchSummary) -> list[IngestResult]:
+        """A finished chunk: invalid files are done now, valid ones wait for their group's commit."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        results, by_env = future.result()
+        repeated: set[str] = set()
+        for index, result in zip(item.indices, results, strict=True):
+            if result.status == "valid" and result.episode_id in self.seen:
+                result.status = "exists"
+                repeated.add(result.episode_id or "")
+            if result.status == "valid":
+                self.seen.add(result.episode_id or "")
+                self.pending.setdefault(result.environment or "", []).append((index, result))
+            else:
+                finished[index] = result
+                summary.add(result)
+        for env, tables in by_env.items():
+            if repeated:
+                drop = pa.array(sorted(repeated), pa.string())
+                tables = {name: rows.filter(pc.invert(pc.is_in(rows.column("episode_id"), value_set=drop)))
+                          for name, rows in tables.items()}
+            self.tables.setdefault(env, []).append(tables)
+            self.nbytes[env] = self.nbytes.get(env, 0) + sum(rows.nbytes for rows in tables.values())
+            if len(self.pending.get(env, ())) >= _GROUP_EPISODES or self.nbytes[env] >= _GROUP_BYTES:
+                self.flush(env, finished, summary)
+        return results
+
+    def flush(self, env: str, finished: dict[int, IngestResult], summary: BatchSummary) -> None:
+        """Publish one environment's pending episodes as one segment; give each its final status."""
+        import pyarrow as pa
+
+        from ..lake.compact import publish_segment
+
+        waiting = self.pending.pop(env, [])
+        parts = self.tables.pop(env, [])
+        self.nbytes.pop(env, None)
+        if not waiting:
+            return
+        started = time.perf_counter()
+        try:
+            tables = {name: pa.concat_tables([part[name] for part in parts]) for name in parts[0]}
+            published = publish_segment(self.lake, env, tables)
+            error = None
+        except PipelineError as exc:
+            published, error = set(), exc
+        except OSError as exc:
+            published, error = set(), LakeError(f"{exc.strerror or exc}")
+        seconds = (time.perf_counter() - started) / len(waiting)
+        for index, result in waiting:
+            result.seconds += seconds
+            if error is not None:
+                result.status = "failed"
+                result.error = PipelineError(f"the group commit failed: {error}", source=result.source)
+            else:
+                result.status = "ingested" if result.episode_id in published else "exists"
+            finished[index] = result
+            summary.add(result)
+
+    def flush_all(self, finished: dict[int, IngestResult], summary: BatchSummary) -> None:
+        for env in list(self.pending):
+            self.flush(env, finished, summary)
 
 
 def _total_size(sources: list[str | IO[bytes]]) -> int | None:
@@ -400,21 +579,21 @@ def _key(source: str | IO[bytes]) -> object:
     return source if isinstance(source, str) else id(source)
 
 
-def _next_ready(waiting: deque[tuple[int, str | IO[bytes]]], busy: set[object]) -> tuple[int, str | IO[bytes]] | None:
-    """The first waiting input not already in flight, taken off the queue."""
-    for position, (_, source) in enumerate(waiting):
-        if _key(source) not in busy:
+def _next_ready(waiting: deque[_Item], busy: set[object]) -> _Item | None:
+    """The first waiting item none of whose inputs is already in flight, taken off the queue."""
+    for position, item in enumerate(waiting):
+        if busy.isdisjoint(item.keys):
             item = waiting[position]
             del waiting[position]
             return item
     return None
 
 
-def _submit(executor: Executor, fn: Callable[..., IngestResult], *args: Any) -> Future[IngestResult]:
+def _submit(executor: Executor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
     try:
         return executor.submit(fn, *args)
     except Exception as exc:  # a broken or shut-down executor: this input fails, the loop goes on
-        future: Future[IngestResult] = Future()
+        future: Future[Any] = Future()
         future.set_exception(exc)
         return future
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from ..lake.tables import SCHEMAS
 from ..lake.writer import EpisodeWriter
 from ..version import __version__
 from .rules import EpisodeChecker, check_part, check_step, json_text
@@ -71,13 +74,31 @@ class EpisodeChecks:
 
 
 class EpisodeTabulator:
-    """Tabulates checked parts; writes them under ``folder`` (None: build the batches, drop them)."""
+    """Tabulates checked parts; writes them under ``folder`` (None: build the batches, drop them).
 
-    def __init__(self, folder: Path | None) -> None:
+    With ``collect=True`` (and no folder) the batches are kept in memory instead, for a group
+    commit of small files: :meth:`tables` returns them after :meth:`finish`.
+    """
+
+    def __init__(self, folder: Path | None, *, collect: bool = False) -> None:
         self._header: dict[str, Any] = {}
         self._writer = EpisodeWriter(folder) if folder is not None else None
-        self._tables = EpisodeTables(self._writer.write if self._writer else _discard)
+        self._collected: dict[str, list[pa.RecordBatch | pa.Table]] | None = {} if collect else None
+        sink = self._writer.write if self._writer else (self._collect if collect else _discard)
+        self._tables = EpisodeTables(sink)
         self.steps = 0
+
+    def _collect(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        assert self._collected is not None
+        self._collected.setdefault(table, []).append(batch)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The collected rows of each table (``collect=True``), one Arrow table each."""
+        assert self._collected is not None
+        return {name: pa.Table.from_batches(
+                    [b for part in self._collected.get(name, []) for b in
+                     (part.to_batches() if isinstance(part, pa.Table) else [part])], schema=schema)
+                for name, schema in SCHEMAS.items()}
 
     def header(self, entries: dict[str, Any]) -> None:
         """What :meth:`EpisodeChecks.part` returned for a header part."""
@@ -92,9 +113,11 @@ class EpisodeTabulator:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
         tables = self._tables
         tables.flush()
-        if self._writer is not None:
-            self._writer.write("episode_agents", tables.episode_agents())
-            self._writer.write("episodes", episode_table(
+        write = (self._writer.write if self._writer is not None
+                 else self._collect if self._collected is not None else None)
+        if write is not None:
+            write("episode_agents", tables.episode_agents())
+            write("episodes", episode_table(
                 self._header, tables,
                 source=facts.source,
                 content_hash=facts.content_hash,
@@ -102,6 +125,7 @@ class EpisodeTabulator:
                 ingested_at=dt.datetime.now(dt.UTC),
                 pipeline_version=__version__,
             ))
+        if self._writer is not None:
             self._writer.close()
         return Built(self._header["training"]["environment"], tables.steps, tables.agent_steps, tables.unit_steps)
 
@@ -114,9 +138,13 @@ class EpisodeTabulator:
 class EpisodeBuilder:
     """Both halves in one process: checks each part, then tabulates it."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, *, collect: bool = False) -> None:
         self._checks = EpisodeChecks()
-        self._tabulator = EpisodeTabulator(folder)
+        self._tabulator = EpisodeTabulator(folder, collect=collect)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The rows, when built with ``collect=True``."""
+        return self._tabulator.tables()
 
     @property
     def steps(self) -> int:

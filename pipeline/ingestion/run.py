@@ -150,6 +150,47 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     return result
 
 
+def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
+    """Check and tabulate one (small) file in memory, for a group commit; write nothing.
+
+    Returns the result (status ``"valid"``, or ``"invalid"``/``"failed"`` with the error) and,
+    when valid, the episode's rows of each table as Arrow tables with an ``episode_id`` column.
+    """
+    from ..lake.segments import with_id
+
+    result = IngestResult(source=source, status="failed")
+    started = time.perf_counter()
+    tables = None
+    try:
+        with open_source(source) as src:
+            result.source = src.name
+            try:
+                with _gc_paused():
+                    builder = EpisodeBuilder(None, collect=True)
+                    for part, value in read_document(src):
+                        if part == STEP:
+                            builder.step(value)
+                        else:
+                            builder.part(part, value)
+                    built = builder.finish(Facts(src.name, src.reader.hexdigest(), src.reader.consumed))
+                result.environment = built.environment
+                result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
+                result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]
+                tables = {name: with_id(name, rows, result.episode_id) for name, rows in builder.tables().items()}
+                result.status = "valid"
+            finally:
+                result.bytes_read = src.bytes_read
+    except PipelineError as exc:
+        exc.with_source(result.source)
+        result.error = exc
+        result.status = "invalid" if isinstance(exc, InvalidEpisode) else "failed"
+    except OSError as exc:
+        result.error, result.status = LakeError(f"{exc.strerror or exc}", source=result.source), "failed"
+    finally:
+        result.seconds = time.perf_counter() - started
+    return result, tables
+
+
 def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,
            parallel: bool, inherited: tuple[int, ...] = ()) -> Built:
     """Read the whole document and build the episode (writing it under ``folder``, if given)."""

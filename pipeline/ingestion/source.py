@@ -198,7 +198,14 @@ class _BackgroundSha256:
 
     def hexdigest(self) -> str:
         """The digest of everything given so far (waits for the helper)."""
-        self._hand_over()
+        if self._pool is None:
+            # A small input, still all buffered: hashing it here beats starting a thread for it
+            # (the thread's start and join were ~3 ms of a 9 kB episode's ingest, measured).
+            for chunk in self._chunks:
+                self._hash.update(chunk)
+            self._chunks, self._buffered = [], 0
+        else:
+            self._hand_over()
         self.close()
         return self._hash.hexdigest()
 

@@ -20,7 +20,16 @@ import pyarrow.parquet as pq
 
 from ..errors import LakeError
 from .damage import READ_ERRORS, describe, page_problem
-from .layout import ENVIRONMENT_PREFIX, EPISODE_PREFIX, EpisodeLocation, list_episodes, resolve_lake
+from .layout import (
+    ENVIRONMENT_PREFIX,
+    EPISODE_PREFIX,
+    GENERATION,
+    SEGMENT_PREFIX,
+    EpisodeLocation,
+    list_episodes,
+    resolve_lake,
+)
+from .segments import check_segment
 from .tables import SCHEMAS, TABLES
 
 # What the episodes row says each table holds.
@@ -83,11 +92,26 @@ def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> 
     except OSError as exc:
         raise LakeError(f"cannot read the lake {root}: {exc.strerror or exc}") from exc
     for location in locations:
-        try:
-            problems.extend(_check_episode(location, deep))
-        except OSError as exc:  # a folder that cannot be listed, a file that cannot be opened
-            problems.append(Problem(location.path, f"cannot be read: {exc.strerror or exc}", location.episode_id))
+        if not location.segment:
+            try:
+                problems.extend(_check_episode(location, deep))
+            except OSError as exc:  # a folder that cannot be listed, a file that cannot be opened
+                problems.append(Problem(location.path, f"cannot be read: {exc.strerror or exc}", location.episode_id))
+    problems.extend(_check_segments(locations, deep))
     return CheckReport(len(locations), problems)
+
+
+def _check_segments(locations: list[EpisodeLocation], deep: bool) -> list[Problem]:
+    """Each segment whole (:func:`pipeline.lake.segments.check_segment`); each episode in one place."""
+    problems = [Problem(path, message) for folder in dict.fromkeys(loc.path for loc in locations if loc.segment)
+                for path, message in check_segment(folder, deep)]
+    seen: dict[str, EpisodeLocation] = {}
+    for location in locations:
+        if location.episode_id in seen:
+            problems.append(Problem(location.path, f"episode {location.episode_id} is also in "
+                                                   f"{seen[location.episode_id].path}"))
+        seen[location.episode_id] = location
+    return problems
 
 
 def _stray_entries(lake: Path) -> list[Problem]:
@@ -99,7 +123,9 @@ def _stray_entries(lake: Path) -> list[Problem]:
             problems.append(Problem(entry, "unexpected entry at the top of the lake"))
             continue
         for child in entry.iterdir():
-            if not child.name.startswith(EPISODE_PREFIX) or not child.is_dir():
+            if child.name == GENERATION:
+                continue
+            if not child.name.startswith((EPISODE_PREFIX, SEGMENT_PREFIX)) or not child.is_dir():
                 problems.append(Problem(child, "unexpected entry in an environment folder"))
     return problems
 

@@ -17,11 +17,21 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import LakeError
-from .layout import MAX_FOLDER_BYTES, OWNER_LOCK, STAGING, episode_path
+from .layout import (
+    EPISODE_PREFIX,
+    LOCKS,
+    MAX_FOLDER_BYTES,
+    OWNER_LOCK,
+    SEGMENT_PREFIX,
+    STAGING,
+    episode_path,
+)
+from .segments import segment_ids
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -83,10 +93,13 @@ class Staging:
                 env_dir.mkdir(exist_ok=True)
                 created_env = True
                 fsync_path(self.lake)
-            if target.exists():
-                return False
-            log.info("commit %s -> %s", self.folder, target)
-            os.rename(self.folder, target)
+            # Shared: ingests commit side by side; a compaction's swap (exclusive) waits for them,
+            # and they for it, so the episode lands in the generation that stays live.
+            with environment_lock(self.lake, env_dir.name, exclusive=False):
+                if target.exists() or in_segments(env_dir, episode_id):
+                    return False
+                log.info("commit %s -> %s", self.folder, target)
+                os.rename(self.folder, target)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return False
@@ -98,6 +111,43 @@ class Staging:
         except OSError as exc:  # published and visible; only its durability is in doubt
             log.warning("episode %s published but %s could not be flushed: %s", episode_id, env_dir, exc)
         return True
+
+
+@contextlib.contextmanager
+def environment_lock(lake: Path, env_folder: str, *, exclusive: bool) -> Iterator[None]:
+    """Hold the environment's lock: shared for an ingest's rename, exclusive to swap or add segments."""
+    locks = lake / LOCKS
+    locks.mkdir(exist_ok=True)
+    fd = os.open(locks / env_folder, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def live_ids(env_dir: Path) -> set[str]:
+    """Every episode id in the live environment folder (call with its lock held)."""
+    ids: set[str] = set()
+    try:
+        entries = list(os.scandir(env_dir))
+    except FileNotFoundError:
+        return ids
+    for entry in entries:
+        if entry.name.startswith(EPISODE_PREFIX):
+            ids.add(entry.name[len(EPISODE_PREFIX):])
+        elif entry.name.startswith(SEGMENT_PREFIX):
+            ids.update(segment_ids(Path(entry.path)))
+    return ids
+
+
+def in_segments(env_dir: Path, episode_id: str) -> bool:
+    """Whether a segment of the live environment folder holds ``episode_id`` (call with the lock held)."""
+    try:
+        entries = [e for e in os.scandir(env_dir) if e.name.startswith(SEGMENT_PREFIX)]
+    except FileNotFoundError:
+        return False
+    return any(episode_id in segment_ids(Path(e.path)) for e in entries)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -4,8 +4,12 @@
 
     lake/
       _staging/<token>/            one in-flight ingest: owner.lock (held while it runs), episode/
+      _locks/environment=<name>    one lock file per environment (see :mod:`pipeline.lake.compact`)
       environment=<name>/          the name percent-encoded, so "ALE/Pong-v5" is one folder
+        _generation                a token, new each time the folder is swapped for a rebuilt one
         episode_id=<id>/           one committed episode: its five tables, published by one rename
+        segment=<token>/           many episodes in five files, each with an episode_id column
+                                   (see :mod:`pipeline.lake.segments`)
 
 An ingest writes everything under ``_staging/<token>/episode`` and publishes it with a single
 ``rename`` to ``environment=<name>/episode_id=<id>``. A reader sees the whole episode or none
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from ..errors import LakeError
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "INGEST_PIPELINE_LAKE"
@@ -28,7 +34,12 @@ DEFAULT_LAKE = "lake"
 STAGING = "_staging"
 ENVIRONMENT_PREFIX = "environment="
 EPISODE_PREFIX = "episode_id="
+SEGMENT_PREFIX = "segment="
 OWNER_LOCK = "owner.lock"
+LOCKS = "_locks"
+GENERATION = "_generation"
+# How often a listing is retried when a compaction swaps an environment folder while it lists.
+_LIST_ATTEMPTS = 20
 
 
 def resolve_lake(path: str | os.PathLike[str] | None = None) -> Path:
@@ -60,14 +71,51 @@ def environment_name(folder: str) -> str:
 
 @dataclass(frozen=True)
 class EpisodeLocation:
-    """Where one committed episode lives."""
+    """Where one committed episode lives: its own folder, or a segment (``segment`` is then True).
+
+    In a segment, ``table()`` is the segment's file, which holds other episodes' rows too: read
+    this episode's rows by its ``episode_id`` column (:mod:`pipeline.lake.segments`).
+    """
 
     environment: str
     episode_id: str
     path: Path
+    segment: bool = False
 
     def table(self, name: str) -> Path:
         return self.path / f"{name}.parquet"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One folder of an environment: an episode folder (one id) or a segment (its ids, sorted)."""
+
+    environment: str
+    path: Path
+    segment: bool
+    ids: list[str]
+
+    def locations(self) -> list[EpisodeLocation]:
+        return [EpisodeLocation(self.environment, episode_id, self.path, self.segment) for episode_id in self.ids]
+
+
+@dataclass
+class Listing:
+    """One consistent listing of a lake: its entries, and each environment's generation token."""
+
+    entries: list[Entry]
+    generations: dict[str, str]  # environment folder name -> token ("" before its first swap)
+
+    @property
+    def episodes(self) -> list[EpisodeLocation]:
+        """Every episode, sorted by environment then id (one object each: costly for 100k episodes)."""
+        return locations_of(self.entries)
+
+
+def locations_of(entries: list[Entry]) -> list[EpisodeLocation]:
+    """The episodes of ``entries``, sorted by environment (folder name) then id."""
+    found = [location for entry in entries for location in entry.locations()]
+    return sorted(found, key=lambda loc: (loc.path.parent.name, loc.episode_id))
 
 
 def episode_path(lake: Path, environment: str, episode_id: str) -> Path:
@@ -76,22 +124,60 @@ def episode_path(lake: Path, environment: str, episode_id: str) -> Path:
 
 def list_episodes(lake: Path) -> list[EpisodeLocation]:
     """Every committed episode in the lake, sorted by environment then id."""
-    found = []
+    return list_lake(lake).episodes
+
+
+def read_generation(env_dir: Path) -> str:
+    """The environment folder's generation token ("" when it was never swapped)."""
+    try:
+        return (env_dir / GENERATION).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+
+
+def list_lake(lake: Path) -> Listing:
+    """Every committed episode, folders and segments, with each environment's generation.
+
+    Each environment is listed between two reads of its generation token: a compaction that swaps
+    the folder meanwhile changes the token, and that environment is listed again. So the listing
+    of each environment is one generation's, whole: no episode twice, none missing.
+    """
+    found: list[Entry] = []
+    generations: dict[str, str] = {}
     try:
         env_dirs = sorted(os.scandir(lake), key=lambda e: e.name)
     except FileNotFoundError:
-        return []
+        return Listing([], {})
     for env_dir in env_dirs:
         if not env_dir.name.startswith(ENVIRONMENT_PREFIX) or not env_dir.is_dir():
             continue
-        environment = environment_name(env_dir.name)
+        listed = _list_environment(Path(env_dir.path))
+        if listed is not None:
+            generations[env_dir.name], entries = listed
+            found.extend(entries)
+    return Listing(found, generations)
+
+
+def _list_environment(env_dir: Path) -> tuple[str, list[Entry]] | None:
+    from .segments import segment_ids  # segments imports this module
+
+    environment = environment_name(env_dir.name)
+    for _ in range(_LIST_ATTEMPTS):
+        before = read_generation(env_dir)
         try:
-            entries = sorted(os.scandir(env_dir.path), key=lambda e: e.name)
+            entries = sorted(os.scandir(env_dir), key=lambda e: e.name)
         except FileNotFoundError:  # removed while we looked
+            return None
+        found: list[Entry] = []
+        try:
+            for entry in entries:
+                if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
+                    found.append(Entry(environment, Path(entry.path), False, [entry.name[len(EPISODE_PREFIX):]]))
+                elif entry.name.startswith(SEGMENT_PREFIX) and entry.is_dir():
+                    path = Path(entry.path)
+                    found.append(Entry(environment, path, True, segment_ids(path)))
+        except FileNotFoundError:  # a segment swapped out between the listing and its read
             continue
-        for entry in entries:
-            if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
-                found.append(EpisodeLocation(environment, entry.name[len(EPISODE_PREFIX):], Path(entry.path)))
-    return found
-
-
+        if read_generation(env_dir) == before:
+            return before, found
+    raise LakeError(f"{env_dir} was rebuilt {_LIST_ATTEMPTS} times while it was being listed; try again")

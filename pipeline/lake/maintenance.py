@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EpisodeNotFound, LakeError
-from .commit import Staging
+from ..errors import LakeError
+from .commit import Staging, environment_lock
 from .layout import OWNER_LOCK, STAGING, EpisodeLocation, resolve_lake
 from .writer import fsync_path
 
@@ -19,26 +19,45 @@ log = logging.getLogger(__name__)
 
 
 def remove_episodes(lake: Path, locations: list[EpisodeLocation]) -> list[EpisodeLocation]:
-    """Remove committed episodes, each atomically: one rename out of the lake, then delete.
+    """Remove committed episodes, each atomically: no reader ever sees part of one.
 
-    Each episode folder is renamed into a private staging folder (so a reader sees all of the
-    episode or none of it, and a crash leaves only staging leftovers for ``gc``) and deleted there.
-    Raises :class:`~pipeline.errors.EpisodeNotFound` for an episode already gone; the ones before
-    it stay removed. Returns the removed locations.
+    An episode folder is renamed into a private staging folder (one rename out of the lake, under
+    the environment's exclusive lock) and deleted there; episodes in segments are removed by
+    publishing their segments without them, one atomic swap per environment
+    (:func:`pipeline.lake.compact.remove_from_environment`). A crash leaves only staging leftovers
+    for ``gc``. Raises :class:`~pipeline.errors.EpisodeNotFound` for an episode already gone; the
+    ones before it stay removed. Returns the removed locations.
     """
+    from .compact import remove_from_environment
+
     removed = []
+    in_segments: dict[str, set[str]] = {}
     for location in locations:
-        with Staging(lake) as staging:
-            log.info("remove %s -> %s", location.path, staging.root)
+        if location.segment:
+            in_segments.setdefault(location.environment, set()).add(location.episode_id)
+            continue
+        if _remove_folder(lake, location):
+            removed.append(location)
+        else:  # compacted into a segment since the caller looked
+            in_segments.setdefault(location.environment, set()).add(location.episode_id)
+    for environment, ids in in_segments.items():
+        removed.extend(remove_from_environment(lake, environment, ids))
+    return removed
+
+
+def _remove_folder(lake: Path, location: EpisodeLocation) -> bool:
+    """Rename one episode folder out of the lake and delete it; False if it is no longer there."""
+    with Staging(lake) as staging:
+        log.info("remove %s -> %s", location.path, staging.root)
+        with environment_lock(lake, location.path.parent.name, exclusive=True):
             try:
                 os.rename(location.path, staging.root / "removed")
-            except FileNotFoundError as exc:
-                raise EpisodeNotFound(f"episode {location.episode_id} is no longer in {lake}") from exc
+            except FileNotFoundError:
+                return False
             except OSError as exc:
                 raise LakeError(f"could not remove episode {location.episode_id}: {exc.strerror or exc}") from exc
             fsync_path(location.path.parent)
-        removed.append(location)
-    return removed
+    return True
 
 
 @dataclass

@@ -283,7 +283,7 @@ def test_odd_file_is_accepted_and_stays_inside_the_lake(path, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lake"]
     lake_root = lake.resolve()
     assert all(p.resolve().is_relative_to(lake_root) for p in lake.rglob("*"))
-    (env_dir,) = [p for p in lake.iterdir() if p.name != "_staging"]
+    (env_dir,) = [p for p in lake.iterdir() if p.name not in ("_staging", "_locks")]
     (episode_dir,) = list(env_dir.iterdir())
     assert episode_dir.name == f"episode_id={record['episode_id']}"
     assert sorted(p.name for p in episode_dir.iterdir()) == sorted(

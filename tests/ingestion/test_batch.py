@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import zstandard
 from click.testing import CliRunner
@@ -42,7 +41,8 @@ from pipeline.errors import (
 )
 from pipeline.ingestion.batch import BatchSummary, expand_sources
 from pipeline.ingestion.run import IngestResult
-from pipeline.lake.layout import ENV_VAR
+from pipeline.lake.layout import ENV_VAR, list_episodes
+from pipeline.lake.segments import episode_rows
 from pipeline.lake.tables import TABLES
 from tests.helpers import episode, lake_snapshot, staging_leftovers, write_json
 
@@ -77,7 +77,9 @@ def summary_counts(stderr: str) -> dict[str, int]:
 
 
 def episode_folders(lake: Path) -> set[str]:
-    return {str(p.relative_to(lake)) for p in lake.glob("environment=*/episode_id=*")}
+    """Each committed episode as ``environment=<env>/episode_id=<id>``, whether in its own folder or
+    a segment (a batch commits small files in groups, as segments)."""
+    return {f"{loc.path.parent.name}/episode_id={loc.episode_id}" for loc in list_episodes(lake)}
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -145,16 +147,16 @@ def assert_lake_holds(lake: Path, inbox: Inbox) -> None:
     assert episode_folders(lake) == {
         f"environment={inbox.environment[cid].replace('/', '%2F')}/episode_id={cid}" for cid in inbox.distinct
     }
-    for folder in lake.glob("environment=*/episode_id=*"):
-        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{t}.parquet" for t in TABLES)
-        cid = folder.name.removeprefix("episode_id=")
-        row = pq.read_table(folder / "episodes.parquet").to_pylist()
+    for location in list_episodes(lake):
+        assert sorted(p.name for p in location.path.iterdir()) == sorted(f"{t}.parquet" for t in TABLES)
+        cid = location.episode_id
+        row = episode_rows(location, "episodes").to_pylist()
         assert len(row) == 1
         assert (row[0]["length"], row[0]["agent_steps"], row[0]["unit_steps"]) == (inbox.steps[cid],) * 2 + (0,)
-        assert pq.read_metadata(folder / "steps.parquet").num_rows == inbox.steps[cid]
-        assert pq.read_metadata(folder / "agent_steps.parquet").num_rows == inbox.steps[cid]
-        assert pq.read_metadata(folder / "unit_steps.parquet").num_rows == 0
-        assert pq.read_metadata(folder / "episode_agents.parquet").num_rows == 1
+        assert episode_rows(location, "steps").num_rows == inbox.steps[cid]
+        assert episode_rows(location, "agent_steps").num_rows == inbox.steps[cid]
+        assert episode_rows(location, "unit_steps").num_rows == 0
+        assert episode_rows(location, "episode_agents").num_rows == 1
     assert staging_leftovers(lake) == []
     if "check" in cli.commands:  # the lake's own integrity check, where this build has it
         checked = invoke("check", "--lake", str(lake))
@@ -421,7 +423,8 @@ class _Flaky(ThreadPoolExecutor):
     """An executor whose task dies for one input, as a lost worker would."""
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        if args and str(args[0]).endswith("crash.json"):
+        named = args[0] if args and isinstance(args[0], list) else args[:1]  # a chunk of small files, or one
+        if any(str(name).endswith("crash.json") for name in named):
             return super().submit(_raise, RuntimeError("worker lost"))
         return super().submit(fn, *args, **kwargs)
 
@@ -477,11 +480,12 @@ def lake_tables(lake: Path) -> dict[str, Any]:
     under other names) won the race to commit, which depends on scheduling.
     """
     tables = {}
-    for path in sorted(lake.glob("environment=*/episode_id=*/*.parquet")):
-        table = pq.read_table(path)
-        if "ingested_at" in table.column_names:
-            table = table.drop_columns(["ingested_at", "source"])
-        tables[str(path.relative_to(lake))] = table
+    for location in list_episodes(lake):
+        for name in TABLES:
+            table = episode_rows(location, name)
+            if "ingested_at" in table.column_names:
+                table = table.drop_columns(["ingested_at", "source"])
+            tables[f"{location.path.parent.name}/{location.episode_id}/{name}"] = table
     return tables
 
 

@@ -1,0 +1,241 @@
+"""Segments: many episodes of one environment in one set of five larger Parquet files.
+
+::
+
+    environment=<name>/segment=<token>/
+      episodes.parquet  episode_agents.parquet  steps.parquet  agent_steps.parquet  unit_steps.parquet
+
+Each file's first column is ``episode_id`` (the rest is the table's schema, as in an episode folder),
+and rows are sorted by it (stably: one episode's rows keep their order in the file it came from).
+Row groups are small enough (:data:`ROW_GROUP_ROWS`) that the ``episode_id`` statistics of each row
+group find one episode's rows without reading the others'. A segment is written once, in staging,
+and never changed: a removal or a compaction writes a new segment under a new token.
+
+The id is a column here, but a Hive partition key (the folder name) in an episode folder, because a
+streamed episode's id is the hash of its whole input, known only after its last row was written.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .damage import open_verified, page_problem, reading
+from .layout import SEGMENT_PREFIX, EpisodeLocation
+from .tables import SCHEMAS, TABLES
+from .writer import COMPRESSION, fsync_path
+
+ID = "episode_id"
+# Rows per row group: one small episode's rows are found by the episode_id statistics while a
+# row group still compresses well. The step tables' are smaller: a trajectory decodes a whole row
+# group (4096 agent steps of 8 floats: ~0.1 MB), while the summary tables are read whole.
+ROW_GROUP_ROWS = 16_384
+STEP_ROW_GROUP_ROWS = 4_096
+_STEP_TABLES = ("steps", "agent_steps", "unit_steps")
+
+_ids_cache: dict[tuple[str, int, int], list[str]] = {}
+
+
+def segment_schema(table: str) -> pa.Schema:
+    """A table's schema in a segment: ``episode_id`` first, then the table's own columns."""
+    return pa.schema([pa.field(ID, pa.string(), nullable=False), *SCHEMAS[table]])
+
+
+def new_segment_name() -> str:
+    """A folder name never used before: segments are immutable, so a path names one content."""
+    return f"{SEGMENT_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:16]}"
+
+
+def with_id(table: str, rows: pa.Table, episode_id: str) -> pa.Table:
+    """An episode's rows of ``table`` (in the table's schema) with its ``episode_id`` column in front."""
+    ids = pa.array([episode_id] * rows.num_rows, pa.string()) if rows.num_rows else pa.array([], pa.string())
+    return rows.add_column(0, pa.field(ID, pa.string(), nullable=False), ids)
+
+
+def segment_ids(folder: Path) -> list[str]:
+    """The ids of the episodes a segment holds, sorted (cached: a segment never changes)."""
+    path = folder / "episodes.parquet"
+    stat = os.stat(path)
+    key = (str(path), stat.st_ino, stat.st_mtime_ns)
+    ids = _ids_cache.get(key)
+    if ids is None:
+        ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
+        if len(_ids_cache) > 4096:
+            _ids_cache.clear()
+        _ids_cache[key] = ids
+    return ids
+
+
+def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
+    """Write five tables (each with ``episode_id``) as a segment in ``folder``, sorted, fsynced."""
+    folder.mkdir(parents=True)
+    for table in TABLES:
+        rows = tables[table].cast(segment_schema(table))
+        if rows.num_rows:
+            rows = rows.take(pc.sort_indices(rows, sort_keys=[(ID, "ascending")]))  # a stable sort
+        path = folder / f"{table}.parquet"
+        group_rows = STEP_ROW_GROUP_ROWS if table in _STEP_TABLES else ROW_GROUP_ROWS
+        # Dictionary encoding for every column: a segment's many episodes repeat names, and often
+        # values (quantised observations, actions); pyarrow falls back to plain pages for a column
+        # whose dictionary outgrows its page limit, so random floats cost nothing extra.
+        pq.write_table(rows, path, row_group_size=group_rows, compression=COMPRESSION,
+                       use_dictionary=True, write_statistics=True)
+        fsync_path(path)
+    fsync_path(folder)
+
+
+def read_tables(locations: Iterable[EpisodeLocation]) -> dict[str, pa.Table]:
+    """The rows of some episodes (folders or segments), every table with ``episode_id``."""
+    by_segment: dict[Path, set[str]] = {}
+    parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
+    for location in locations:
+        if location.segment:
+            by_segment.setdefault(location.path, set()).add(location.episode_id)
+            continue
+        for table in TABLES:
+            parts[table].append(with_id(table, pq.ParquetFile(location.table(table)).read(), location.episode_id))
+    for folder, ids in by_segment.items():
+        wanted = pa.array(sorted(ids), pa.string())
+        for table in TABLES:
+            rows = pq.ParquetFile(folder / f"{table}.parquet").read()
+            if len(wanted) != len(segment_ids(folder)):
+                rows = rows.filter(pc.is_in(rows.column(ID), value_set=wanted))
+            parts[table].append(rows)
+    return {table: pa.concat_tables(found) if found else segment_schema(table).empty_table()
+            for table, found in parts.items()}
+
+
+def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | None = None) -> pa.Table:
+    """One episode's rows of ``table`` (``columns`` of them), from its folder or its segment.
+
+    In a segment only the row groups whose ``episode_id`` statistics can hold the episode are read.
+    """
+    path = location.table(table)
+    with reading(path):  # page checksums verified; damage is DamagedFile naming the file
+        file = open_verified(path)
+        if not location.segment:
+            return file.read(columns=columns)
+        groups = episode_row_groups(file.metadata, location.episode_id)
+        wanted = None if columns is None else list(dict.fromkeys([ID, *columns]))
+        rows = file.read_row_groups(groups, columns=wanted)
+    # Rows are sorted by id, so the episode's are one run: found by bisection, taken by a slice
+    # (a compute kernel given a Python string would import pandas: 0.4 s of a first trajectory).
+    ids = rows.column(ID).to_pylist()
+    first = bisect.bisect_left(ids, location.episode_id)
+    rows = rows.slice(first, bisect.bisect_right(ids, location.episode_id) - first)
+    return rows.drop_columns([ID]) if columns is None or ID not in columns else rows
+
+
+def episode_row_groups(metadata: pq.FileMetaData, episode_id: str) -> list[int]:
+    """The row groups of a segment file whose ``episode_id`` range holds ``episode_id``."""
+    index = metadata.schema.to_arrow_schema().get_field_index(ID)
+    groups = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max or stats.min <= episode_id <= stats.max:
+            groups.append(group)
+    return groups
+
+
+def folder_bytes(path: Path) -> int:
+    """The size on disk of an episode folder or a segment (its files)."""
+    total = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            total += entry.stat().st_size
+    return total
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+# What the episodes row says each table holds (as in pipeline.lake.check).
+_COUNTS = {"steps": "length", "agent_steps": "agent_steps", "unit_steps": "unit_steps", "episode_agents": "agents"}
+
+
+def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
+    """Problems of one segment: (path, message) pairs; none for what compaction and group commits write."""
+    problems: list[tuple[Path, str]] = []
+    expected = {f"{t}.parquet" for t in TABLES}
+    for entry in folder.iterdir():
+        if entry.name not in expected:
+            problems.append((entry, "unexpected file in a segment"))
+    files: dict[str, pa.Table] = {}
+    for table in TABLES:
+        path = folder / f"{table}.parquet"
+        if not path.exists():
+            problems.append((path, "missing table"))
+            continue
+        if deep:  # every page read and its checksum verified
+            damaged = page_problem(path)
+            if damaged is not None:
+                problems.append((path, f"damaged: {damaged}"))
+                continue
+        try:
+            parquet = pq.ParquetFile(path)
+            if not parquet.schema_arrow.equals(segment_schema(table)):
+                problems.append((path, "schema differs from the table's declared schema (with episode_id)"))
+                continue
+            keys = [ID, *[c for c in ("step", "agent", "unit") if c in SCHEMAS[table].names]]
+            if table == "episodes":
+                keys += list(_COUNTS.values())
+            files[table] = parquet.read(columns=keys)
+        except (OSError, pa.ArrowException) as exc:
+            problems.append((path, f"cannot be read as Parquet: {exc}"))
+    if problems or "episodes" not in files:
+        return problems
+    episodes = files["episodes"]
+    ids = episodes.column(ID)
+    if pc.count_distinct(ids).as_py() != len(ids):
+        problems.append((folder / "episodes.parquet", "an episode appears twice"))
+    for table, rows in files.items():
+        column = rows.column(ID)
+        if len(column) > 1 and not pc.all(pc.less_equal(column[:-1], column[1:])).as_py():
+            problems.append((folder / f"{table}.parquet", "rows are not sorted by episode_id"))
+    for table, count in _COUNTS.items():
+        counted = files[table].group_by(ID).aggregate([([], "count_all")])
+        joined = episodes.select([ID, count]).join(counted, ID, join_type="full outer")
+        wrong = joined.filter(pc.invert(pc.equal(pc.fill_null(joined.column(count), -1),
+                                                  pc.fill_null(joined.column("count_all"), 0))))
+        if wrong.num_rows:
+            first = wrong.column(ID)[0].as_py()
+            problems.append((folder / f"{table}.parquet",
+                             f"row counts differ from the episodes' {count} for {wrong.num_rows} episode(s), "
+                             f"e.g. episode {first}"))
+    if deep and not problems:
+        problems.extend(_check_keys(folder, files))
+    return problems
+
+
+def _check_keys(folder: Path, files: dict[str, pa.Table]) -> list[tuple[Path, str]]:
+    problems = []
+
+    def unique(table: str, keys: list[str], what: str) -> None:
+        rows = files[table]
+        if rows.num_rows and rows.group_by(keys).aggregate([]).num_rows != rows.num_rows:
+            problems.append((folder / f"{table}.parquet", what))
+
+    def within(table: str, other: str, keys: list[str], what: str) -> None:
+        rows = files[table].select(keys).group_by(keys).aggregate([])
+        known = files[other].select(keys).group_by(keys).aggregate([])
+        if rows.join(known, keys, join_type="left anti").num_rows:
+            problems.append((folder / f"{table}.parquet", what))
+
+    unique("steps", [ID, "step"], "step numbers are not unique within an episode")
+    unique("agent_steps", [ID, "step", "agent"], "an agent appears twice in one step")
+    unique("unit_steps", [ID, "step", "agent", "unit"], "a unit appears twice in one agent step")
+    within("agent_steps", "steps", [ID, "step"], "has steps that are not in steps.parquet")
+    within("unit_steps", "agent_steps", [ID, "step", "agent"], "has unit steps without their agent step")
+    agents = files["agent_steps"].select([ID, "agent"]).group_by([ID, "agent"]).aggregate([])
+    summary = files["episode_agents"].select([ID, "agent"])
+    if (agents.join(summary, [ID, "agent"], join_type="left anti").num_rows
+            or summary.join(agents, [ID, "agent"], join_type="left anti").num_rows):
+        problems.append((folder / "episode_agents.parquet", "agents differ from those in agent_steps"))
+    return problems

@@ -110,56 +110,36 @@ _INFLATE_PIECE = 1 << 20
 
 
 def _png(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
+    # The hot path of every ingest with frames: the usual case is tested in as few steps as it
+    # can be, and only a frame that fails is looked at again (_png_problem) to say why.
     size = len(data)
-    if size < 33:
-        raise _cut(f"PNG ends inside its header chunk IHDR ({_more(33 - size)})")
-    if data[8:16] != _IHDR_START:
-        raise _damaged("PNG does not begin with its header chunk (IHDR, 13 bytes)")
+    if size < 33 or data[8:16] != _IHDR_START:
+        raise _png_problem(data, 8)
     _, _, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(data, 8)
-    if zlib.crc32(data[12:29]) != crc:
-        raise _damaged("PNG chunk IHDR fails its CRC check")
-    if not width or not height:
-        raise _damaged(f"PNG header declares a {width}x{height} image")
-    if depth not in _PNG_DEPTHS.get(colour, ()):
-        raise _damaged(f"PNG header declares colour type {colour} with bit depth {depth}, which PNG does not allow")
-    if compression or filter_ or interlace > 1:
-        raise _damaged("PNG header declares an unknown compression, filter or interlace method")
+    if (zlib.crc32(data[12:29]) != crc or not width or not height or depth not in _PNG_DEPTHS.get(colour, ())
+            or compression or filter_ or interlace > 1):
+        raise _png_problem(data, 8)
     if width * height > max_pixels:
         raise _too_large(max_pixels)
-
-    crc32 = zlib.crc32
-    view = memoryview(data)
+    crc32, head, u32 = zlib.crc32, _CHUNK_HEAD.unpack_from, _U32.unpack_from
     idat: list[tuple[int, int]] = []  # (start, end) of each IDAT chunk's data
     idat_ended = has_palette = False
     pos = 33
-    while True:
-        if data.startswith(_IEND, pos):  # nearly always the second chunk checked: its CRC is known
-            break
-        if pos + 8 > size:
-            if pos == size:
-                raise _cut(f"PNG ends after {len(idat)} IDAT chunks, without its IEND chunk" if idat else
-                           "PNG ends before its image data (IDAT) and its IEND chunk")
-            raise _cut(f"PNG ends inside a chunk header ({_more(pos + 8 - size)})")
-        length, kind = _CHUNK_HEAD.unpack_from(data, pos)
-        if not kind.isalpha():
-            raise _damaged(f"no PNG chunk at byte {pos} (its type, {kind!r}, is not four letters)")
-        if length > _MAX_CHUNK:
-            raise _damaged(f"PNG chunk {kind.decode()} at byte {pos} declares an impossible length ({length} bytes)")
+    while not data.startswith(_IEND, pos):  # a well-formed IEND chunk: its CRC is known
+        if pos + 12 > size:
+            raise _png_problem(data, pos, idat=len(idat))
+        length, kind = head(data, pos)
         end = pos + 12 + length
-        if end > size:
-            raise _cut(f"PNG ends inside chunk {kind.decode()} ({_more(end - size)})")
-        if crc32(view[pos + 4 : end - 4]) != _U32.unpack_from(data, end - 4)[0]:
-            raise _damaged(f"PNG chunk {kind.decode()} at byte {pos} fails its CRC check")
+        if end > size or not kind.isalpha() or crc32(data[pos + 4 : end - 4]) != u32(data, end - 4)[0]:
+            raise _png_problem(data, pos)
         if kind == b"IDAT":
             if idat_ended:
                 raise _damaged("PNG image data (IDAT chunks) is split by other chunks")
             if colour == 3 and not has_palette:
                 raise _damaged("PNG of colour type 3 (palette) has no PLTE chunk before its image data")
             idat.append((pos + 8, end - 4))
-        elif kind == b"IEND":
-            if length:
-                raise _damaged("PNG chunk IEND is not empty")
-            break
+        elif kind == b"IEND":  # with a length: a well-formed one ends the loop
+            raise _damaged("PNG chunk IEND is not empty")
         else:
             idat_ended = bool(idat)
             if kind == b"PLTE":
@@ -170,15 +150,44 @@ def _png(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
                 raise _damaged("PNG has a second IHDR chunk" if kind == b"IHDR" else
                                f"PNG has an unknown critical chunk {kind.decode()}, which no decoder can skip")
         pos = end
-    # The loop's fast exit (a well-formed IEND chunk) still needs what the other branch checked.
     if not idat:
         raise _damaged("PNG has no image data (no IDAT chunk)")
-    end = pos + 12
-    if end != size:
-        raise _padded(size - end, "the PNG's IEND chunk")
+    if pos + 12 != size:
+        raise _padded(size - pos - 12, "the PNG's IEND chunk")
     if deep:
-        _inflate_png(view, idat, width, height, depth * _PNG_CHANNELS[colour], interlace)
+        _inflate_png(memoryview(data), idat, width, height, depth * _PNG_CHANNELS[colour], interlace)
     return "PNG", width, height
+
+
+def _png_problem(data: bytes, pos: int, *, idat: int = 0) -> ImageDamaged:
+    """What is wrong with the chunk at ``pos`` (the header chunk when ``pos`` is 8), which _png found wrong."""
+    size = len(data)
+    if pos + 8 > size:
+        if pos == 8:
+            return _cut(f"PNG ends inside its header chunk IHDR ({_more(33 - size)})")
+        if pos < size:
+            return _cut(f"PNG ends inside a chunk header ({_more(pos + 8 - size)})")
+        return _cut(f"PNG ends after {idat} IDAT chunks, without its IEND chunk" if idat else
+                    "PNG ends before its image data (IDAT) and its IEND chunk")
+    length, kind = _CHUNK_HEAD.unpack_from(data, pos)
+    if pos == 8 and (length, kind) != (13, b"IHDR"):
+        return _damaged("PNG does not begin with its header chunk (IHDR, 13 bytes)")
+    if not kind.isalpha():
+        return _damaged(f"no PNG chunk at byte {pos} (its type, {kind!r}, is not four letters)")
+    name = kind.decode()
+    if length > _MAX_CHUNK:
+        return _damaged(f"PNG chunk {name} at byte {pos} declares an impossible length ({length} bytes)")
+    end = pos + 12 + length
+    if end > size:
+        return _cut(f"PNG ends inside chunk {name} ({_more(end - size)})")
+    if zlib.crc32(data[pos + 4 : end - 4]) != _U32.unpack_from(data, end - 4)[0]:
+        return _damaged(f"PNG chunk {name} at byte {pos} fails its CRC check")
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    if not width or not height:
+        return _damaged(f"PNG header declares a {width}x{height} image")
+    if depth not in _PNG_DEPTHS.get(colour, ()):
+        return _damaged(f"PNG header declares colour type {colour} with bit depth {depth}, which PNG does not allow")
+    return _damaged("PNG header declares an unknown compression, filter or interlace method")
 
 
 def _png_rows(width: int, height: int, bits: int, interlace: int) -> list[tuple[int, int, int]]:
@@ -255,10 +264,12 @@ _MAX_BLOCKS_IN_MCU = 10  # libjpeg's D_MAX_BLOCKS_IN_MCU
 
 
 def _jpeg(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
-    end, width, height, undecoded, mpf = _walk_jpeg(data, 0, max_pixels)
+    end, width, height, undecoded, pictures = _walk_jpeg(data, 0, max_pixels)
     size = len(data)
-    # An MPO (stereo or multi-picture) file is JPEGs one after another, the first saying so (APP2 "MPF").
-    while mpf and end < size and data.startswith(b"\xff\xd8\xff", end):
+    # An MPO (stereo or multi-picture) file is JPEGs one after another, as many as the first says.
+    for _ in range(pictures - 1):
+        if end == size or not data.startswith(b"\xff\xd8\xff", end):
+            raise _cut(f"MPO ends before the {pictures} JPEG pictures its first picture announces")
         end, _, _, more, _ = _walk_jpeg(data, end, max_pixels)
         undecoded = undecoded or more
     if end != size:
@@ -268,11 +279,11 @@ def _jpeg(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
     return "JPEG", width, height
 
 
-def _walk_jpeg(data: bytes, start: int, max_pixels: int) -> tuple[int, int, int, bool, bool]:
+def _walk_jpeg(data: bytes, start: int, max_pixels: int) -> tuple[int, int, int, bool, int]:
     """Walk one JPEG from its SOI at ``start`` through its EOI.
 
     Returns where it ends, width, height, whether it needs a decoder to vouch for it (a coding
-    process this walk does not follow) and whether it announces more pictures after it (MPO).
+    process this walk does not follow) and how many pictures its MPO index announces (1 without).
     """
     size = len(data)
     pos = start + 2
@@ -283,7 +294,8 @@ def _walk_jpeg(data: bytes, start: int, max_pixels: int) -> tuple[int, int, int,
     latched: set[int] = set()  # components whose quantisation table libjpeg has taken (at their first scan)
     dc_max: dict[int, int] = {}  # DC table id: its largest symbol
     ac_tables: set[int] = set()
-    multi_scan = undecoded = mpf = False
+    multi_scan = undecoded = False
+    pictures = 1
     while True:
         if pos >= size:
             raise _cut("JPEG ends before its end marker (EOI)")
@@ -298,7 +310,7 @@ def _walk_jpeg(data: bytes, start: int, max_pixels: int) -> tuple[int, int, int,
         if code == 0xD9:  # EOI
             if not scans:
                 raise _damaged("JPEG has no image data (no scan) before its end marker")
-            return pos, width, height, undecoded, mpf
+            return pos, width, height, undecoded, pictures
         name = _JPEG_SEGMENTS.get(code)
         if name is None:
             raise _damaged(f"JPEG has an unexpected marker 0xFF{code:02X} at byte {pos - 2 - start}")
@@ -366,7 +378,26 @@ def _walk_jpeg(data: bytes, start: int, max_pixels: int) -> tuple[int, int, int,
         elif code == 0xE2:
             if body.startswith(b"ICC_PROFILE\0") and len(body) < 14:
                 raise _damaged("JPEG ICC profile segment (APP2) is cut short")
-            mpf = mpf or body.startswith(b"MPF\0")
+            if body.startswith(b"MPF\0"):
+                pictures = _mpo_pictures(body)
+
+
+def _mpo_pictures(body: bytes) -> int:
+    """The number of pictures an MPO index (APP2 "MPF", a TIFF-like IFD) announces; 1 if it cannot say.
+
+    Pillow reads a malformed index as a plain JPEG, so this does too: what follows is then padding.
+    """
+    order = {b"II*\0": "<", b"MM\0*": ">"}.get(body[4:8])
+    if order is None or len(body) < 14:
+        return 1
+    ifd = 4 + struct.unpack_from(order + "I", body, 8)[0]
+    if ifd + 2 > len(body):
+        return 1
+    for at in range(ifd + 2, min(ifd + 2 + 12 * struct.unpack_from(order + "H", body, ifd)[0], len(body) - 11), 12):
+        tag, kind, count, value = struct.unpack_from(order + "HHII", body, at)
+        if tag == 0xB001 and kind == 4 and count == 1:  # NumberOfImages, one LONG
+            return max(1, min(value, 64))
+    return 1
 
 
 def _read_huffman_tables(body: bytes, dc_max: dict[int, int], ac_tables: set[int]) -> None:
@@ -589,7 +620,10 @@ def _pillow(data: bytes, max_pixels: int, expected: str | None) -> tuple[str, in
             except MemoryError:
                 raise
             except Exception as exc:
-                raise _damaged(f"{expected or image.format} data does not decode ({_pillow_reason(exc)})") from None
+                what = f"{expected or image.format} data"
+                if "truncated" in str(exc):  # Pillow's word for data that stops before the image does
+                    raise _cut(f"{what} stops before the image does ({_pillow_reason(exc)})") from None
+                raise _damaged(f"{what} does not decode ({_pillow_reason(exc)})") from None
             return image.format or "unknown", width, height
 
 

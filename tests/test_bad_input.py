@@ -261,6 +261,7 @@ ODD_CHECKS: dict[str, Any] = {
     "gif-small.json": check_image_of_step_0,
     "bmp-small.json": check_image_of_step_0,
     "jpeg-small.json": check_image_of_step_0,
+    "jpeg-bit-flipped-in-entropy-coded-data.json": check_image_of_step_0,
     "png-8192x8192-at-the-pixel-cap.json": check_image_of_step_0,
     "float-underflow-becomes-zero.json": check_agent_step_0("reward", 0.0),
     "extreme-finite-numbers.json": check_extreme_numbers,

@@ -410,6 +410,8 @@ def odd_files() -> dict[str, bytes]:
         "gif-small.json": dumps(with_image(b64(gif(3, 2)))),
         "bmp-small.json": dumps(with_image(b64(bmp(1, 1)))),
         "jpeg-small.json": dumps(with_image(b64(JPEG))),
+        # No checksum covers a JPEG's entropy-coded data: libjpeg decodes a flipped bit there (to other pixels).
+        "jpeg-bit-flipped-in-entropy-coded-data.json": dumps(with_image(b64(flipped(JPEG, len(JPEG) - 3)))),
         "png-8192x8192-at-the-pixel-cap.json": dumps(with_image(b64(blank_bilevel_png(8192, 8192)))),
         "float-underflow-becomes-zero.json": raw(with_agent(reward="@V@"), V="1e-400"),
         "extreme-finite-numbers.json": raw(

@@ -39,6 +39,7 @@ import re
 import struct
 import warnings
 import zlib
+from functools import cache
 from operator import mul
 
 __all__ = ["NOT_AN_IMAGE", "ImageDamaged", "check_image"]
@@ -490,7 +491,7 @@ def _gif(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise _damaged(f"GIF header declares a {width}x{height} image")
     if width * height > max_pixels:
         raise _too_large(max_pixels)
-    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    pos = 13 + _gif_colour_table(flags)
     images = 0
     while True:
         if pos >= size:
@@ -506,7 +507,7 @@ def _gif(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             frame_width, frame_height, flags = struct.unpack_from("<HHB", data, pos + 5)
             if frame_width * frame_height > max_pixels:
                 raise _too_large(max_pixels)
-            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            pos += 10 + _gif_colour_table(flags)
             pos = _gif_sub_blocks(data, pos + 1)
             images += 1
         else:
@@ -517,6 +518,11 @@ def _gif(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise _padded(size - pos - 1, "the GIF's trailer")
     _pillow(data, max_pixels, "GIF")
     return "GIF", width, height
+
+
+def _gif_colour_table(flags: int) -> int:
+    """The size of the colour table a GIF screen or image descriptor with these flags is followed by."""
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
 
 
 def _gif_sub_blocks(data: bytes, pos: int) -> int:
@@ -591,6 +597,21 @@ def _webp(data: bytes, max_pixels: int) -> tuple[str, int, int]:
 
 # -- everything else: Pillow ---------------------------------------------------------------------
 
+# Pillow decodes EPS by running Ghostscript: a frame in an episode file must not start a program.
+_NOT_OPENED = frozenset({"EPS"})
+# Pillow holds a whole image while it decodes one. Above this many pixels (a 4096x4096 frame: 64 MiB
+# at 4 bytes a pixel) the decode is skipped, so that an ingest's memory stays bounded: such an image
+# is checked by its walk (GIF, BMP, WebP) or by Pillow's reading of its header only (others).
+_MAX_DECODED_PIXELS = 16 * 1024 * 1024
+
+
+@cache
+def _pillow_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()
+    return tuple(f for f in Image.ID if f not in _NOT_OPENED)
+
 
 def _pillow(data: bytes, max_pixels: int, expected: str | None) -> tuple[str, int, int]:
     """Open and fully decode ``data`` with Pillow; ``expected`` is the format already recognised, if any."""
@@ -600,7 +621,7 @@ def _pillow(data: bytes, max_pixels: int, expected: str | None) -> tuple[str, in
         warnings.simplefilter("ignore")  # Pillow's remarks on odd but readable files
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_pillow_formats())
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_large(max_pixels) from None
         except MemoryError:
@@ -613,6 +634,8 @@ def _pillow(data: bytes, max_pixels: int, expected: str | None) -> tuple[str, in
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_large(max_pixels)
+            if width * height > _MAX_DECODED_PIXELS:
+                return image.format or "unknown", width, height
             try:
                 image.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -539,6 +539,24 @@ def test_a_jpeg_libjpeg_would_refuse_is_refused():
     assert refusal(data[:2] + b"\xff\xd8" + data[2:]) == "image is damaged: JPEG has an unexpected marker 0xFFD8 at byte 2"
 
 
+def test_an_eps_file_is_not_opened():
+    """Pillow decodes EPS by running Ghostscript: a frame must not start a program."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"
+    assert refusal(eps) == NOT_AN_IMAGE
+
+
+def test_a_huge_image_pillow_would_decode_is_checked_by_its_walk_only():
+    """Pillow holds a whole image while it decodes: above 16 Mi pixels a GIF, WebP, TIFF, ... is not
+    decoded at ingest, so that memory stays bounded (the walk still finds a GIF cut short)."""
+    screen = struct.pack("<HH", 5000, 5000)
+    gif = (b"GIF89a" + screen + b"\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff" + b"\x2c\x00\x00\x00\x00" + screen
+           + b"\x00" + b"\x02\x04\x04\x00\x00\x05\x00" + b"\x3b")  # LZW data for 6 of its 25 million pixels
+    assert not pillow_loads(gif)
+    assert check(gif) == ("GIF", 5000, 5000)
+    assert refusal(gif[:-1]) == "image is cut short: GIF ends before its trailer (byte 0x3B)"
+
+
 def test_what_is_no_image_is_refused_as_before():
     for data in (b"", b"hello, world", b"\x89PN", b"GIF8", b"\x00" * 100):
         assert refusal(data) == NOT_AN_IMAGE

@@ -96,7 +96,6 @@ def _more(missing: int) -> str:
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR = struct.Struct(">I4sIIBBBBBI")  # length, type, width, height, depth, colour, compression, filter, interlace, crc
-_IHDR_START = b"\x00\x00\x00\x0dIHDR"
 _CHUNK_HEAD = struct.Struct(">I4s")
 _U32 = struct.Struct(">I")
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk: length 0, type, CRC
@@ -114,14 +113,21 @@ def _png(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
     # The hot path of every ingest with frames: the usual case is tested in as few steps as it
     # can be, and only a frame that fails is looked at again (_png_problem) to say why.
     size = len(data)
-    if size < 33 or data[8:16] != _IHDR_START:
+    if size < 33:
         raise _png_problem(data, 8)
-    _, _, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(data, 8)
-    if (zlib.crc32(data[12:29]) != crc or not width or not height or depth not in _PNG_DEPTHS.get(colour, ())
-            or compression or filter_ or interlace > 1):
+    length, kind, width, height, depth, colour, compression, filter_, interlace, crc = _IHDR.unpack_from(data, 8)
+    if (length != 13 or kind != b"IHDR" or zlib.crc32(data[12:29]) != crc or not width or not height
+            or depth not in _PNG_DEPTHS.get(colour, ()) or compression or filter_ or interlace > 1):
         raise _png_problem(data, 8)
     if width * height > max_pixels:
         raise _too_large(max_pixels)
+    # Most frames are IHDR, one IDAT, IEND (Pillow writes one IDAT up to 64 kB): 0.5 us faster
+    # taken whole than through the loop below, which any other layout (or a failure) goes through.
+    if (data[37:41] == b"IDAT" and _U32.unpack_from(data, 33)[0] == size - 57 and data.endswith(_IEND)
+            and colour != 3 and zlib.crc32(data[37 : size - 16]) == _U32.unpack_from(data, size - 16)[0]):
+        if deep:
+            _inflate_png(memoryview(data), [(41, size - 16)], width, height, depth * _PNG_CHANNELS[colour], interlace)
+        return "PNG", width, height
     crc32, head, u32 = zlib.crc32, _CHUNK_HEAD.unpack_from, _U32.unpack_from
     idat: list[tuple[int, int]] = []  # (start, end) of each IDAT chunk's data
     idat_ended = has_palette = False

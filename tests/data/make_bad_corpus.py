@@ -121,6 +121,56 @@ def png(width: int, height: int, *, pixels: bool = True) -> bytes:
     return out + _chunk(b"IEND", b"")
 
 
+def _zeros_zlib(count: int) -> bytes:
+    """A zlib stream of ``count`` zero bytes, written by hand: one fixed-Huffman block holding a
+    literal 0 then copies of 258 bytes at distance 1 (13 bits each), so 8 MiB take 53 kB."""
+    bits: list[int] = []
+
+    def put(value: int, width: int, *, code: bool = False) -> None:
+        # Header fields go least significant bit first, Huffman codes most significant bit first.
+        bits.extend((value >> i) & 1 for i in (range(width - 1, -1, -1) if code else range(width)))
+
+    put(1, 1)  # the final block
+    put(1, 2)  # fixed Huffman codes
+    put(0b00110000, 8, code=True)  # literal 0
+    copies, literals = divmod(count - 1, 258)
+    for _ in range(copies):
+        put(0b11000101, 8, code=True)  # length 258
+        put(0, 5, code=True)  # distance 1
+    for _ in range(literals):
+        put(0b00110000, 8, code=True)
+    put(0, 7, code=True)  # end of block
+    bits.extend([0] * (-len(bits) % 8))
+    packed = bytes(sum(bit << i for i, bit in enumerate(bits[n : n + 8])) for n in range(0, len(bits), 8))
+    return b"\x78\x01" + packed + struct.pack(">I", zlib.adler32(b"\x00" * count))
+
+
+def blank_bilevel_png(width: int, height: int) -> bytes:
+    """A complete 1-bit greyscale PNG, all black: the largest image that stays small on disk."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    scanlines = height * (1 + (width + 7) // 8)  # each row: filter type 0, then the pixels, all 0
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", _zeros_zlib(scanlines))
+            + _chunk(b"IEND", b""))
+
+
+def tiny_jpeg() -> bytes:
+    """A complete baseline JPEG written by hand: 8x8 grey, one block whose every coefficient is 0.
+
+    Quantisation table 0 all ones; DC and AC Huffman tables of one 1-bit code each (symbol 0: DC
+    difference 0, and end of block); the scan is those two codes, padded with 1 bits: 0x3F.
+    """
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+    one_code = bytes([1] + [0] * 15) + b"\x00"
+    return (b"\xff\xd8"
+            + segment(0xDB, b"\x00" + b"\x01" * 64)
+            + segment(0xC0, struct.pack(">BHHB", 8, 8, 8, 1) + b"\x01\x11\x00")
+            + segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)
+            + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+            + b"\x3f\xff\xd9")
+
+
 def png_with_bad_header_crc(width: int, height: int) -> bytes:
     data = bytearray(png(width, height))
     data[29] ^= 0xFF  # the first byte of the IHDR chunk's CRC
@@ -147,6 +197,12 @@ def b64(data: bytes) -> str:
 
 PNG = png(2, 2)
 PNG_B64 = b64(PNG)
+FRAME = png(32, 32)  # 3.2 kB: a frame whose half still holds a whole header
+JPEG = tiny_jpeg()
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
 
 
 def gzip_stored(data: bytes) -> bytes:
@@ -266,6 +322,14 @@ def bad_files() -> dict[str, bytes]:
         "image.decodable--not-an-image.json": dumps(with_image(b64(b"hello, world"))),
         "image.decodable--empty-string.json": dumps(with_image("")),
         "image.decodable--png-signature-only.json": dumps(with_image(b64(PNG[:8]))),
+        "image.decodable--png-header-only-no-image-data.json": dumps(with_image(b64(png(4, 4, pixels=False)))),
+        "image.decodable--png-cut-in-half.json": dumps(with_image(b64(FRAME[: len(FRAME) // 2]))),
+        "image.decodable--png-one-bit-flipped-in-image-data.json": dumps(with_image(b64(flipped(FRAME, 1000)))),
+        "image.decodable--png-padded-after-iend.json": dumps(with_image(b64(FRAME + b"\x00" * 16))),
+        "image.decodable--jpeg-without-end-marker.json": dumps(with_image(b64(JPEG[:-2]))),
+        "image.decodable--jpeg-padded-after-end-marker.json": dumps(with_image(b64(JPEG + b"\x00" * 16))),
+        "image.decodable--gif-without-trailer.json": dumps(with_image(b64(gif(3, 2)[:-1]))),
+        "image.decodable--bmp-cut-inside-pixels.json": dumps(with_image(b64(bmp(1, 1)[:-3]))),
         "image.base64--space-inside.json": dumps(with_image(PNG_B64[:12] + " " + PNG_B64[12:])),
         "image.base64--mime-line-breaks.json": dumps(
             with_image("\r\n".join(PNG_B64[i : i + 20] for i in range(0, len(PNG_B64), 20)))),
@@ -343,10 +407,12 @@ def odd_files() -> dict[str, bytes]:
         "environment-backslashes.json": dumps(episode(environment="..\\..\\x")),
         "environment-emoji-as-surrogate-pair.json": json.dumps(episode(environment="\U0001f600 env")).encode(),
         "escaped-nul-in-strings.json": dumps(with_agent(agent="p\x00q")),
-        "png-header-only.json": dumps(with_image(b64(png(4, 4, pixels=False)))),
         "gif-small.json": dumps(with_image(b64(gif(3, 2)))),
         "bmp-small.json": dumps(with_image(b64(bmp(1, 1)))),
-        "png-8192x8192-at-the-pixel-cap.json": dumps(with_image(b64(png(8192, 8192)))),
+        "jpeg-small.json": dumps(with_image(b64(JPEG))),
+        # No checksum covers a JPEG's entropy-coded data: libjpeg decodes a flipped bit there (to other pixels).
+        "jpeg-bit-flipped-in-entropy-coded-data.json": dumps(with_image(b64(flipped(JPEG, len(JPEG) - 3)))),
+        "png-8192x8192-at-the-pixel-cap.json": dumps(with_image(b64(blank_bilevel_png(8192, 8192)))),
         "float-underflow-becomes-zero.json": raw(with_agent(reward="@V@"), V="1e-400"),
         "extreme-finite-numbers.json": raw(
             with_agent(action="@A@", health="@H@", value_estimate="@V@"),

@@ -251,9 +251,10 @@ def check_long_config_string(lake: Path, path: Path) -> None:
 ODD_CHECKS: dict[str, Any] = {
     "nested-duplicate-keys-last-wins.json": check_last_duplicate_wins,
     "escaped-nul-in-strings.json": check_agent_step_0("agent", "p\x00q"),
-    "png-header-only.json": check_image_of_step_0,
     "gif-small.json": check_image_of_step_0,
     "bmp-small.json": check_image_of_step_0,
+    "jpeg-small.json": check_image_of_step_0,
+    "jpeg-bit-flipped-in-entropy-coded-data.json": check_image_of_step_0,
     "png-8192x8192-at-the-pixel-cap.json": check_image_of_step_0,
     "float-underflow-becomes-zero.json": check_agent_step_0("reward", 0.0),
     "extreme-finite-numbers.json": check_extreme_numbers,

@@ -1,4 +1,9 @@
-"""The ``ingest-pipeline`` command: argument parsing and printing over the ``pipeline`` library."""
+"""The ``ingest-pipeline`` command: argument parsing and printing over the ``pipeline`` library.
+
+Each command is a few lines over public names of ``pipeline`` (text from ``pipeline.console``); the
+file is long because every command carries its options and a help text with examples, which is
+where a user reads them (a test keeps every command's Examples block true).
+"""
 
 from __future__ import annotations
 

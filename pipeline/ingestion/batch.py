@@ -216,6 +216,7 @@ def ingest_many(
     recursive: bool = False,
     fail_fast: bool = False,
     progress: BatchProgress | None = None,
+    compact: bool = True,
 ) -> Batch:
     """Ingest many inputs, each with :func:`pipeline.ingest`, on a process pool or any executor.
 
@@ -237,13 +238,17 @@ def ingest_many(
     ones already running finish; the rest count as ``skipped``). ``progress(summary)`` is called
     in the iterating thread as files finish (and as bytes are read, when running in this process).
 
+    At the end, an environment the batch committed into that then holds 16 or more episode
+    folders and small segments is compacted (:func:`pipeline.compact`); ``compact=False`` leaves
+    it as it is.
+
     A script that uses the default process pool must guard its entry point with
     ``if __name__ == "__main__":``, as the worker processes import it.
     """
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     return Batch(expand_sources(sources, recursive=recursive), resolve_lake(lake), executor=executor, jobs=jobs,
-                 fail_fast=fail_fast, progress=progress)
+                 fail_fast=fail_fast, progress=progress, compact=compact)
 
 
 class Batch(Iterator[IngestResult]):
@@ -254,7 +259,7 @@ class Batch(Iterator[IngestResult]):
     """
 
     def __init__(self, sources: list[str | IO[bytes]], lake: Path, *, executor: Executor | None,
-                 jobs: int | None, fail_fast: bool, progress: BatchProgress | None) -> None:
+                 jobs: int | None, fail_fast: bool, progress: BatchProgress | None, compact: bool = True) -> None:
         self.sources = sources
         self.lake = lake
         self.summary = BatchSummary(files=len(sources), bytes_total=_total_size(sources))
@@ -262,6 +267,7 @@ class Batch(Iterator[IngestResult]):
         self._jobs = jobs
         self._fail_fast = fail_fast
         self._progress = progress
+        self._compact = compact
         self._started = 0.0
         self._results = self._run()
 
@@ -297,7 +303,7 @@ class Batch(Iterator[IngestResult]):
             if result.status == "ingested" and result.environment is not None:
                 touched.add(result.environment)
             yield result
-        if touched:
+        if touched and self._compact:
             # A batch is when many small entries appear at once (see the README's "The lake").
             from ..lake.compact import compact_if_fragmented
 

@@ -18,16 +18,18 @@ streamed episode's id is the hash of its whole input, known only after its last 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import DamagedFile
 from .damage import open_verified, page_problem, reading
 from .layout import SEGMENT_PREFIX, EpisodeLocation
 from .tables import SCHEMAS, TABLES
@@ -60,18 +62,69 @@ def with_id(table: str, rows: pa.Table, episode_id: str) -> pa.Table:
     return rows.add_column(0, pa.field(ID, pa.string(), nullable=False), ids)
 
 
+@contextlib.contextmanager
+def _reading_ids(path: Path) -> Iterator[None]:
+    """Damage is DamagedFile; a file gone (the segment swapped out since the listing) stays FileNotFoundError."""
+    try:
+        with reading(path):
+            yield
+    except DamagedFile as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise exc.__cause__ from None
+        raise
+
+
+def _cache_key(path: Path) -> tuple[str, int, int]:
+    stat = os.stat(path)  # FileNotFoundError when the segment was swapped out: the caller's snapshot is stale
+    return (str(path), stat.st_ino, stat.st_mtime_ns)
+
+
 def segment_ids(folder: Path) -> list[str]:
     """The ids of the episodes a segment holds, sorted (cached: a segment never changes)."""
     path = folder / "episodes.parquet"
-    stat = os.stat(path)
-    key = (str(path), stat.st_ino, stat.st_mtime_ns)
+    key = _cache_key(path)
     ids = _ids_cache.get(key)
     if ids is None:
-        ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
+        with _reading_ids(path):
+            ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
         if len(_ids_cache) > 4096:
             _ids_cache.clear()
         _ids_cache[key] = ids
     return ids
+
+
+def segment_count(folder: Path) -> int:
+    """How many episodes a segment holds, from its ``episodes.parquet`` footer (one row each)."""
+    path = folder / "episodes.parquet"
+    key = _cache_key(path)
+    ids = _ids_cache.get(key)
+    if ids is not None:
+        return len(ids)
+    with _reading_ids(path):
+        return pq.read_metadata(path).num_rows
+
+
+def segment_holds(folder: Path, episode_id: str) -> bool:
+    """Whether a segment holds ``episode_id`` (exactly), reading as little as it can.
+
+    Its ids if already read; else the ``episode_id`` statistics of each row group of its
+    ``episodes.parquet`` (the footer) rule out the row groups that cannot hold it, and only the
+    id column of the one (rows are sorted) whose range covers it is read and bisected.
+    """
+    path = folder / "episodes.parquet"
+    key = _cache_key(path)
+    ids = _ids_cache.get(key)
+    if ids is None:
+        with _reading_ids(path):
+            file = pq.ParquetFile(path)
+            groups = episode_row_groups(file.metadata, episode_id)
+            if not groups:
+                return False
+            column = file.read_row_groups(groups, columns=[ID]).column(ID).combine_chunks()
+        at = bisect.bisect_left(range(len(column)), episode_id, key=lambda i: column[i].as_py())
+        return at < len(column) and column[at].as_py() == episode_id
+    at = bisect.bisect_left(ids, episode_id)
+    return at < len(ids) and ids[at] == episode_id
 
 
 def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:

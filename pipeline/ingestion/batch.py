@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -473,6 +474,12 @@ def _local_size(source: str | IO[bytes]) -> int | None:
         return None
 
 
+# One group commit at a time per process: on a thread executor, tasks tabulate in parallel but
+# commit in turn (as a process's commits always did), so a kill leaves at most one staging folder
+# half made.
+_COMMITTING = threading.Lock()
+
+
 def _ingest_files(sources: list[str], lake: str, token: str) -> list[IngestResult]:
     """The task of a worker for a chunk of small files: a group commit. ``token`` only makes the call unique.
 
@@ -492,7 +499,8 @@ def _ingest_files(sources: list[str], lake: str, token: str) -> list[IngestResul
     for env, tables in by_env.items():
         started = time.perf_counter()
         try:
-            published = publish_segment(Path(lake), env, tables)
+            with _COMMITTING:
+                published = publish_segment(Path(lake), env, tables)
             error: PipelineError | None = None
         except PipelineError as exc:
             published, error = set(), exc

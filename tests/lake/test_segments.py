@@ -426,3 +426,32 @@ def test_a_batch_compacts_a_fragmented_environment_unless_told_not_to(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "lake2" / "environment=CartPole-v1").glob("episode_id=*"))) == 17
+
+
+@pytest.mark.parametrize("kind", ["folders only", "segments only", "empty"])
+def test_readme_recipes_on_a_lake_with_no_folders_or_no_segments(tmp_path, monkeypatch, kind):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    if kind != "empty":
+        for path in write_episodes(tmp_path / "in", 4):
+            ingest(path, lake=lake)
+        if kind == "segments only":
+            compact(lake)
+    monkeypatch.chdir(tmp_path)
+    located = list_episodes(lake)
+    assert all(loc.segment for loc in located) if kind == "segments only" else not any(loc.segment for loc in located)
+    expected = sorted(ids(lake))
+    namespace: dict = {}
+    # The function only (the example after it filters on columns an empty lake does not have).
+    exec("\n\n".join(_readme_block("python", "def lake_table(").split("\n\n")[:2]), namespace)
+    namespace["pandas"] = {}
+    exec(_readme_block("python", "to_pandas()"), namespace["pandas"])
+    for table in TABLES:
+        polars_rows = namespace["lake_table"](table).collect()
+        pandas_rows = namespace["pandas"]["lake_table_pandas"](table)
+        ours = Lake(lake).scan(table).collect()
+        assert polars_rows.height == len(pandas_rows) == ours.height, table
+        if ours.height:
+            assert sorted(polars_rows["episode_id"].unique()) == sorted(pandas_rows["episode_id"].unique())
+    if expected:
+        assert sorted(namespace["pandas"]["lake_table_pandas"]("episodes")["episode_id"]) == expected

@@ -98,7 +98,7 @@ class Entry:
     raises ``FileNotFoundError`` (the snapshot is stale).
     """
 
-    __slots__ = ("environment", "path", "segment", "_ids")
+    __slots__ = ("_ids", "environment", "path", "segment")
 
     def __init__(self, environment: str, path: Path, segment: bool, ids: list[str] | None = None) -> None:
         self.environment = environment

@@ -132,7 +132,7 @@ def test_an_old_snapshot_reads_right_or_says_it_is_stale(mixed):
 
 
 def test_a_snapshot_reads_no_segment_ids_until_asked(mixed, monkeypatch):
-    lake, files = mixed
+    lake, _files = mixed
     expected = {loc.episode_id: loc for loc in Lake(lake).locations}
     in_segment = sorted(i for i, loc in expected.items() if loc.segment)
     from pipeline.lake import segments

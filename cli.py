@@ -73,8 +73,10 @@ def _process(sources: list[str], action: Any, as_json: bool, quiet: bool) -> Non
 @click.option("--fail-fast", is_flag=True, help="Start no new file after the first invalid or failed one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors and the final summary.")
+@click.option("--no-compact", "no_compact", is_flag=True,
+              help="Do not compact a fragmented environment at the end (see `compact`).")
 def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int | None, fail_fast: bool,
-        as_json: bool, quiet: bool) -> None:
+        as_json: bool, quiet: bool, no_compact: bool) -> None:
     """Ingest episode files into the lake, each published atomically.
 
     Each FILE_OR_URL is a file, a folder (its *.json files and their .gz .bz2 .xz .zst
@@ -96,7 +98,7 @@ def run(sources: tuple[str, ...], lake: str | None, recursive: bool, jobs: int |
     bar = console.BatchBar(enabled=not quiet)
     try:
         batch = pipeline.ingest_many(sources, lake=pipeline.resolve_lake(lake), jobs=jobs, recursive=recursive,
-                                     fail_fast=fail_fast, progress=bar)
+                                     fail_fast=fail_fast, progress=bar, compact=not no_compact)
     except pipeline.PipelineError as exc:  # a folder that cannot be listed
         raise click.ClickException(str(exc)) from exc
     if not batch.summary.files:

@@ -145,34 +145,52 @@ def run(episodes: int, *, data: Path, seed: int, repeat: int, jobs: int) -> dict
     from pipeline import ingest
 
     episode_id = ingest(one, lake=alone).episode_id or ""
-    reads["trajectory_segment"] = median_read("trajectory", lake, repeat, episode_id)
-    reads["trajectory_folder"] = median_read("trajectory", alone, repeat, episode_id)
+    # Alternating fresh processes (segment, folder, segment, ...), at least 11 of each: the ratio of
+    # two medians taken at the same moments, whatever else the machine does meanwhile.
+    pairs = [(read_once("trajectory", lake, episode_id), read_once("trajectory", alone, episode_id))
+             for _ in range(max(repeat, 11))]
+    for name, runs in (("trajectory_segment", [a for a, _ in pairs]), ("trajectory_folder", [b for _, b in pairs])):
+        reads[name] = {"seconds": statistics.median(r["seconds"] for r in runs), "n": runs[0]["n"],
+                       "all": [round(r["seconds"], 4) for r in runs]}
     report["reads"] = reads
     ratio = reads["trajectory_segment"]["seconds"] / reads["trajectory_folder"]["seconds"]
     report["trajectory_ratio"] = round(ratio, 2)
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
 def render(report: dict[str, Any]) -> str:
     """The scale section of BENCHMARKS.md."""
     reads = report["reads"]
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
     lines = [
-        f"### Scale: {report['episodes']:,} small episodes ({report['json_bytes'] / 1e6:.0f} MB of JSON)",
+        "## Scale",
         "",
-        "| Measure | Result | Target |",
-        "|---|---|---|",
-        f"| batch `run --jobs {report['jobs']}` | {report['ingest_seconds']} s, "
-        f"{report['episodes_per_s']:,} episodes/s ({report['segments_after_run']} segments) | >= 1,000 episodes/s |",
-        f"| `compact` | {report['compact_seconds']} s | |",
-        f"| bytes on disk | {report['lake_bytes'] / 1e6:.1f} MB in {report['files']} files, "
-        f"{report['bytes_ratio']}x the JSON | <= 0.25x |",
+        f"{report['episodes']:,} small episodes ({report['json_bytes'] / 1e6:.0f} MB of JSON; "
+        "`python -m benchmarks.scale`): one batch `run`, `compact`, then each read in a fresh process "
+        "(the call alone, after imports; medians). Load average at the end: "
+        f"{', '.join(str(x) for x in report.get('load_average', []))}.",
+        "",
+        "| Measure | Target | Measured | Met |",
+        "|---|---|---|---|",
+        f"| batch `run --jobs {report['jobs']}` | >= 1,000 episodes/s | {report['ingest_seconds']} s, "
+        f"{report['episodes_per_s']:,} episodes/s ({report['segments_after_run']} segments) "
+        f"| {met(report['episodes_per_s'] >= 1000)} |",
+        f"| `compact` | | {report['compact_seconds']} s | |",
+        f"| bytes on disk | <= 0.25x the JSON | {report['lake_bytes'] / 1e6:.1f} MB in {report['files']} files, "
+        f"{report['bytes_ratio']}x | {met(report['bytes_ratio'] <= 0.25)} |",
     ]
     for kind, target in TARGETS.items():
-        lines.append(f"| {kind} (fresh process) | {reads[kind]['seconds'] * 1000:.1f} ms "
-                     f"| <= {target * 1000:.0f} ms |")
-    lines.append(f"| trajectory from a segment / from its folder | "
+        seconds = reads[kind]["seconds"]
+        lines.append(f"| {kind} (fresh process) | <= {target * 1000:.0f} ms | {seconds * 1000:.1f} ms "
+                     f"| {met(seconds <= target)} |")
+    lines.append(f"| trajectory from a segment / from its folder (alternating fresh processes) | <= 2x | "
                  f"{reads['trajectory_segment']['seconds'] * 1000:.1f} ms / "
-                 f"{reads['trajectory_folder']['seconds'] * 1000:.1f} ms = {report['trajectory_ratio']}x | <= 2x |")
+                 f"{reads['trajectory_folder']['seconds'] * 1000:.1f} ms = {report['trajectory_ratio']}x "
+                 f"| {met(report['trajectory_ratio'] <= 2)} |")
     return "\n".join(lines) + "\n"
 
 

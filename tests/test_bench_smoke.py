@@ -135,5 +135,5 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     assert report["reads"]["trajectory numpy"]["shape"] == [300, 8]
     text = output.read_text()
     for heading in ("## Machine", "## Ingest and its references", "### Ratios", "## Targets (issue 5)",
-                    "## Read side"):
+                    "## Read side", "## Scale"):
         assert heading in text

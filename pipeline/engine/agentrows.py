@@ -25,6 +25,7 @@ from ..cores import usable_cores
 from ..errors import DatasetError
 from ..lake import damage
 from ..lake.damage import open_verified, reading
+from ..lake.segments import episode_row_groups
 
 AGENT = "agent"
 EPISODE = "episode_id"  # a column only in segments, which hold many episodes
@@ -100,11 +101,12 @@ class AgentStepsFile:
         # Page checksums verified: a damaged page is DamagedFile, not a wrong number (cost: BENCHMARKS.md).
         self._file = open_verified(path, read_dictionary=self._dictionary)
         metadata = self._file.metadata
-        self._ranges = [_min_max(metadata, group) for group in range(metadata.num_row_groups)]
-        # In a segment only the row groups whose episode_id range holds the episode are read.
+        # In a segment only the row groups whose episode_id range holds the episode are read (found
+        # by bisection over the statistics), and only their agent statistics are looked at.
         self._groups = (list(range(metadata.num_row_groups)) if episode_id is None
-                        else [g for g in range(metadata.num_row_groups)
-                              if _within(_min_max(metadata, g, EPISODE), episode_id)])
+                        else episode_row_groups(metadata, episode_id))
+        agent_index = _leaf_index(metadata, AGENT)
+        self._ranges = {group: _min_max(metadata, group, agent_index) for group in self._groups}
 
     def only_agent(self) -> str | None:
         """The agent of every row, when the statistics prove there is only one (else None)."""
@@ -118,8 +120,7 @@ class AgentStepsFile:
         """The rows of ``agent``: ``columns`` plus ``step``, in step order."""
         groups, exact = _row_groups(self._ranges, agent)
         if self.episode_id is not None:
-            chosen = set(self._groups)
-            groups, exact = [group for group in groups if group in chosen], False
+            exact = False
         wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])
                                     + ([] if self.episode_id is None else [EPISODE])))
         with reading(self.path):
@@ -141,7 +142,7 @@ class AgentStepsFile:
         """Read ``groups``: two threads, each a contiguous run of about half the rows, when there are
         two CPUs and groups (splitting by count gave one thread 65% of a 100k-step episode's rows)."""
         if len(groups) < 2 or usable_cores() < 2:
-            return self._file.read_row_groups(groups, columns=columns)
+            return self._file.read_row_groups(groups, columns=columns, use_threads=False)  # no pool start-up
         metadata = self._file.metadata
         rows = np.cumsum([metadata.row_group(group).num_rows for group in groups])
         half = 1 + int(np.argmin(np.maximum(rows[:-1], rows[-1] - rows[:-1])))
@@ -156,10 +157,10 @@ class AgentStepsFile:
             return pa.concat_tables(list(pool.map(read, [groups[:half], groups[half:]])))
 
 
-def _row_groups(ranges: list[tuple[str | None, str | None]], agent: str) -> tuple[list[int], bool]:
+def _row_groups(ranges: dict[int, tuple[str | None, str | None]], agent: str) -> tuple[list[int], bool]:
     """The row groups that may hold ``agent``'s rows, and whether they hold nothing else."""
     groups, exact = [], True
-    for group, (low, high) in enumerate(ranges):
+    for group, (low, high) in ranges.items():
         if low is None or high is None:
             groups.append(group)
             exact = False
@@ -169,21 +170,22 @@ def _row_groups(ranges: list[tuple[str | None, str | None]], agent: str) -> tupl
     return groups, exact
 
 
-def _within(bounds: tuple[str | None, str | None], value: str) -> bool:
-    low, high = bounds
-    return low is None or high is None or low <= value <= high
+def _leaf_index(metadata: pq.FileMetaData, column: str) -> int | None:
+    """The index of a top-level column's leaf in the file's row groups (None: no such column)."""
+    schema = metadata.schema
+    for index in range(len(schema)):
+        if schema.column(index).path == column:
+            return index
+    return None
 
 
-def _min_max(metadata: pq.FileMetaData, group: int, column: str = AGENT) -> tuple[str | None, str | None]:
-    row_group = metadata.row_group(group)
-    for index in range(row_group.num_columns):
-        chunk = row_group.column(index)
-        if chunk.path_in_schema == column:
-            stats = chunk.statistics
-            if stats is None or not stats.has_min_max:
-                return None, None
-            return stats.min, stats.max
-    return None, None
+def _min_max(metadata: pq.FileMetaData, group: int, index: int | None) -> tuple[str | None, str | None]:
+    if index is None:
+        return None, None
+    stats = metadata.row_group(group).column(index).statistics
+    if stats is None or not stats.has_min_max:
+        return None, None
+    return stats.min, stats.max
 
 
 def _equals(column: pa.ChunkedArray, text: str) -> np.ndarray:

@@ -32,7 +32,15 @@ from ..errors import (
 )
 from ..lake.compact import CompactReport, compact
 from ..lake.damage import find_damaged
-from ..lake.layout import Entry, EpisodeLocation, list_lake, locations_of, read_generation, resolve_lake
+from ..lake.layout import (
+    ID_LENGTH,
+    Entry,
+    EpisodeLocation,
+    list_lake,
+    locations_of,
+    read_generation,
+    resolve_lake,
+)
 from ..lake.maintenance import remove_episodes
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
@@ -47,6 +55,8 @@ Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
 
 # How much of the snapshot's files a failed polars read verifies, page by page, to name the damaged one.
 _PAGE_SEARCH_BYTES = 1 << 30
+# Up to this many ids are resolved one by one from row-group statistics; more read every segment's ids.
+_LAZY_RESOLVES = 8
 _ACTION_LABELS = {"episode_id": pl.String, "action": pl.Float64, "action_label": pl.String}
 _REWARD_LABELS = {"episode_id": pl.String, "component": pl.Int64, "reward_name": pl.String}
 
@@ -101,11 +111,24 @@ class Lake:
     def locations(self) -> tuple[EpisodeLocation, ...]:
         """Where the snapshot's episodes live (folders or segments), sorted by environment then id."""
         if self._locations is None:
-            self._locations = tuple(locations_of(self._entries))
+            with self._ids_read():
+                self._locations = tuple(locations_of(self._entries))
         return self._locations
 
     def __len__(self) -> int:
-        return sum(len(entry.ids) for entry in self._entries)
+        with self._ids_read():
+            return sum(entry.count() for entry in self._entries)
+
+    @contextlib.contextmanager
+    def _ids_read(self) -> Iterator[None]:
+        """Around a read of segments' ids (made lazily, after the listing): a segment gone means
+        a compaction or removal swapped its environment folder since the snapshot was taken."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            folder = Path(exc.filename or "").parent.parent.name or "an environment"
+            raise StaleSnapshot(f"the snapshot of {self.path} is stale: {folder} was compacted or had episodes "
+                                "removed since it was taken; call lake.refresh() and query again") from exc
 
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, {len(self)} episodes)"
@@ -126,8 +149,8 @@ class Lake:
         if episodes is None:
             self.check_fresh()
             for entry in self._entries:
-                if entry.segment:
-                    segments[os.path.join(entry.path, name)] = entry.ids
+                if entry.segment:  # every row of it: its ids are not needed
+                    segments[os.path.join(entry.path, name)] = []
                 else:
                     files.append(os.path.join(entry.path, name))
         else:
@@ -251,6 +274,16 @@ class Lake:
         prefix = episode_id.strip().lower()
         if not prefix:
             raise EpisodeNotFound("an episode id cannot be empty")
+        with self._ids_read():
+            if len(prefix) >= ID_LENGTH:
+                # A whole id: episode folders by name, then each segment by its row-group statistics
+                # and one row group's ids, without reading any segment's ids whole.
+                for entry in sorted(self._entries, key=lambda entry: entry.segment):
+                    if entry.holds(prefix):
+                        return EpisodeLocation(entry.environment, prefix, entry.path, entry.segment)
+            return self._resolve_prefix(episode_id, prefix)
+
+    def _resolve_prefix(self, episode_id: str, prefix: str) -> EpisodeLocation:
         matches = []
         for entry in self._entries:  # a segment's ids are sorted: bisect them
             at = bisect.bisect_left(entry.ids, prefix)
@@ -283,9 +316,19 @@ class Lake:
             if "episode_id" not in columns:
                 raise DatasetError("an episode selection frame needs an episode_id column")
             with self.reading():
-                rows = frame.select(columns).unique(maintain_order=True).collect().iter_rows()
+                rows = frame.select(columns).unique(maintain_order=True).collect().rows()
+            self._read_ids(len(rows))
             return [(self.resolve(row[0]), row[1] if len(row) > 1 else None) for row in rows]
-        return [(self.resolve(episode_id), None) for episode_id in episodes]
+        chosen = list(episodes)
+        self._read_ids(len(chosen))
+        return [(self.resolve(episode_id), None) for episode_id in chosen]
+
+    def _read_ids(self, selected: int) -> None:
+        """Read every segment's ids (once) before resolving more than a few ids: then each is a bisection."""
+        if selected > _LAZY_RESOLVES:
+            with self._ids_read():
+                for entry in self._entries:
+                    entry.ids  # noqa: B018 -- read and kept by the entry
 
     def agents(self, episode_id: str) -> list[str]:
         """An episode's agents in order of appearance (by first step, then as that step lists them)."""

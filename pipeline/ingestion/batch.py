@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -216,6 +217,7 @@ def ingest_many(
     recursive: bool = False,
     fail_fast: bool = False,
     progress: BatchProgress | None = None,
+    compact: bool = True,
 ) -> Batch:
     """Ingest many inputs, each with :func:`pipeline.ingest`, on a process pool or any executor.
 
@@ -237,13 +239,17 @@ def ingest_many(
     ones already running finish; the rest count as ``skipped``). ``progress(summary)`` is called
     in the iterating thread as files finish (and as bytes are read, when running in this process).
 
+    At the end, an environment the batch committed into that then holds 16 or more episode
+    folders and small segments is compacted (:func:`pipeline.compact`); ``compact=False`` leaves
+    it as it is.
+
     A script that uses the default process pool must guard its entry point with
     ``if __name__ == "__main__":``, as the worker processes import it.
     """
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     return Batch(expand_sources(sources, recursive=recursive), resolve_lake(lake), executor=executor, jobs=jobs,
-                 fail_fast=fail_fast, progress=progress)
+                 fail_fast=fail_fast, progress=progress, compact=compact)
 
 
 class Batch(Iterator[IngestResult]):
@@ -254,7 +260,7 @@ class Batch(Iterator[IngestResult]):
     """
 
     def __init__(self, sources: list[str | IO[bytes]], lake: Path, *, executor: Executor | None,
-                 jobs: int | None, fail_fast: bool, progress: BatchProgress | None) -> None:
+                 jobs: int | None, fail_fast: bool, progress: BatchProgress | None, compact: bool = True) -> None:
         self.sources = sources
         self.lake = lake
         self.summary = BatchSummary(files=len(sources), bytes_total=_total_size(sources))
@@ -262,6 +268,7 @@ class Batch(Iterator[IngestResult]):
         self._jobs = jobs
         self._fail_fast = fail_fast
         self._progress = progress
+        self._compact = compact
         self._started = 0.0
         self._results = self._run()
 
@@ -297,7 +304,7 @@ class Batch(Iterator[IngestResult]):
             if result.status == "ingested" and result.environment is not None:
                 touched.add(result.environment)
             yield result
-        if touched:
+        if touched and self._compact:
             # A batch is when many small entries appear at once (see the README's "The lake").
             from ..lake.compact import compact_if_fragmented
 
@@ -344,12 +351,11 @@ class Batch(Iterator[IngestResult]):
             owned.append(streams)
         window = 2 * jobs
         # --fail-fast takes files one at a time, so that nothing starts after the first bad one.
-        waiting = deque(_work_items(self.sources, grouped=executor is not None and not self._fail_fast))
+        waiting = deque(_work_items(self.sources, grouped=executor is not None and not self._fail_fast, jobs=jobs))
         running: dict[Future[Any], _Item] = {}
         busy: set[object] = set()  # inputs in flight: a repeated input waits for its first run
         finished: dict[int, IngestResult] = {}
         skipped: set[int] = set()
-        groups = _Groups(self.lake)
         next_out = 0
         clean = False
         try:
@@ -357,7 +363,7 @@ class Batch(Iterator[IngestResult]):
                 while len(running) < window and (item := _next_ready(waiting, busy)) is not None:
                     if item.grouped:
                         assert executor is not None
-                        future = _submit(executor, _tabulate_files, item.sources, uuid.uuid4().hex)
+                        future = _submit(executor, _ingest_files, item.sources, str(self.lake), uuid.uuid4().hex)
                     elif _is_stream(item.sources[0]):
                         assert streams is not None
                         future = _submit(streams, _ingest_here, item.sources[0], self.lake, None)
@@ -368,8 +374,6 @@ class Batch(Iterator[IngestResult]):
                         future = _submit(executor, _ingest_file, item.sources[0], str(self.lake), uuid.uuid4().hex)
                     running[future] = item
                     busy.update(item.keys)
-                if not running and not waiting:
-                    groups.flush_all(finished, self.summary)
                 while next_out in finished or next_out in skipped:
                     if next_out in finished:
                         yield finished.pop(next_out)
@@ -387,7 +391,10 @@ class Batch(Iterator[IngestResult]):
                         waiting.extendleft(reversed(singles))
                         continue
                     if item.grouped:
-                        results = groups.add(item, future, finished, self.summary)
+                        results = future.result()
+                        for index, result in zip(item.indices, results, strict=True):
+                            finished[index] = result
+                            self.summary.add(result)
                     else:
                         result = _outcome(future, item.sources[0])
                         finished[item.indices[0]] = result
@@ -408,20 +415,21 @@ class Batch(Iterator[IngestResult]):
                 pool.shutdown(wait=clean, cancel_futures=True)
 
 
-# Files up to this size are checked and tabulated in memory by the workers and committed in groups,
-# one segment per group (a file's Arrow rows take about its size); bigger ones stream to their own
-# folder with bounded memory. A task takes up to _CHUNK_FILES of them (fewer round trips), and a
-# group is published when it holds _GROUP_EPISODES episodes or _GROUP_BYTES of Arrow data.
+# Files up to this size are checked and tabulated in memory by the workers and committed in groups:
+# a task takes a chunk of them, and the worker publishes each environment's valid ones as one
+# segment (a file's Arrow rows take about its size); bigger files stream to their own folder with
+# bounded memory. Chunks are as large as _TASK_FILES files and _TASK_BYTES bytes allow, sized so
+# that each worker gets the same number of equal chunks: few round trips and few segments (a
+# batch of 100,000 small files on 2 workers: 8 chunks, 8 segments per environment), and no
+# worker left alone with the last chunk.
 GROUP_FILE_BYTES = 4 * 1024 * 1024
-_CHUNK_FILES = 64
-_CHUNK_BYTES = 16 * 1024 * 1024
-_GROUP_EPISODES = 8192
-_GROUP_BYTES = 128 * 1024 * 1024
+_TASK_FILES = 16_384
+_TASK_BYTES = 128 * 1024 * 1024
 
 
 @dataclass
 class _Item:
-    """One task: one input, or a chunk of small files tabulated in memory for a group commit."""
+    """One task: one input, or a chunk of small files tabulated in memory and committed as segments."""
 
     indices: list[int]
     sources: list[Any]
@@ -432,16 +440,22 @@ class _Item:
         return [_key(source) for source in self.sources]
 
 
-def _work_items(sources: list[str | IO[bytes]], *, grouped: bool) -> list[_Item]:
+def _work_items(sources: list[str | IO[bytes]], *, grouped: bool, jobs: int = 1) -> list[_Item]:
     items: list[_Item] = []
+    sizes = [_local_size(source) if grouped else None for source in sources]
+    small = [size for size in sizes if size is not None and size <= GROUP_FILE_BYTES]
+    per_task, task_bytes = _TASK_FILES, _TASK_BYTES
+    if small:
+        rounds = max(-(-len(small) // (jobs * _TASK_FILES)), -(-sum(small) // (jobs * _TASK_BYTES)))
+        per_task = -(-len(small) // (jobs * rounds))
+        task_bytes = max(_TASK_BYTES, sum(small) // (jobs * rounds) * 5 // 4)  # room for uneven sizes
     chunk: _Item | None = None
     chunk_bytes = 0
-    for index, source in enumerate(sources):
-        size = _local_size(source) if grouped else None
+    for index, (source, size) in enumerate(zip(sources, sizes, strict=True)):
         if size is None or size > GROUP_FILE_BYTES:
             items.append(_Item([index], [source]))
             continue
-        if chunk is None or len(chunk.sources) >= _CHUNK_FILES or chunk_bytes + size > _CHUNK_BYTES:
+        if chunk is None or len(chunk.sources) >= per_task or chunk_bytes + size > task_bytes:
             chunk = _Item([], [], grouped=True)
             chunk_bytes = 0
             items.append(chunk)
@@ -460,8 +474,52 @@ def _local_size(source: str | IO[bytes]) -> int | None:
         return None
 
 
+# One group commit at a time per process: on a thread executor, tasks tabulate in parallel but
+# commit in turn (as a process's commits always did), so a kill leaves at most one staging folder
+# half made.
+_COMMITTING = threading.Lock()
+
+
+def _ingest_files(sources: list[str], lake: str, token: str) -> list[IngestResult]:
+    """The task of a worker for a chunk of small files: a group commit. ``token`` only makes the call unique.
+
+    Each file is checked and tabulated in memory; then each environment's valid files are
+    published as one segment, with one rename (:func:`pipeline.lake.compact.publish_segment`),
+    here in the worker: only the results go back. Each file keeps its own status: ``invalid``
+    and ``failed`` ones are left out of the group; one whose content is already in the lake (or
+    earlier in the chunk, or published meanwhile by another worker) is ``exists``.
+    """
+    from ..lake.compact import publish_segment
+
+    results, by_env = _tabulate_files(sources, token)
+    waiting: dict[str, list[IngestResult]] = {}
+    for result in results:
+        if result.status == "valid":
+            waiting.setdefault(result.environment or "", []).append(result)
+    for env, tables in by_env.items():
+        started = time.perf_counter()
+        try:
+            with _COMMITTING:
+                published = publish_segment(Path(lake), env, tables)
+            error: PipelineError | None = None
+        except PipelineError as exc:
+            published, error = set(), exc
+        except OSError as exc:
+            published, error = set(), LakeError(f"{exc.strerror or exc}")
+        group = waiting.get(env, [])
+        seconds = (time.perf_counter() - started) / max(len(group), 1)
+        for result in group:
+            result.seconds += seconds
+            if error is not None:
+                result.status = "failed"
+                result.error = PipelineError(f"the group commit failed: {error}", source=result.source)
+            else:
+                result.status = "ingested" if result.episode_id in published else "exists"
+    return results
+
+
 def _tabulate_files(sources: list[str], token: str) -> tuple[list[IngestResult], dict[str, dict[str, Any]]]:
-    """The task of a worker for a chunk of small files: each checked and tabulated, nothing written.
+    """A chunk of small files, each checked and tabulated, nothing written.
 
     Returns each file's result (``valid`` when its rows are in the tables) and, per environment,
     the rows of the valid ones, one Arrow table per lake table. The same content twice in the
@@ -482,83 +540,8 @@ def _tabulate_files(sources: list[str], token: str) -> tuple[list[IngestResult],
             for name, rows in tables.items():
                 by_table.setdefault(name, []).append(rows)
         results.append(result)
-    return results, {env: {name: pa.concat_tables(rows) for name, rows in by_table.items()}
+    return results, {env: {name: pa.concat_tables(rows).combine_chunks() for name, rows in by_table.items()}
                      for env, by_table in parts.items()}
-
-
-class _Groups:
-    """Small files' rows waiting for their group commit, per environment, in the batch's process."""
-
-    def __init__(self, lake: Path) -> None:
-        self.lake = lake
-        self.pending: dict[str, list[tuple[int, IngestResult]]] = {}
-        self.tables: dict[str, list[dict[str, Any]]] = {}
-        self.nbytes: dict[str, int] = {}
-        self.seen: set[str] = set()  # ids of this batch, pending or committed
-
-    def add(self, item: _Item, future: Future[Any], finished: dict[int, IngestResult],
-            summary: BatchSummary) -> list[IngestResult]:
-        """A finished chunk: invalid files are done now, valid ones wait for their group's commit."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        results, by_env = future.result()
-        repeated: set[str] = set()
-        for index, result in zip(item.indices, results, strict=True):
-            if result.status == "valid" and result.episode_id in self.seen:
-                result.status = "exists"
-                repeated.add(result.episode_id or "")
-            if result.status == "valid":
-                self.seen.add(result.episode_id or "")
-                self.pending.setdefault(result.environment or "", []).append((index, result))
-            else:
-                finished[index] = result
-                summary.add(result)
-        for env, tables in by_env.items():
-            if repeated:
-                drop = pa.array(sorted(repeated), pa.string())
-                tables = {name: rows.filter(pc.invert(pc.is_in(rows.column("episode_id"), value_set=drop)))
-                          for name, rows in tables.items()}
-            self.tables.setdefault(env, []).append(tables)
-            self.nbytes[env] = self.nbytes.get(env, 0) + sum(rows.nbytes for rows in tables.values())
-            if len(self.pending.get(env, ())) >= _GROUP_EPISODES or self.nbytes[env] >= _GROUP_BYTES:
-                self.flush(env, finished, summary)
-        return results
-
-    def flush(self, env: str, finished: dict[int, IngestResult], summary: BatchSummary) -> None:
-        """Publish one environment's pending episodes as one segment; give each its final status."""
-        import pyarrow as pa
-
-        from ..lake.compact import publish_segment
-
-        waiting = self.pending.pop(env, [])
-        parts = self.tables.pop(env, [])
-        self.nbytes.pop(env, None)
-        if not waiting:
-            return
-        started = time.perf_counter()
-        try:
-            tables = {name: pa.concat_tables([part[name] for part in parts]) for name in parts[0]}
-            published = publish_segment(self.lake, env, tables)
-            error = None
-        except PipelineError as exc:
-            published, error = set(), exc
-        except OSError as exc:
-            published, error = set(), LakeError(f"{exc.strerror or exc}")
-        seconds = (time.perf_counter() - started) / len(waiting)
-        for index, result in waiting:
-            result.seconds += seconds
-            if error is not None:
-                result.status = "failed"
-                result.error = PipelineError(f"the group commit failed: {error}", source=result.source)
-            else:
-                result.status = "ingested" if result.episode_id in published else "exists"
-            finished[index] = result
-            summary.add(result)
-
-    def flush_all(self, finished: dict[int, IngestResult], summary: BatchSummary) -> None:
-        for env in list(self.pending):
-            self.flush(env, finished, summary)
 
 
 def _total_size(sources: list[str | IO[bytes]]) -> int | None:

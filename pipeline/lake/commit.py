@@ -31,7 +31,7 @@ from .layout import (
     STAGING,
     episode_path,
 )
-from .segments import segment_ids
+from .segments import segment_holds, segment_ids
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def in_segments(env_dir: Path, episode_id: str) -> bool:
         entries = [e for e in os.scandir(env_dir) if e.name.startswith(SEGMENT_PREFIX)]
     except FileNotFoundError:
         return False
-    return any(episode_id in segment_ids(Path(e.path)) for e in entries)
+    return any(segment_holds(Path(e.path), episode_id) for e in entries)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -41,6 +41,7 @@ from .layout import (
     EpisodeLocation,
     environment_folder,
     list_lake,
+    locations_of,
     resolve_lake,
 )
 from .segments import ID, folder_bytes, new_segment_name, read_tables, write_segment
@@ -209,10 +210,11 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
                          report: CompactReport) -> bool | None:
     """One attempt; None when the folder changed under it (try again)."""
     by_entry: dict[str, list[EpisodeLocation]] = {}
-    listing = list_lake(root)
-    for location in listing.episodes:
-        if location.path.parent == env_dir:
+    try:  # a segment's ids are read after the listing: one swapped out meanwhile is a retry
+        for location in locations_of([e for e in list_lake(root).entries if e.path.parent == env_dir]):
             by_entry.setdefault(location.path.name, []).append(location)
+    except FileNotFoundError:
+        return None
     sizes = {name: folder_bytes(env_dir / name) for name in by_entry}
     small = sorted((name for name, size in sizes.items()
                     if size < (LARGE_EPISODE_BYTES if name.startswith(EPISODE_PREFIX) else target_bytes // 2)),
@@ -277,7 +279,10 @@ def remove_from_environment(lake: Path, environment: str, episode_ids: set[str])
     """
     env_dir = lake / environment_folder(environment)
     for _ in range(_ATTEMPTS):
-        listing = [loc for loc in list_lake(lake).episodes if loc.path.parent == env_dir]
+        try:
+            listing = locations_of([e for e in list_lake(lake).entries if e.path.parent == env_dir])
+        except FileNotFoundError:  # a segment swapped out since the listing
+            continue
         found = {loc.episode_id: loc for loc in listing if loc.episode_id in episode_ids}
         missing = episode_ids - found.keys()
         if missing:

@@ -19,6 +19,7 @@ committed by another process right now): the rename fails and the ingest reports
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ SEGMENT_PREFIX = "segment="
 OWNER_LOCK = "owner.lock"
 LOCKS = "_locks"
 GENERATION = "_generation"
+# An episode id is this many hex digits (of the SHA-256 of its file); a shorter one is a prefix.
+ID_LENGTH = 32
 # How often a listing is retried when a compaction swaps an environment folder while it lists.
 _LIST_ATTEMPTS = 20
 
@@ -86,14 +89,53 @@ class EpisodeLocation:
         return self.path / f"{name}.parquet"
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One folder of an environment: an episode folder (one id) or a segment (its ids, sorted)."""
+    """One folder of an environment: an episode folder (one id) or a segment (many ids, sorted).
 
-    environment: str
-    path: Path
-    segment: bool
-    ids: list[str]
+    A segment's ids are read only when something needs them (:attr:`ids`, :meth:`holds`), once:
+    a snapshot of 100,000 episodes is a listing of folder names. A segment never changes, so what
+    is read later is what the listing saw; if the segment has been swapped out meanwhile, the read
+    raises ``FileNotFoundError`` (the snapshot is stale).
+    """
+
+    __slots__ = ("_ids", "environment", "path", "segment")
+
+    def __init__(self, environment: str, path: Path, segment: bool, ids: list[str] | None = None) -> None:
+        self.environment = environment
+        self.path = path
+        self.segment = segment
+        self._ids = ids
+
+    def __repr__(self) -> str:
+        return f"Entry({self.environment!r}, {str(self.path)!r}, segment={self.segment})"
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids, sorted (a segment's are read from its ``episodes.parquet`` on first use)."""
+        if self._ids is None:
+            from .segments import segment_ids  # segments imports this module
+
+            self._ids = segment_ids(self.path)
+        return self._ids
+
+    def count(self) -> int:
+        """How many episodes it holds (a segment's from its footer, unless its ids are read)."""
+        if self._ids is not None:
+            return len(self._ids)
+        from .segments import segment_count
+
+        return segment_count(self.path)
+
+    def holds(self, episode_id: str) -> bool:
+        """Whether it holds exactly ``episode_id``: for a segment whose ids are not read yet, the
+        row-group statistics of its ``episodes.parquet`` first, then only the ids of the row group
+        whose range covers it."""
+        if self._ids is None and self.segment:
+            from .segments import segment_holds
+
+            return segment_holds(self.path, episode_id)
+        at = bisect.bisect_left(self.ids, episode_id)
+        return at < len(self.ids) and self.ids[at] == episode_id
 
     def locations(self) -> list[EpisodeLocation]:
         return [EpisodeLocation(self.environment, episode_id, self.path, self.segment) for episode_id in self.ids]
@@ -159,8 +201,6 @@ def list_lake(lake: Path) -> Listing:
 
 
 def _list_environment(env_dir: Path) -> tuple[str, list[Entry]] | None:
-    from .segments import segment_ids  # segments imports this module
-
     environment = environment_name(env_dir.name)
     for _ in range(_LIST_ATTEMPTS):
         before = read_generation(env_dir)
@@ -169,15 +209,11 @@ def _list_environment(env_dir: Path) -> tuple[str, list[Entry]] | None:
         except FileNotFoundError:  # removed while we looked
             return None
         found: list[Entry] = []
-        try:
-            for entry in entries:
-                if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
-                    found.append(Entry(environment, Path(entry.path), False, [entry.name[len(EPISODE_PREFIX):]]))
-                elif entry.name.startswith(SEGMENT_PREFIX) and entry.is_dir():
-                    path = Path(entry.path)
-                    found.append(Entry(environment, path, True, segment_ids(path)))
-        except FileNotFoundError:  # a segment swapped out between the listing and its read
-            continue
+        for entry in entries:
+            if entry.name.startswith(EPISODE_PREFIX) and entry.is_dir():
+                found.append(Entry(environment, Path(entry.path), False, [entry.name[len(EPISODE_PREFIX):]]))
+            elif entry.name.startswith(SEGMENT_PREFIX) and entry.is_dir():
+                found.append(Entry(environment, Path(entry.path), True))  # ids read when needed
         if read_generation(env_dir) == before:
             return before, found
     raise LakeError(f"{env_dir} was rebuilt {_LIST_ATTEMPTS} times while it was being listed; try again")

@@ -18,16 +18,18 @@ streamed episode's id is the hash of its whole input, known only after its last 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import DamagedFile
 from .damage import open_verified, page_problem, reading
 from .layout import SEGMENT_PREFIX, EpisodeLocation
 from .tables import SCHEMAS, TABLES
@@ -35,13 +37,16 @@ from .writer import COMPRESSION, fsync_path
 
 ID = "episode_id"
 # Rows per row group: one small episode's rows are found by the episode_id statistics while a
-# row group still compresses well. The step tables' are smaller: a trajectory decodes a whole row
-# group (4096 agent steps of 8 floats: ~0.1 MB), while the summary tables are read whole.
-ROW_GROUP_ROWS = 16_384
+# row group still compresses well. A trajectory decodes a whole row group of the step tables
+# (4096 agent steps of 8 floats: ~0.1 MB); finding a whole id decodes the ids of one row group of
+# each segment's episodes.parquet, and a trajectory one row group of episode_agents.parquet, so
+# the summary tables' are small too (a scan of every row is no slower: measured 100k episodes).
+ROW_GROUP_ROWS = 2_048
 STEP_ROW_GROUP_ROWS = 4_096
 _STEP_TABLES = ("steps", "agent_steps", "unit_steps")
 
 _ids_cache: dict[tuple[str, int, int], list[str]] = {}
+_group_ids_cache: dict[tuple[str, int, int, int], list[str]] = {}  # one row group's ids
 
 
 def segment_schema(table: str) -> pa.Schema:
@@ -60,18 +65,74 @@ def with_id(table: str, rows: pa.Table, episode_id: str) -> pa.Table:
     return rows.add_column(0, pa.field(ID, pa.string(), nullable=False), ids)
 
 
+@contextlib.contextmanager
+def _reading_ids(path: Path) -> Iterator[None]:
+    """Damage is DamagedFile; a file gone (the segment swapped out since the listing) stays FileNotFoundError."""
+    try:
+        with reading(path):
+            yield
+    except DamagedFile as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise exc.__cause__ from None
+        raise
+
+
+def _cache_key(path: Path) -> tuple[str, int, int]:
+    stat = os.stat(path)  # FileNotFoundError when the segment was swapped out: the caller's snapshot is stale
+    return (str(path), stat.st_ino, stat.st_mtime_ns)
+
+
 def segment_ids(folder: Path) -> list[str]:
     """The ids of the episodes a segment holds, sorted (cached: a segment never changes)."""
     path = folder / "episodes.parquet"
-    stat = os.stat(path)
-    key = (str(path), stat.st_ino, stat.st_mtime_ns)
+    key = _cache_key(path)
     ids = _ids_cache.get(key)
     if ids is None:
-        ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
+        with _reading_ids(path):
+            ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
         if len(_ids_cache) > 4096:
             _ids_cache.clear()
         _ids_cache[key] = ids
     return ids
+
+
+def segment_count(folder: Path) -> int:
+    """How many episodes a segment holds, from its ``episodes.parquet`` footer (one row each)."""
+    path = folder / "episodes.parquet"
+    key = _cache_key(path)
+    ids = _ids_cache.get(key)
+    if ids is not None:
+        return len(ids)
+    with _reading_ids(path):
+        return pq.read_metadata(path).num_rows
+
+
+def segment_holds(folder: Path, episode_id: str) -> bool:
+    """Whether a segment holds ``episode_id`` (exactly), reading as little as it can.
+
+    Its ids if already read; else the ``episode_id`` statistics of each row group of its
+    ``episodes.parquet`` (the footer) rule out the row groups that cannot hold it, and only the
+    id column of the one (rows are sorted) whose range covers it is read and bisected.
+    """
+    path = folder / "episodes.parquet"
+    key = _cache_key(path)
+    ids = _ids_cache.get(key)
+    if ids is None:
+        with _reading_ids(path):
+            file = pq.ParquetFile(path)
+            groups = episode_row_groups(file.metadata, episode_id)
+            ids = []
+            for group in groups:  # rows are sorted: usually one group, whose range covers the id
+                group_key = (*key, group)
+                found = _group_ids_cache.get(group_key)
+                if found is None:
+                    found = file.read_row_group(group, columns=[ID], use_threads=False).column(ID).to_pylist()
+                    if len(_group_ids_cache) > 4096:
+                        _group_ids_cache.clear()
+                    _group_ids_cache[group_key] = found
+                ids.extend(found)
+    at = bisect.bisect_left(ids, episode_id)
+    return at < len(ids) and ids[at] == episode_id
 
 
 def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
@@ -125,7 +186,7 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
             return file.read(columns=columns)
         groups = episode_row_groups(file.metadata, location.episode_id)
         wanted = None if columns is None else list(dict.fromkeys([ID, *columns]))
-        rows = file.read_row_groups(groups, columns=wanted)
+        rows = file.read_row_groups(groups, columns=wanted, use_threads=False)  # no pool start-up (~5 ms)
     # Rows are sorted by id, so the episode's are one run: found by bisection, taken by a slice
     # (a compute kernel given a Python string would import pandas: 0.4 s of a first trajectory).
     ids = rows.column(ID).to_pylist()
@@ -135,13 +196,36 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
 
 
 def episode_row_groups(metadata: pq.FileMetaData, episode_id: str) -> list[int]:
-    """The row groups of a segment file whose ``episode_id`` range holds ``episode_id``."""
-    index = metadata.schema.to_arrow_schema().get_field_index(ID)
+    """The row groups of a segment file whose ``episode_id`` range holds ``episode_id``.
+
+    Rows are sorted by id, so the groups' ranges are in order: the first candidate is found by
+    bisection over the statistics, reading O(log n) of them rather than every group's (a large
+    segment's agent_steps.parquet has hundreds of groups).
+    """
+    count = metadata.num_row_groups
+    index = metadata.schema.to_arrow_schema().get_field_index(ID)  # the first column: leaf 0
+    bounds: dict[int, tuple[str, str] | None] = {}
+
+    def bound(group: int) -> tuple[str, str] | None:
+        if group not in bounds:
+            stats = metadata.row_group(group).column(index).statistics
+            bounds[group] = (stats.min, stats.max) if stats is not None and stats.has_min_max else None
+        return bounds[group]
+
+    low, high = 0, count
+    while low < high:
+        middle = (low + high) // 2
+        found = bound(middle)
+        if found is None:  # no statistics (not written by this package): every group's, one by one
+            return [g for g in range(count) if (b := bound(g)) is None or b[0] <= episode_id <= b[1]]
+        if found[1] < episode_id:
+            low = middle + 1
+        else:
+            high = middle
     groups = []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(index).statistics
-        if stats is None or not stats.has_min_max or stats.min <= episode_id <= stats.max:
-            groups.append(group)
+    while low < count and (found := bound(low)) is not None and found[0] <= episode_id:
+        groups.append(low)
+        low += 1
     return groups
 
 

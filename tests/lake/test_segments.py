@@ -131,6 +131,37 @@ def test_an_old_snapshot_reads_right_or_says_it_is_stale(mixed):
     assert old.refresh().episodes().collect().height == expected.height + 3
 
 
+def test_a_snapshot_reads_no_segment_ids_until_asked(mixed, monkeypatch):
+    lake, _files = mixed
+    expected = {loc.episode_id: loc for loc in Lake(lake).locations}
+    in_segment = sorted(i for i, loc in expected.items() if loc.segment)
+    from pipeline.lake import segments
+
+    def refuse(folder):
+        raise AssertionError(f"read every id of {folder}")
+
+    monkeypatch.setattr(segments, "segment_ids", refuse)
+    snapshot = Lake(lake)  # the listing: folder names only
+    assert len(snapshot) == len(expected)  # counted from the footers
+    assert snapshot.episodes().collect().height == len(expected)
+    for episode_id in [*in_segment, *(i for i, loc in expected.items() if not loc.segment)]:
+        location = snapshot.resolve(episode_id)  # a whole id: row-group statistics and one row group
+        assert location == expected[episode_id]
+        assert len(snapshot.trajectory(episode_id)) > 0
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="no episode"):  # (a whole id found nowhere falls back to the prefix search)
+        snapshot.resolve("f" * 32)
+    assert snapshot.resolve(in_segment[0][:10]) == expected[in_segment[0]]  # a prefix reads the ids
+    # Ids read lazily after a compaction swapped the segment out: StaleSnapshot, never a wrong answer.
+    old = Lake(lake)
+    list(ingest_many(write_episodes(lake.parent / "more", 20, start=200), lake=lake, jobs=1))
+    compact(lake)
+    with pytest.raises(StaleSnapshot):
+        old.resolve(in_segment[0][:10])
+    with pytest.raises(StaleSnapshot):
+        old.trajectory(in_segment[1])
+
+
 def test_group_commit_gives_each_file_its_status(tmp_path):
     lake = tmp_path / "lake"
     files = write_episodes(tmp_path / "in", 20)
@@ -377,3 +408,50 @@ def test_readme_recipes_read_every_episode_once_from_folders_and_segments(mixed,
     sql = _readme_block("sql", "UNION ALL BY NAME")
     rows = duckdb.sql(sql).fetchall()
     assert sum(n for _, n, _ in rows) == len(expected)
+
+
+def test_a_batch_compacts_a_fragmented_environment_unless_told_not_to(tmp_path):
+    lake = tmp_path / "lake"
+    # Files one by one (jobs=1: each its own folder) cross the threshold of 16 small entries.
+    files = write_episodes(tmp_path / "in", 17)
+    assert {r.status for r in ingest_many(files, lake=lake, jobs=1, compact=False)} == {"ingested"}
+    env = lake / "environment=CartPole-v1"
+    assert len(list(env.glob("episode_id=*"))) == 17 and not list(env.glob("segment=*"))
+    more = write_episodes(tmp_path / "more", 1, start=50)
+    assert [r.status for r in ingest_many(more, lake=lake, jobs=1)] == ["ingested"]
+    assert not list(env.glob("episode_id=*")) and len(list(env.glob("segment=*"))) == 1
+    assert len(ids(lake)) == 18
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "run", str(tmp_path / "in"), "--lake",
+                           str(tmp_path / "lake2"), "--jobs", "1", "--quiet", "--no-compact"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "lake2" / "environment=CartPole-v1").glob("episode_id=*"))) == 17
+
+
+@pytest.mark.parametrize("kind", ["folders only", "segments only", "empty"])
+def test_readme_recipes_on_a_lake_with_no_folders_or_no_segments(tmp_path, monkeypatch, kind):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    if kind != "empty":
+        for path in write_episodes(tmp_path / "in", 4):
+            ingest(path, lake=lake)
+        if kind == "segments only":
+            compact(lake)
+    monkeypatch.chdir(tmp_path)
+    located = list_episodes(lake)
+    assert all(loc.segment for loc in located) if kind == "segments only" else not any(loc.segment for loc in located)
+    expected = sorted(ids(lake))
+    namespace: dict = {}
+    # The function only (the example after it filters on columns an empty lake does not have).
+    exec("\n\n".join(_readme_block("python", "def lake_table(").split("\n\n")[:2]), namespace)
+    namespace["pandas"] = {}
+    exec(_readme_block("python", "to_pandas()"), namespace["pandas"])
+    for table in TABLES:
+        polars_rows = namespace["lake_table"](table).collect()
+        pandas_rows = namespace["pandas"]["lake_table_pandas"](table)
+        ours = Lake(lake).scan(table).collect()
+        assert polars_rows.height == len(pandas_rows) == ours.height, table
+        if ours.height:
+            assert sorted(polars_rows["episode_id"].unique()) == sorted(pandas_rows["episode_id"].unique())
+    if expected:
+        assert sorted(namespace["pandas"]["lake_table_pandas"]("episodes")["episode_id"]) == expected

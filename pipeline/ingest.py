@@ -13,13 +13,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from .builder import Built, EpisodeBuilder, Facts
 from .errors import InvalidEpisode, LakeError, PipelineError
 from .lake import Staging, resolve_lake
-from .source import PROGRESS_EVERY, STEP, Source, open_source, read_document
 from .split import build_in_two_processes, split_pays
+
+if TYPE_CHECKING:
+    from .builder import Built
+    from .source import Source
+
+# The parser, the rules and Arrow (source, builder) are imported by the first ingest, not with this
+# module: `import pipeline` and the command line's start-up stay light (tests/test_startup.py).
 
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -117,6 +122,8 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     result = IngestResult(source=label, status="failed")
     started = time.perf_counter()
     try:
+        from .source import open_source
+
         with open_source(source, name=name) as src:
             result.source = src.name
             if parallel is None:
@@ -168,6 +175,9 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
 
 
 def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
+    from .builder import EpisodeBuilder, Facts
+    from .source import PROGRESS_EVERY, STEP, read_document
+
     builder = EpisodeBuilder(folder)
     try:
         for part, value in read_document(src):

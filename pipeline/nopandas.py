@@ -13,12 +13,13 @@ is never changed, and a process that already has pandas keeps it.
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
 from typing import Any
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
+class _NoPandas:
+    """A meta path finder (duck-typed: ``importlib.abc`` would cost the command's start-up ~2 ms)."""
+
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
             raise ModuleNotFoundError("this ingest-pipeline process does without pandas "

@@ -28,7 +28,6 @@ from typing import Any
 import jsonschema_rs
 import orjson
 import pybase64
-from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidEpisode
 
@@ -207,8 +206,17 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+def _pillow() -> Any:
+    """Pillow's ``Image`` module, imported on first use (a file of PNG frames, or none, never needs it)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return Image
+
+
 def _pillow_size(data: bytes) -> tuple[int, int]:
     """Width and height of any image Pillow recognises (raises if it recognises none)."""
+    Image = _pillow()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
@@ -226,6 +234,9 @@ def decode_image(text: str, *, path: str, step: int) -> bytes:
         ) from None
     size = _png_size(data)
     if size is None:
+        Image = _pillow()
+        from PIL import UnidentifiedImageError
+
         try:
             size = _pillow_size(data)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -243,8 +254,6 @@ def decode_image(text: str, *, path: str, step: int) -> bytes:
         )
     return data
 
-
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:

@@ -28,12 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
-import fsspec
-import fsspec.compression
-import fsspec.utils
 import ijson
 import numpy as np
-import zstandard
 
 from .errors import InvalidEpisode, SourceError
 from .zstdframes import ZstdFrameWalker
@@ -53,6 +49,21 @@ HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.c
 _CONTAINERS = frozenset({"", "inference", "inference.steps"})
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
+
+
+def _infer_compression(name: str) -> str | None:
+    """fsspec's ``infer_compression`` (by the name's extension), without importing fsspec for ``.json``."""
+    extension = os.path.splitext(name)[-1].strip(".").lower()
+    if extension in ("json", ""):  # never a compression's extension in fsspec's registry
+        return None
+    import fsspec.utils
+
+    return fsspec.utils.infer_compression(name)
+
+
+def _is_plain_local_path(name: str) -> bool:
+    """A local path that fsspec would open as it is (no URL, no chaining, no ``~`` to expand)."""
+    return "://" not in name and "::" not in name and not name.startswith("~")
 
 
 def _c_backend() -> Any:
@@ -326,19 +337,23 @@ class _OpenedSource:
             name = self._name or getattr(src, "name", None) or "<stream>"
             if not isinstance(name, str):
                 name = "<stream>"
-            compression = fsspec.utils.infer_compression(name) if self._name else None
+            compression = _infer_compression(name) if self._name else None
             raw, size = src, None
         else:
             name = self._name or os.fspath(src)
             raw, size = self._open_path(name)
-            compression = fsspec.utils.infer_compression(name)
+            compression = _infer_compression(name)
         counter = _RawCounter(raw, name, ZstdFrameWalker() if compression == "zstd" else None)  # type: ignore[arg-type]
         stream: IO[bytes] = io.BufferedReader(counter, buffer_size=READ_SIZE)
         if compression == "zstd":
             # fsspec's zstd reader stops after the first frame; a file may hold several.
+            import zstandard
+
             stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
             self._closers.append(stream.close)
         elif compression:
+            import fsspec.compression
+
             stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
         reader = HashingReader(stream, name)
@@ -346,7 +361,11 @@ class _OpenedSource:
         return Source(name=name, reader=reader, size=size, _raw_counter=counter)
 
     def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
+        if _is_plain_local_path(name):
+            return self._open_local(name)
         try:
+            import fsspec.core
+
             fs, path = fsspec.core.url_to_fs(name)
             protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
             options = {}
@@ -368,6 +387,28 @@ class _OpenedSource:
         self._closers.append(raw.close)
         try:
             size = fs.size(path)
+        except Exception:
+            size = None
+        return raw, size
+
+
+    def _open_local(self, name: str) -> tuple[IO[bytes], int | None]:
+        """What fsspec's local filesystem does for a plain path (same errors), without importing fsspec."""
+        try:
+            if os.path.isdir(name):
+                raise SourceError("is a directory, not an episode file", source=name)
+            raw = open(name, "rb", buffering=0)  # noqa: SIM115 - closed by _close
+        except SourceError:
+            raise
+        except FileNotFoundError as exc:
+            raise SourceError("no such file", source=name) from exc
+        except PermissionError as exc:
+            raise SourceError("permission denied", source=name) from exc
+        except Exception as exc:
+            raise SourceError(f"could not open: {exc}", source=name) from exc
+        self._closers.append(raw.close)
+        try:
+            size: int | None = os.fstat(raw.fileno()).st_size
         except Exception:
             size = None
         return raw, size

@@ -24,19 +24,24 @@ from __future__ import annotations
 import contextlib
 import gc
 import marshal
-import multiprocessing
 import os
 import sys
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .builder import Built, EpisodeChecks, EpisodeTabulator, Facts
 from .errors import LakeError, PipelineError
 from .nopandas import keep_pandas_out
-from .source import PROGRESS_EVERY, STEP, Source, read_document
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from .builder import Built
+    from .source import Source
+
+# builder, source and multiprocessing are imported when a file is split, not with this module:
+# ingest and batch import it for split_pays and usable_cores, on every start of the command line.
 
 # Whether ingest(parallel=None) may split at all; see the measurements above.
 SPLIT_BY_DEFAULT = True
@@ -76,6 +81,8 @@ def build_in_two_processes(src: Source, folder: Path | None,
     ``close_in_child`` names inherited file descriptors the child must not keep: the staging
     lock, so that once this process dies the lock dies with it and ``gc`` can clean up.
     """
+    import multiprocessing
+
     context = multiprocessing.get_context("fork")
     ours, theirs = context.Pipe()
     # The child inherits our end of the pipe too; unless it closes it, it never sees us hang up.
@@ -95,6 +102,9 @@ def build_in_two_processes(src: Source, folder: Path | None,
 
 
 def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+    from .builder import EpisodeChecks
+    from .source import PROGRESS_EVERY, STEP, read_document
+
     checks = EpisodeChecks()
     steps: list[Any] = []
     try:
@@ -160,6 +170,8 @@ def _stop(conn: Connection) -> PipelineError | None:
 
 
 def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
+    from .builder import EpisodeTabulator, Facts
+
     for fd in close_in_child:
         os.close(fd)
     keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits

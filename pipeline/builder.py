@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .rules import EpisodeChecker, check_part, check_step, json_text
-from .tables import EpisodeTables, episode_table
-from .writer import EpisodeWriter
+from .rules import EpisodeChecker, check_part, check_step, json_text, steps_are_valid
+
+# What EpisodeChecks.steps_batch returns, for EpisodeTabulator.steps_batch: the agent steps were
+# normalised (NORMALISED), or kept their 1-D observation_space (RAW); and, with UNCHECKED, the schema
+# check of the batch was left to the tabulator (the two-process ingest's writer, which has time).
+NORMALISED, RAW, UNCHECKED = 0, 1, 2
+
+# tables and writer (pyarrow) are imported by EpisodeTabulator, not here: the reading process of the
+# two-process ingest only checks, and leaves importing pyarrow to the writer it forks.
 
 
 @dataclass(frozen=True)
@@ -69,12 +75,43 @@ class EpisodeChecks:
         self._checker.check_step(step, index)
         self.steps = index + 1
 
+    def steps_batch(self, steps: list[Any], *, defer_schema: bool = False) -> int:
+        """:meth:`step` for each of the next steps, in order; returns NORMALISED or RAW (| UNCHECKED).
+
+        One schema call checks the whole batch; if it fails, or the batch is not in the common shape
+        (see :meth:`pipeline.rules.EpisodeChecker.check_steps`), the steps go one by one, so the first
+        error in file order is the one raised, with its usual message.
+
+        ``defer_schema``: a batch that passes every other rule without being changed (1-D float
+        observations, no image, no metrics; see :meth:`~pipeline.rules.EpisodeChecker.check_steps_as_they_are`)
+        is returned ``RAW | UNCHECKED`` without its schema check, which the tabulator then runs. No
+        other rule is broken in it, so a schema error there is the first error of the file from
+        that batch on; the two-process ingest reports the writer's errors before its own later ones.
+        """
+        index = self.steps
+        checker = self._checker
+        if defer_schema and checker.check_steps_as_they_are(steps):
+            self.steps = index + len(steps)
+            return RAW | UNCHECKED
+        if steps_are_valid(steps):
+            state = RAW if checker.check_steps(steps, index) else NORMALISED
+        else:
+            for i, step in enumerate(steps):
+                check_step(step, index + i)
+                checker.check_step(step, index + i)
+            state = NORMALISED
+        self.steps = index + len(steps)
+        return state
+
 
 class EpisodeTabulator:
     """Tabulates checked parts; writes them under ``folder`` (None: build the batches, drop them)."""
 
     def __init__(self, folder: Path | None) -> None:
         self._header: dict[str, Any] = {}
+        from .tables import EpisodeTables
+        from .writer import EpisodeWriter
+
         self._writer = EpisodeWriter(folder) if folder is not None else None
         self._tables = EpisodeTables(self._writer.write if self._writer else _discard)
         self.steps = 0
@@ -88,8 +125,21 @@ class EpisodeTabulator:
         self._tables.add_step(step, self.steps)
         self.steps += 1
 
+    def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED) -> None:
+        """The next steps, as :meth:`EpisodeChecks.steps_batch` left them (``state``: what it returned).
+
+        An UNCHECKED batch is schema-checked here first (the first invalid step raises its error).
+        """
+        if state & UNCHECKED and not steps_are_valid(steps):
+            for i, step in enumerate(steps):
+                check_step(step, self.steps + i)
+        self._tables.add_steps(steps, self.steps, bool(state & RAW))
+        self.steps += len(steps)
+
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
+        from .tables import episode_table
+
         tables = self._tables
         tables.flush()
         if self._writer is not None:
@@ -130,6 +180,10 @@ class EpisodeBuilder:
         """The next step of ``inference.steps``."""
         self._checks.step(step)
         self._tabulator.step(step)
+
+    def steps_batch(self, steps: list[Any]) -> None:
+        """The next steps of ``inference.steps``, in order (a batch from :func:`pipeline.source.read_batches`)."""
+        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps))
 
     def finish(self, facts: Facts) -> Built:
         return self._tabulator.finish(facts)

@@ -176,14 +176,15 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
 
 def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
     from .builder import EpisodeBuilder, Facts
-    from .source import PROGRESS_EVERY, STEP, read_document
+    from .source import PROGRESS_EVERY, STEPS, read_batches
 
     builder = EpisodeBuilder(folder)
     try:
-        for part, value in read_document(src):
-            if part == STEP:
-                builder.step(value)
-                if progress is not None and builder.steps % PROGRESS_EVERY == 0:
+        for part, value in read_batches(src):
+            if part == STEPS:
+                before = builder.steps
+                builder.steps_batch(value)
+                if progress is not None and builder.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
             else:
                 builder.part(part, value)

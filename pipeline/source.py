@@ -458,54 +458,92 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
     top-level keys, a non-empty steps array, parseable JSON) are enforced here, as the stream
     goes; everything inside the parts is left to :mod:`pipeline.rules`.
     """
+    for part, value in read_batches(source):
+        if part == STEPS:
+            for step in value:
+                yield STEP, step
+        else:
+            yield part, value
+
+
+# read_batches hands steps over in lists of at most this many, spanning at most about this many
+# bytes of the file: per-step work then runs a few times per batch instead of once per step.
+BATCH_STEPS = 64
+BATCH_BYTES = 1 << 20
+STEPS = "inference.steps[]"  # the part name of a batch of steps
+
+
+def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
+                 batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[str, Any]]:
+    """:func:`read_document` with the steps in lists: ``(STEPS, [step, ...])``, header parts as there.
+
+    The same values in the same order, and the same errors at the same points: steps parsed before
+    an error are always yielded before it is raised.
+    """
     reader = source.reader
     prefixes = _Prefixes()
-    matched = prefixes.matched
+    popleft = prefixes.matched.popleft
     seen_parts: set[str] = set()
     steps = 0
+    batch: list[Any] = []
+    batch_end = 0
+    error: InvalidEpisode | None = None
     try:
         first = reader.first_byte()
         if first != b"{":
             raise InvalidEpisode("document.object", _root_message(first, reader), source=source.name)
         items = _c_backend().items(reader, prefixes, use_float=True, buf_size=READ_SIZE)
         for value in items:
-            part = matched.popleft()
+            part = popleft()
             reader.mark()
             if prefixes.unknown is not None:
-                raise _unknown_key(prefixes.unknown)
+                error = _unknown_key(prefixes.unknown)
+                break
             if part == STEP:
-                yield part, value
+                batch.append(value)
                 steps += 1
+                if len(batch) >= batch_steps or reader.consumed >= batch_end:
+                    yield STEPS, batch
+                    batch = []
+                    batch_end = reader.consumed + batch_bytes
                 continue
+            if batch:
+                yield STEPS, batch
+                batch = []
             if part in seen_parts:
                 key = part.rsplit(".", 1)[-1]
                 raise InvalidEpisode("document.duplicate_key", f'the key "{key}" appears twice', path=part)
             seen_parts.add(part)
             yield part, value
     except ijson.JSONError as exc:
-        raise _parse_error(exc, prefixes, steps, reader) from None
+        error = _parse_error(exc, prefixes, steps, reader)
     except UnicodeDecodeError:  # bytes yajl let through (overlong forms, surrogates, "\\udfff")
         in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
-        raise InvalidEpisode(
+        error = InvalidEpisode(
             "file.utf8", "a string is not valid UTF-8 (bad bytes or an unpaired surrogate escape)",
             path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
-        ) from None
+        )
     except _TooDeep:
         where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
-        raise InvalidEpisode(
+        error = InvalidEpisode(
             "document.depth", f"arrays and objects are nested more than {MAX_DEPTH} levels deep",
             path=where, offset=reader.consumed,
-        ) from None
+        )
     except _PartTooLarge:
         if prefixes.unknown is not None:
-            raise _unknown_key(prefixes.unknown) from None
-        where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
-        raise InvalidEpisode(
-            "document.part_size",
-            f"one value spans more than {MAX_PART_BYTES // 2**20} MiB of the file; a step (or a header "
-            "value such as training.config) must be smaller",
-            path=where, offset=reader.consumed,
-        ) from None
+            error = _unknown_key(prefixes.unknown)
+        else:
+            where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
+            error = InvalidEpisode(
+                "document.part_size",
+                f"one value spans more than {MAX_PART_BYTES // 2**20} MiB of the file; a step (or a header "
+                "value such as training.config) must be smaller",
+                path=where, offset=reader.consumed,
+            )
+    if batch:
+        yield STEPS, batch
+    if error is not None:
+        raise error
     if prefixes.unknown is not None:
         raise _unknown_key(prefixes.unknown)
     _check_structure(prefixes, seen_parts, steps)

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 SPLIT_BY_DEFAULT = True
 # Files at least this large (as stored) are split when splitting by default and forking is safe.
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
-# Steps per message: large enough to amortise a pipe write, small enough to keep both sides busy.
-STEPS_PER_MESSAGE = 32
+# Steps travel in the batches the parser hands over (pipeline.source.read_batches: up to 64 steps
+# or ~1 MiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
 
 
 def split_pays(size: int | None) -> bool:
@@ -103,27 +103,18 @@ def build_in_two_processes(src: Source, folder: Path | None,
 
 def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
-    from .source import PROGRESS_EVERY, STEP, read_document
+    from .source import PROGRESS_EVERY, STEPS, read_batches
 
     checks = EpisodeChecks()
-    steps: list[Any] = []
     try:
-        for part, value in read_document(src):
-            if part == STEP:
-                checks.step(value)
-                steps.append(value)
-                if len(steps) >= STEPS_PER_MESSAGE:
-                    _send(conn, ("steps", steps))
-                    steps = []
-                if progress is not None and checks.steps % PROGRESS_EVERY == 0:
+        for part, value in read_batches(src):
+            if part == STEPS:
+                before = checks.steps
+                _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
+                if progress is not None and checks.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
                 continue
-            if steps:
-                _send(conn, ("steps", steps))
-                steps = []
             _send(conn, ("header", checks.part(part, value)))
-        if steps:
-            _send(conn, ("steps", steps))
         digest = src.reader.hexdigest()
         _send(conn, ("finish", (src.name, digest, src.reader.consumed)))
     except PipelineError as own:
@@ -182,8 +173,7 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
             message = marshal.loads(conn.recv_bytes())
             kind = message[0]
             if kind == "steps":
-                for step in message[1]:
-                    tabulator.step(step)
+                tabulator.steps_batch(message[1], message[2])
             elif kind == "header":
                 tabulator.header(message[1])
             elif kind == "finish":

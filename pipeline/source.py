@@ -22,14 +22,15 @@ import hashlib
 import io
 import os
 import re
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
 import ijson
-import numpy as np
 
 from .errors import InvalidEpisode, SourceError
 from .zstdframes import ZstdFrameWalker
@@ -127,6 +128,7 @@ MAX_DEPTH = 256
 _STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"')
 _QUOTED = re.compile(rb'"[^"]*"')
 _NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_OPEN, _CLOSE, _PAIR = b"\x01", b"\xff", b"\x01\xff"
 _BACKSLASH = b"\\"
 
 
@@ -136,6 +138,12 @@ class _DepthGuard:
     Escaped characters are dropped, then everything but brackets and quotes; what remains of
     strings (quote pairs, or quotes around brackets) is removed, and the brackets left are summed.
     State carried between chunks: the depth, whether a string is open, a trailing backslash.
+
+    The deepest point of a chunk is bounded without a pass in Python: removing every adjacent
+    open-close pair again and again leaves the unmatched closes then the unmatched opens, and
+    the deepest point is at most the depth before the chunk, plus those opens, plus the number of
+    passes (the deepest nesting of the matched pairs). Only a chunk whose bound exceeds the
+    limit is summed exactly. No numpy: the command's start-up does without it.
     """
 
     def __init__(self) -> None:
@@ -164,10 +172,21 @@ class _DepthGuard:
                 marks, self._in_string = marks[:start], True
         if not marks:
             return
-        levels = np.frombuffer(marks.translate(_NESTING), np.int8).cumsum(dtype=np.int64)
-        if self.depth + int(levels.max()) > MAX_DEPTH:
-            raise _TooDeep
-        self.depth += int(levels[-1])
+        marks = marks.translate(_NESTING)
+        opens = marks.count(_OPEN)
+        net = 2 * opens - len(marks)
+        if self.depth + opens > MAX_DEPTH:
+            left, passes = marks, 0
+            while True:
+                reduced = left.replace(_PAIR, b"")
+                if len(reduced) == len(left):
+                    break
+                left, passes = reduced, passes + 1
+            if self.depth + left.count(_OPEN) + passes > MAX_DEPTH:
+                deepest = max(accumulate(array("b", marks), initial=self.depth))  # exactly, in C
+                if deepest > MAX_DEPTH:
+                    raise _TooDeep
+        self.depth += net
 
 
 class _BackgroundSha256:

@@ -27,7 +27,7 @@ import marshal
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +105,28 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
     from .builder import EpisodeChecks
     from .source import PROGRESS_EVERY, STEPS, read_batches
 
-    checks = EpisodeChecks()
+    checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
+    headers: list[tuple[str, Any]] | None = []  # parts before the first steps, until the choice is made
+    steps = 0
     try:
-        for part, value in read_batches(src):
+        for part, value in _parts_before_errors(read_batches(src), lambda: headers):
             if part == STEPS:
-                before = checks.steps
-                _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
-                if progress is not None and checks.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
+                if headers is not None:  # the first steps: choose who checks, then send what waited
+                    checks = EpisodeChecks() if checks_here(value) else None
+                    for name, header in headers:
+                        _send_part(conn, checks, name, header)
+                    headers = None
+                if checks is None:
+                    _send(conn, ("check", value))
+                else:
+                    _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
+                before, steps = steps, steps + len(value)
+                if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
-                continue
-            _send(conn, ("header", checks.part(part, value)))
+            elif headers is not None:
+                headers.append((part, value))
+            else:
+                _send_part(conn, checks, part, value)
         digest = src.reader.hexdigest()
         _send(conn, ("finish", (src.name, digest, src.reader.consumed)))
     except PipelineError as own:
@@ -128,6 +140,49 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
     if reply[0] == "error":
         raise reply[1]
     return reply[1]
+
+
+def _parts_before_errors(parts: Iterator[tuple[str, Any]],
+                         waiting: Callable[[], list[tuple[str, Any]] | None]) -> Iterator[tuple[str, Any]]:
+    """``parts``; if they end in an error while header parts still wait for the first steps, check
+    those first (here), so that one of them that is invalid is reported before the later error."""
+    try:
+        yield from parts
+    except PipelineError:
+        from .builder import EpisodeChecks
+
+        checks = EpisodeChecks()
+        for name, value in waiting() or ():
+            checks.part(name, value)
+        raise
+
+
+def checks_here(steps: list[Any]) -> bool:
+    """Whether the reading process should check the parts itself (True) or leave it to the writer.
+
+    Parsing is the reading process's own work and the slower half on most files, so the checks go
+    to the writer, which gets each part as the parser made it. Not for integer observations (pixels):
+    checked here, they cross the pipe as one byte a value (see :func:`pipeline.rules.flatten_observation`)
+    instead of nested lists of integers, which take longer to send and to receive than to check.
+    Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
+    """
+    try:
+        for step in steps:
+            for agent_step in step.get("agent_steps") or ():
+                obs = agent_step["observation_space"]
+                return bool(obs) and (type(obs[0]) is int or (type(obs[0]) is list and bool(obs[0])
+                                                                and type(obs[0][0]) is int))
+    except (TypeError, KeyError, AttributeError, IndexError):
+        pass
+    return False
+
+
+def _send_part(conn: Connection, checks: Any, name: str, value: Any) -> None:
+    """A header part: checked here (``checks``), or sent as it is for the writer to check."""
+    if checks is None:
+        _send(conn, ("part", name, value))
+    else:
+        _send(conn, ("header", checks.part(name, value)))
 
 
 class _ChildReported(Exception):
@@ -161,19 +216,24 @@ def _stop(conn: Connection) -> PipelineError | None:
 
 
 def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
-    from .builder import EpisodeTabulator, Facts
+    from .builder import EpisodeChecks, EpisodeTabulator, Facts
 
     for fd in close_in_child:
         os.close(fd)
     keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
+    checks = EpisodeChecks()  # for the parts the reader leaves to us ("check", "part")
     try:
         while True:
             message = marshal.loads(conn.recv_bytes())
             kind = message[0]
-            if kind == "steps":
+            if kind == "check":
+                tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
+            elif kind == "steps":
                 tabulator.steps_batch(message[1], message[2])
+            elif kind == "part":
+                tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":
                 tabulator.header(message[1])
             elif kind == "finish":

@@ -14,7 +14,6 @@ from itertools import accumulate, chain, islice
 from operator import add, lt
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 F64 = pa.float64()
@@ -174,6 +173,11 @@ def _floats(values: list[Any]) -> pa.Array:
         return pa.array([float(v) for v in values], F64)
 
 
+def _bytes_as_floats(data: bytearray) -> pa.Array:
+    """A float64 array of the bytes' values (0-255), widened by Arrow in bulk (no numpy needed)."""
+    return pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)]).cast(F64)
+
+
 class FloatListColumn:
     """A ``list<float64>`` column built row by row from flat values, converted in bulk.
 
@@ -215,8 +219,8 @@ class FloatListColumn:
             chunks.append(list(chain.from_iterable(rows)))
 
     def array(self) -> pa.ListArray:
-        parts = [pa.array(np.frombuffer(chunk, np.uint8).astype(np.float64)) if isinstance(chunk, bytearray)
-                 else _floats(chunk) for chunk in self._chunks]
+        parts = [_bytes_as_floats(chunk) if isinstance(chunk, bytearray) else _floats(chunk)
+                 for chunk in self._chunks]
         values = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], F64)
         return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), values)
 

@@ -193,6 +193,20 @@ def episode_file(data: Path, profile: str, size: int, seed: int) -> tuple[Path, 
     return path, info
 
 
+def compile_checkout(root: Path) -> None:
+    """Compile the measured checkout's modules, as ``pip install`` does for the installed command.
+
+    Without it, a process started with ``PYTHONDONTWRITEBYTECODE`` set (as on some CI and
+    development machines) compiles every module of the command from source, on every run.
+    """
+    import compileall
+
+    for folder in ("pipeline", "benchmarks"):
+        compileall.compile_dir(str(root / folder), quiet=1)
+    if (root / "cli.py").exists():
+        compileall.compile_file(str(root / "cli.py"), quiet=1)
+
+
 def _warm(path: Path) -> None:
     """Read the file once so every run starts with it in the page cache, as the first one would not."""
     with open(path, "rb") as f:
@@ -736,6 +750,7 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
         "files": [], "reads": {}, "read_manifest": None, "startup": {},
     }
     large = _parse_list(args.large_profiles)
+    compile_checkout(pipeline_root)
     if not args.no_startup:
         log("start-up")
         runs = bench_startup(data, repeat=max(args.repeat, 5), scratch=scratch)

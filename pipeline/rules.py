@@ -403,8 +403,8 @@ class EpisodeChecker:
             return False
         numbers, rows, observations, raw, units = plan
         images = [step.get("image") for step in steps].count(None) != len(steps)
-        metrics = [row.get("custom_metrics") for row in rows].count(None) != len(rows) or any(
-            unit.get("custom_metrics") is not None for unit in units)
+        metrics = ([row.get("custom_metrics") for row in rows].count(None) != len(rows)
+                   or [unit.get("custom_metrics") for unit in units].count(None) != len(units))
         if images or metrics:
             self._normalise_in_order(steps, first, images, metrics)
         if not raw:
@@ -430,7 +430,7 @@ class EpisodeChecker:
             numbers, rows, _, raw, units = plan
             if (not raw or [step.get("image") for step in steps].count(None) != len(steps)
                     or [row.get("custom_metrics") for row in rows].count(None) != len(rows)
-                    or any(unit.get("custom_metrics") is not None for unit in units)):
+                    or [unit.get("custom_metrics") for unit in units].count(None) != len(units)):
                 return False
         except (TypeError, KeyError, AttributeError, IndexError):  # not schema-valid: checked as usual
             return False
@@ -476,7 +476,8 @@ class EpisodeChecker:
                         return None
                     units += unit_steps
             unit_rewards = [unit.get("rewards") for unit in units]
-            if any(len(r) != expected for r in unit_rewards if r is not None):
+            if unit_rewards.count(None) != len(unit_rewards) and set(
+                    map(len, [r for r in unit_rewards if r is not None])) != {expected}:
                 return None
         return numbers, rows, observations, raw, units
 

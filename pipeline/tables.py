@@ -478,20 +478,26 @@ class EpisodeTables:
                                          [totals[i] for i in group], [rows[i] for i in group])
         unit_lists = [row.get("unit_steps") for row in rows]
         if unit_lists.count(None) != len(unit_lists):
-            added = 0
-            for i, units in enumerate(unit_lists):
-                if units:
-                    n = len(units)
-                    self._unit_rows += units
-                    self._unit_numbers += [row_numbers[i]] * n
-                    self._unit_agents += [names[i]] * n
-                    self._unit_totals += _totals(units)
-                    summary = summaries[names[i]]
-                    summary.units.update([unit["unit"] for unit in units])
-                    summary.unit_steps += n
-                    added += n
-            self.unit_steps += added
-            self._batch_unit_rows += added
+            owners = [i for i, units in enumerate(unit_lists) if units]
+            units = list(chain.from_iterable(unit_lists[i] for i in owners))
+            counts = [len(unit_lists[i]) for i in owners]
+            self._unit_rows += units
+            self._unit_numbers += [row_numbers[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
+            owner_names = [names[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
+            self._unit_agents += owner_names
+            self._unit_totals += _totals(units)
+            unit_names = [unit["unit"] for unit in units]
+            if groups is None:  # one agent
+                summary = summaries[names[0]]
+                summary.units.update(unit_names)
+                summary.unit_steps += len(units)
+            else:
+                for name, unit in zip(owner_names, unit_names, strict=True):
+                    summaries[name].units.add(unit)
+                for i, n in zip(owners, counts, strict=True):
+                    summaries[names[i]].unit_steps += n
+            self.unit_steps += len(units)
+            self._batch_unit_rows += len(units)
         self.agent_steps += len(rows)
         self._batch_agent_rows += len(rows)
 

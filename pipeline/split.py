@@ -1,22 +1,32 @@
-"""One large file on two cores: this process parses and checks, a second one tabulates and writes.
+"""One large file on two cores: this process parses, a second one checks, tabulates and writes.
 
 Parsing (ijson), the rules (schema and the rest) and the Arrow conversion all hold the GIL, so
 one process keeps one core busy while the other mostly idles. Here the reading process parses
-and runs :class:`~pipeline.builder.EpisodeChecks` on every part, then streams the checked
-parts, marshalled in small batches, through a pipe to a forked child that runs the
+and streams the parts, in the batches :func:`~pipeline.source.read_batches` hands over, marshalled
+through a pipe to a forked child that runs :class:`~pipeline.builder.EpisodeChecks` and the
 :class:`~pipeline.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
-Measured on the 2-core development machine (100 MB files, median of 5, alternating, one run):
-teams 3.61 -> 2.91 s (0.81x), frames 1.14 -> 1.06 s, pixels 3.30 -> 3.27 s (parsing and checking
-84x84 observations dominate; their values cross the pipe as bytes). Where the child used to run
-the checks too, it was slower than one process on every profile: it was the bottleneck, and
-unmarshalling costs ~35% of the parse. So files from :data:`SPLIT_MIN_BYTES` are split by default
-when there are two cores to use and forking is safe.
+Parsing alone is the slower half on most files, so the reader does nothing else (issue 15: with
+the checks in the reader, it was the bottleneck on small steps and short numbers). Integer
+observations (pixels) are the exception, chosen on the first batch (:func:`checks_here`): checked
+and flattened here, they cross the pipe as one byte a value, where nested lists of integers take
+longer to marshal than to check. Either way the reader leaves the schema check of plain batches
+(1-D float observations, no image, no metrics) to the child. The reader imports neither pyarrow
+nor the tables: the child imports them while the reader parses.
+
+Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
+(~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
+floor of those files 1.3, 1.9 and 1.4 s. Splitting costs ~0.5 s of CPU per 100 MB (marshal and
+pipe) and pays only when a second core is free: from 4 to 16 MB of small steps, one process used
+15-25% less CPU and was as fast on a busy machine, so files from :data:`SPLIT_MIN_BYTES` are
+split by default when there are two cores to use and forking is safe.
 
 The reader keeps everything that makes the ingest atomic: the staging folder and its lock, the
-content hash, and the commit. Every rule is checked in the reader, so rule errors come in file
-order by construction; before reporting an error of its own, the reader still asks the child
-whether writing what it already sent failed.
+content hash, and the commit. Errors still come in file order: the child checks the parts in file
+order and stops at its first error; before reporting an error of its own (a parse error, a part
+it checked), which always lies later in the file than what it sent, the reader asks the child for
+an earlier one. Header parts that come before the first steps wait for the choice of who checks;
+if the file ends in an error before any step, the reader checks them first.
 """
 
 from __future__ import annotations

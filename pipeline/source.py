@@ -487,7 +487,7 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
 
 # read_batches hands steps over in lists of at most this many, spanning at most about this many
 # bytes of the file: per-step work then runs a few times per batch instead of once per step.
-BATCH_STEPS = 64
+BATCH_STEPS = 256
 BATCH_BYTES = 1 << 20
 STEPS = "inference.steps[]"  # the part name of a batch of steps
 

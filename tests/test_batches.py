@@ -24,10 +24,10 @@ import pytest
 from benchmarks.generate import write_episode
 from pipeline import PipelineError, ingest
 from pipeline.builder import EpisodeChecks
-from pipeline.source import BATCH_STEPS, STEP, open_source, read_document
+from pipeline.source import STEP, open_source, read_document
 from pipeline.tables import EpisodeTables
 
-SHAPES = {"vector": 300, "teams_metrics": 70, "teams_nounits": 140, "pixels": 20, "frames64": 90,
+SHAPES = {"vector": 1200, "teams_metrics": 70, "teams_nounits": 140, "pixels": 20, "frames64": 90,
           "random0": 150, "random1": 90, "random3": 150, "random4": 100}
 
 
@@ -123,8 +123,9 @@ def _mutated(shape: str, seed: int) -> tuple[dict[str, Any], str]:
     if seed == 0:
         return document, "valid"
     names = [rng.choice(sorted(MUTATIONS)) for _ in range(rng.choice((1, 1, 2, 3)))]
-    # Mostly past the first batches, where the batch paths are taken.
-    where = sorted(rng.randrange(min(BATCH_STEPS, len(steps) - 1), len(steps)) for _ in names)
+    # Past the first step (a batch of its own): in batches that take the fast paths, or in later ones.
+    where = sorted(rng.randrange(1, len(steps)) if rng.random() < 0.5 else rng.randrange(len(steps) // 2, len(steps))
+                   for _ in names)
     for name, k in zip(names, where, strict=True):
         MUTATIONS[name](steps[k], rng)
     return document, ", ".join(f"{n} at {k}" for n, k in zip(names, where, strict=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,15 +47,15 @@ def _in_forked_child(path: str) -> None:
     util = sys.modules.get("multiprocessing.util")
     if util is None:
         return
-    original = util._exit_function
+    original: Any = getattr(util, "_exit_function")  # noqa: B009 - private, absent from the stubs
 
     def exit_function(*args: object, **kwargs: object) -> None:
         try:
             _write(path, {"child_hwm_kib": _status_kib(b"VmHWM:"), "child_shared_kib": _shared_kib()})
         finally:
-            original(*args, **kwargs)  # type: ignore[operator]
+            original(*args, **kwargs)
 
-    util._exit_function = exit_function
+    setattr(util, "_exit_function", exit_function)  # noqa: B010 - private, absent from the stubs
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ child of a two-process ingest added) is that run's alone::
 ``ingest`` and ``startup`` time a whole command as a user runs it, from starting the process to its
 exit (interpreter start-up and imports included; ``benchmarks/command.py`` runs ``cli.py`` and
 records its memory). For the others, wall and CPU time cover the work only, not starting Python or
-importing modules; ``import_rss_mib`` is the peak RSS once the imports are done. Reads (``lake_query``, ``trajectory``) report the first
-call (``seconds``) and the median of a few more calls in the same process (``warm_seconds``).
+importing modules; ``import_rss_mib`` is the peak RSS once the imports are done. Reads
+(``lake_query``, ``trajectory``) report the first call (``seconds``) and the median of a few more
+calls in the same process (``warm_seconds``).
 Every function here can also be called directly (the smoke test does): it returns the same dict
 it would print.
 """

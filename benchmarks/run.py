@@ -233,7 +233,8 @@ def bench_startup(data: Path, *, repeat: int, scratch: Path) -> dict[str, list[d
     return runs
 
 
-def bench_file(path: Path, profile: str, *, repeat: int, scratch: Path, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+def bench_file(path: Path, profile: str, *, repeat: int, scratch: Path,
+               seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Every file measurement of one file, ``repeat`` rounds, interleaved."""
     kinds = ["ingest", "parse_floor", "baseline"] + (["frames_work"] if has_frames(profile, seed) else [])
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
@@ -631,7 +632,8 @@ def render(report: dict[str, Any]) -> str:
         for how, label in (("help", "`--help`"), ("run", "`run` on a 20-step file")):
             if how in startup:
                 lines.append(f"| {label} | {_cell(startup[how], 'seconds')} | {_cell(startup[how], 'peak_rss_mib')} |")
-    lines += ["", "## Targets (issue 5), extended by issue 15", "", "| target | where | measured | met |", "|---|---|---|---|"]
+    lines += ["", "## Targets (issue 5), extended by issue 15", "", "| target | where | measured | met |",
+              "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(files, reads, startup)]
     if reads:
         manifest = report["read_manifest"]

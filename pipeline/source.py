@@ -25,9 +25,9 @@ import re
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import accumulate
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import IO, Any
 
 import ijson

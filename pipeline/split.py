@@ -116,16 +116,18 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
     from .source import PROGRESS_EVERY, STEPS, read_batches
 
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
-    headers: list[tuple[str, Any]] | None = []  # parts before the first steps, until the choice is made
+    headers: list[tuple[str, Any]] = []  # parts before the first steps, until the choice is made
+    chosen = False
     steps = 0
     try:
-        for part, value in _parts_before_errors(read_batches(src), lambda: headers):
+        for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
-                if headers is not None:  # the first steps: choose who checks, then send what waited
+                if not chosen:  # the first steps: choose who checks, then send what waited
                     checks = EpisodeChecks() if checks_here(value) else None
                     for name, header in headers:
                         _send_part(conn, checks, name, header)
-                    headers = None
+                    headers.clear()
+                    chosen = True
                 if checks is None:
                     _send(conn, ("check", value))
                 else:
@@ -133,7 +135,7 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
                 before, steps = steps, steps + len(value)
                 if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
-            elif headers is not None:
+            elif not chosen:
                 headers.append((part, value))
             else:
                 _send_part(conn, checks, part, value)
@@ -153,16 +155,17 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
-                         waiting: Callable[[], list[tuple[str, Any]] | None]) -> Iterator[tuple[str, Any]]:
-    """``parts``; if they end in an error while header parts still wait for the first steps, check
-    those first (here), so that one of them that is invalid is reported before the later error."""
+                         waiting: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """``parts``; if they end in an error while header parts still wait for the first steps
+    (``waiting``, emptied once sent), check those first (here), so that one of them that is invalid
+    is reported before the later error."""
     try:
         yield from parts
     except PipelineError:
         from .builder import EpisodeChecks
 
         checks = EpisodeChecks()
-        for name, value in waiting() or ():
+        for name, value in waiting:
             checks.part(name, value)
         raise
 

@@ -292,7 +292,8 @@ class _AgentSummary:
             totals_ = self.totals
             if totals_ is None:
                 totals_ = self.totals = [0.0] * len(vectors[0])
-            for i, column in enumerate(zip(*vectors)):
+            # Vectors of unequal length never reach a written episode (reward.length refuses it).
+            for i, column in enumerate(zip(*vectors, strict=False)):
                 totals_[i] = reduce(add, column, totals_[i])
         health = [row.get("health") for row in rows]
         for i in range(len(health) - 1, -1, -1):
@@ -317,13 +318,6 @@ class _AgentSummary:
         }
 
 
-def _scored(row: dict[str, Any]) -> Any:
-    """Set and return a row's total reward: ``reward``, or the sum of ``rewards``."""
-    rewards = row.get("rewards")
-    total = row["total_reward"] = row["reward"] if rewards is None else sum(rewards)
-    return total
-
-
 def _total(row: dict[str, Any]) -> Any:
     """A row's total reward: ``reward``, or the sum of ``rewards``."""
     rewards = row.get("rewards")
@@ -332,7 +326,7 @@ def _total(row: dict[str, Any]) -> Any:
 
 def _totals(rows: list[dict[str, Any]]) -> list[Any]:
     """:func:`_total` of each row."""
-    rewards = [row.get("rewards") for row in rows]
+    rewards: list[Any] = [row.get("rewards") for row in rows]
     absent = rewards.count(None)
     if absent == len(rows):
         return [row["reward"] for row in rows]
@@ -476,7 +470,7 @@ class EpisodeTables:
             for name, group in groups.items():
                 summaries[name].add_rows([row_numbers[i] for i in group], [positions[i] for i in group],
                                          [totals[i] for i in group], [rows[i] for i in group])
-        unit_lists = [row.get("unit_steps") for row in rows]
+        unit_lists: list[Any] = [row.get("unit_steps") for row in rows]
         if unit_lists.count(None) != len(unit_lists):
             owners = [i for i, units in enumerate(unit_lists) if units]
             units = list(chain.from_iterable(unit_lists[i] for i in owners))

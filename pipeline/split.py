@@ -58,7 +58,7 @@ SPLIT_BY_DEFAULT = True
 # Files at least this large (as stored) are split when splitting by default and forking is safe.
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # Steps travel in the batches the parser hands over (pipeline.source.read_batches: up to 256 steps
-# or ~1 MiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
+# or ~64 KiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
 
 
 def split_pays(size: int | None) -> bool:

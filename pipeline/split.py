@@ -18,7 +18,7 @@ Measured on the 2-core development machine, CPU seconds per 100 MB (reader, chil
 (~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
 floor of those files 1.3, 1.9 and 1.4 s. Splitting costs ~0.5 s of CPU per 100 MB (marshal and
 pipe) and pays only when a second core is free: from 4 to 16 MB of small steps, one process used
-15-25% less CPU and was as fast on a busy machine, so files from :data:`SPLIT_MIN_BYTES` are
+20-35% less CPU and was as fast on a busy machine, so files from :data:`SPLIT_MIN_BYTES` are
 split by default when there are two cores to use and forking is safe.
 
 The reader keeps everything that makes the ingest atomic: the staging folder and its lock, the

@@ -44,6 +44,10 @@ import orjson
 from PIL import Image, ImageDraw
 
 PROFILES = ("frames", "teams", "pixels", "vector")
+# Shapes added for issue 15 (per-step and per-row costs that the first three under-weight); kept apart
+# from PROFILES, whose files the smoke test holds to 200 KB (a long_floats step alone is ~140 KB).
+SHAPES = ("teams_metrics", "teams_plain", "teams_nounits", "long_floats", "frames64", "random")
+ALL_PROFILES = PROFILES + SHAPES
 # Bump when the bytes a profile writes change, so cached benchmark files are regenerated.
 GENERATOR_VERSION = 1
 FRAME_POOL = 50
@@ -85,8 +89,8 @@ def write_episode(out: IO[bytes], profile: str, *, size: int | None = None, step
 
     The file is as large as possible without exceeding ``size`` (it always has at least one step).
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if profile not in ALL_PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(ALL_PROFILES)}")
     if size is None and steps is None:
         raise ValueError("give a size or a number of steps")
     header, step_chunks = _PROFILE_BUILDERS[profile](seed, environment)
@@ -413,18 +417,232 @@ def _bounce(position: float, velocity: float, low: float, high: float) -> tuple[
     return position, velocity
 
 
+# -- issue 15: the shapes users have beyond the three above -----------------------------------------
+#
+# teams_metrics / teams_plain / teams_nounits: the teams battle with short decimals (3 places, as
+# most loggers round), custom metrics on every agent step and on each team's first unit every 10
+# steps (teams_metrics), none (teams_plain), or no unit steps at all (teams_nounits, with the
+# metrics); long_floats: one agent with an 84x84 observation of float64 values written in full
+# (~140 KB a step); frames64: the lander with a 64x64 PNG on every step (~2.6 KB a step);
+# random: shapes drawn from the seed (agents, observation shape and number style, reward kind,
+# units, metrics, frames), so that other seeds give other files.
+
+
+def _teams_variant(metrics: bool, units: bool) -> Any:
+    def profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+        header, _ = _teams_profile(seed, environment)
+        return header, _teams_variant_steps(seed, metrics=metrics, units=units)
+
+    return profile
+
+
+def _teams_variant_steps(seed: int, *, metrics: bool, units: bool) -> Iterator[bytes]:
+    rng = np.random.default_rng([seed, 4])
+    shape = (BLOCK, 2, 1 + MAX_UNITS)
+    for start in count(0, BLOCK):
+        obs = np.round(np.abs(rng.standard_normal((BLOCK, 2, 8, 8))) * 0.5, 3)
+        dist = np.round(_softmax32(rng.standard_normal((*shape, TEAM_ACTIONS), dtype=np.float32) * 2), 3)
+        values = np.round(rng.standard_normal(shape) * 2.0 + 4.0, 3).tolist()
+        rewards = np.round(np.abs(rng.standard_normal((*shape, 3))) * [2.0, 0.3, 0.0], 3)
+        predicted = np.round(rewards.sum(axis=-1) + rng.standard_normal(shape) * 0.1, 3).tolist()
+        actions = rng.integers(0, TEAM_ACTIONS, shape).tolist()
+        health = np.round(rng.uniform(0.1, 1.0, (BLOCK, 2, MAX_UNITS)) * UNIT_MAX_HEALTH, 1)
+        jitter = rng.integers(-1, 2, (BLOCK, 2)).tolist()
+        q = np.round(rng.standard_normal((BLOCK, 2, TEAM_ACTIONS)), 3).tolist()
+        for j in range(BLOCK):
+            i = start + j
+            if i % EPISODE_LENGTH == EPISODE_LENGTH - 1:
+                rewards[j, :, 0, 2] = (10.0, 0.0)
+            alive = [max(3, min(MAX_UNITS, MAX_UNITS - (i % EPISODE_LENGTH) * 7 // EPISODE_LENGTH + jitter[j][t]))
+                     for t in range(2)]
+            unit_health = [health[j, t, : alive[t]] for t in range(2)]
+            agent_steps = []
+            for t, team in enumerate(TEAMS):
+                agent: dict[str, Any] = {
+                    "agent": team, "action": actions[j][t][0], "rewards": rewards[j, t, 0],
+                    "observation_space": obs[j, t], "action_distribution": dist[j, t, 0],
+                    "health": round(float(unit_health[t].sum()), 1), "value_estimate": values[j][t][0],
+                    "predicted_reward": predicted[j][t][0],
+                    "enemy_agent_health": [round(float(unit_health[1 - t].sum()), 1)],
+                    "enemy_unit_health": unit_health[1 - t],
+                }
+                if metrics:
+                    agent["custom_metrics"] = {"Q values": {"y": q[j][t], "y_label": "Q"},
+                                               "alive": {"y": [alive[t]], "y_label": "units"}}
+                if units:
+                    unit_steps = []
+                    for u in range(alive[t]):
+                        unit: dict[str, Any] = {
+                            "unit": UNIT_NAMES[team][u], "action": actions[j][t][u + 1],
+                            "rewards": rewards[j, t, u + 1], "health": float(unit_health[t][u]),
+                            "value_estimate": values[j][t][u + 1], "predicted_reward": predicted[j][t][u + 1],
+                            "action_distribution": dist[j, t, u + 1],
+                        }
+                        if metrics and u == 0 and i % 10 == 0:
+                            unit["custom_metrics"] = {"Damage dealt": {"y": q[j][t][:3], "y_label": "hp"}}
+                        unit_steps.append(unit)
+                    agent["unit_steps"] = unit_steps
+                agent_steps.append(agent)
+            yield orjson.dumps({"number": i, "agent_steps": agent_steps}, option=_NUMPY)
+
+
+def _long_floats_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+    training = {
+        "environment": environment or "ALE/Breakout-v5",
+        "algorithm": "DQN",
+        "parallel": False,
+        "num_gpus": 1.0,
+        "iterations": 10_000_000,
+        "config": {"frame_skip": 4, "screen_size": SCREEN, "grayscale_obs": True, "normalize_obs": True},
+    }
+    header = _header(BREAKOUT_ACTIONS, training, {"deterministic": True})
+
+    def steps() -> Iterator[bytes]:
+        rng = np.random.default_rng([seed, 5])
+        for i in count():
+            # float64 screens after a normalisation, printed in full (~19 characters a value)
+            obs = rng.random((SCREEN, SCREEN)) * 0.9 + 0.05
+            agent_step = {"agent": "player", "action": int(rng.integers(0, 4)),
+                          "reward": float(rng.random() < 0.02), "observation_space": obs}
+            yield orjson.dumps({"number": i, "agent_steps": [agent_step]}, option=_NUMPY)
+
+    return header, steps()
+
+
+SMALL_FRAME = (64, 64)
+
+
+@cache
+def small_frame_pool(seed: int, frames: int = FRAME_POOL, size: tuple[int, int] = SMALL_FRAME) -> tuple[str, ...]:
+    """``frames`` distinct base64 PNGs of ``size``: the lander scene scaled down, with a little noise."""
+    rng = np.random.default_rng([seed, 6])
+    out = []
+    for text in frame_pool(seed, frames):
+        with Image.open(io.BytesIO(base64.b64decode(text))) as big:
+            small = np.asarray(big.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.int16)
+        speckle = rng.random(small.shape[:2]) < 0.05  # sensor noise on 5% of the pixels: ~1.8 KB at 64x64
+        noisy = np.clip(small + speckle[..., None] * rng.integers(-8, 9, small.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy, "RGB").save(buffer, format="PNG")
+        out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return tuple(out)
+
+
+def _frames64_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+    pool = small_frame_pool(seed)
+
+    def steps() -> Iterator[bytes]:
+        for i, agent_step in enumerate(_lander_agent_steps(seed)):
+            yield orjson.dumps({"number": i, "image": pool[i % len(pool)], "agent_steps": [agent_step]},
+                               option=_NUMPY)
+
+    return _lander_header(seed, environment), steps()
+
+
+@dataclass(frozen=True)
+class RandomShape:
+    """The shape of a ``random`` profile file, drawn from its seed (see :func:`random_shape`)."""
+
+    agents: int
+    observation: tuple[int, ...]  # (n,) or (rows, columns)
+    numbers: str  # "pixels" (integers 0-255), "short" (3 decimals), "float32" (17 digits), "float64"
+    reward_components: int  # 0: a scalar "reward"; else "rewards" of this length with reward_mapping
+    units: int  # most unit steps per agent step (0: none)
+    metrics: float  # share of agent steps with custom_metrics
+    frame: tuple[int, int] | None  # a PNG of this size on every step, or none
+
+
+def random_shape(seed: int) -> RandomShape:
+    rng = random.Random(f"random-shape-{seed}")
+    observation = ((rng.choice((2, 4, 8, 17, 64, 128, 512)),) if rng.random() < 0.6
+                   else (rng.choice((4, 8, 16, 42)), rng.choice((4, 8, 16, 42))))
+    return RandomShape(
+        agents=rng.choice((1, 1, 2, 3, 5)),
+        observation=observation,
+        numbers=rng.choice(("pixels", "short", "float32", "float64")),
+        reward_components=rng.choice((0, 0, 2, 4)),
+        units=rng.choice((0, 0, 3, 8)),
+        metrics=rng.choice((0.0, 0.0, 0.05, 1.0)),
+        frame=rng.choice((None, None, None, (32, 32), (96, 72))),
+    )
+
+
+def _random_numbers(rng: np.random.Generator, style: str, shape: tuple[int, ...]) -> np.ndarray:
+    if style == "pixels":
+        return rng.integers(0, 256, shape, dtype=np.int64)
+    if style == "short":
+        return np.round(rng.standard_normal(shape), 3)
+    if style == "float32":
+        return _float32s(rng, shape)
+    return rng.standard_normal(shape)
+
+
+def _random_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+    shape = random_shape(seed)
+    components = shape.reward_components
+    training: dict[str, Any] = {
+        "environment": environment or f"Random-{seed}-v0", "algorithm": "PPO", "parallel": shape.agents > 1,
+        "num_gpus": 0.0, "iterations": 100_000, "config": {"shape": str(shape)},
+    }
+    if components:
+        training["reward_mapping"] = [f"component_{k}" for k in range(components)]
+    header = _header({str(k): f"action_{k}" for k in range(6)}, training, {"seed": seed})
+    frames = small_frame_pool(seed, 20, shape.frame) if shape.frame else None
+    names = [f"agent_{k}" for k in range(shape.agents)]
+
+    def steps() -> Iterator[bytes]:
+        rng = np.random.default_rng([seed, 7])
+        for start in count(0, BLOCK):
+            obs = _random_numbers(rng, shape.numbers, (BLOCK, shape.agents, *shape.observation))
+            actions = rng.integers(0, 6, (BLOCK, shape.agents, 1 + shape.units)).tolist()
+            rewards = np.round(rng.standard_normal((BLOCK, shape.agents, 1 + shape.units, max(components, 1))), 4)
+            unit_counts = rng.integers(1, shape.units + 1, (BLOCK, shape.agents)).tolist() if shape.units else None
+            metric_draws = rng.random((BLOCK, shape.agents)).tolist()
+            for j in range(BLOCK):
+                i = start + j
+                agent_steps = []
+                for a, name in enumerate(names):
+                    agent: dict[str, Any] = {"agent": name, "action": actions[j][a][0], "observation_space": obs[j, a]}
+                    if components:
+                        agent["rewards"] = rewards[j, a, 0]
+                    else:
+                        agent["reward"] = float(rewards[j, a, 0, 0])
+                    if metric_draws[j][a] < shape.metrics:
+                        agent["custom_metrics"] = {"entropy": {"y": [round(metric_draws[j][a], 4)]}}
+                    if unit_counts is not None:
+                        agent["unit_steps"] = [
+                            {"unit": f"unit_{u}", "action": actions[j][a][u + 1],
+                             **({"rewards": rewards[j, a, u + 1]} if components
+                                else {"reward": float(rewards[j, a, u + 1, 0])})}
+                            for u in range(unit_counts[j][a])
+                        ]
+                    agent_steps.append(agent)
+                step: dict[str, Any] = {"number": i, "agent_steps": agent_steps}
+                if frames:
+                    step["image"] = frames[i % len(frames)]
+                yield orjson.dumps(step, option=_NUMPY)
+
+    return header, steps()
+
+
 _PROFILE_BUILDERS = {
     "frames": _frames_profile,
     "teams": _teams_profile,
     "pixels": _pixels_profile,
     "vector": _vector_profile,
+    "teams_metrics": _teams_variant(metrics=True, units=True),
+    "teams_plain": _teams_variant(metrics=False, units=True),
+    "teams_nounits": _teams_variant(metrics=True, units=False),
+    "long_floats": _long_floats_profile,
+    "frames64": _frames64_profile,
+    "random": _random_profile,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, required=True)
+    parser.add_argument("--profile", choices=ALL_PROFILES, required=True)
     parser.add_argument("--size", type=parse_size, help="target size: 200KB, 100MB, 1GB (decimal) or 64MiB")
     parser.add_argument("--steps", type=int, help="write exactly this many steps instead of a size")
     parser.add_argument("--seed", type=int, default=0)

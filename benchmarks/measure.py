@@ -4,16 +4,21 @@
 (the high-water mark ``VmHWM`` of this process, interpreter and imports included, plus what the
 child of a two-process ingest added) is that run's alone::
 
-    python -m benchmarks.measure ingest FILE --lake DIR     # pipeline.ingest into a fresh lake
+    python -m benchmarks.measure ingest FILE --lake DIR     # the whole `ingest-pipeline run` command
+    python -m benchmarks.measure library FILE --lake DIR    # pipeline.ingest in this process
     python -m benchmarks.measure parse_floor FILE           # bare ijson (yajl2_c) loop over the steps
     python -m benchmarks.measure baseline FILE              # json.load + validate + Table.from_pylist
-    python -m benchmarks.measure frames_work FILE           # parse floor + base64-decode and open each frame
+    python -m benchmarks.measure frames_work FILE           # parse floor + the work frames cannot avoid
+    python -m benchmarks.measure startup FILE --how help|run  # `--help`, or `run` on a tiny FILE
     python -m benchmarks.measure lake_query LAKE [--how polars|lake]
     python -m benchmarks.measure trajectory LAKE --episode ID --how parquet|numpy|lake
 
-Wall and CPU time cover the work only, not starting Python or importing modules; ``import_rss_mib``
-is the peak RSS once the imports are done. Reads (``lake_query``, ``trajectory``) report the first
-call (``seconds``) and the median of a few more calls in the same process (``warm_seconds``).
+``ingest`` and ``startup`` time a whole command as a user runs it, from starting the process to its
+exit (interpreter start-up and imports included; ``benchmarks/command.py`` runs ``cli.py`` and
+records its memory). For the others, wall and CPU time cover the work only, not starting Python or
+importing modules; ``import_rss_mib`` is the peak RSS once the imports are done. Reads
+(``lake_query``, ``trajectory``) report the first call (``seconds``) and the median of a few more
+calls in the same process (``warm_seconds``).
 Every function here can also be called directly (the smoke test does): it returns the same dict
 it would print.
 """
@@ -26,6 +31,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +46,7 @@ HIVE_COLUMNS = ("environment", "episode_id")
 TRAJECTORY_COLUMNS = ["observation", "action", "reward"]
 # Read measurements repeat the call this many times after the first, in the same process.
 WARM_RUNS = 5
-FILE_KINDS = ("ingest", "parse_floor", "baseline", "frames_work")
+FILE_KINDS = ("ingest", "library", "parse_floor", "baseline", "frames_work", "startup")
 KINDS = (*FILE_KINDS, "lake_query", "trajectory")
 
 
@@ -159,8 +165,88 @@ class _Clock:
         return out
 
 
+def _command(argv: list[str]) -> tuple[subprocess.CompletedProcess[bytes], float, dict[str, int]]:
+    """Run ``ingest-pipeline ARGV...`` (``cli.py`` through ``benchmarks/command.py``) as a new process.
+
+    Returns the finished process, its wall time from start to exit and the memory it recorded (see
+    ``benchmarks/command.py``).
+    """
+    fd, record = tempfile.mkstemp(prefix="command-memory-")
+    os.close(fd)
+    # As an installed command runs: with the bytecode pip compiled at install time (benchmarks/run.py
+    # compiles the checkout once), even where PYTHONDONTWRITEBYTECODE asks every run to compile anew.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    try:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "benchmarks.command", record, *argv],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        out, err = process.communicate()
+        seconds = time.perf_counter() - started
+        done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        memory: dict[str, int] = {}
+        for line in Path(record).read_text().split():
+            key, _, value = line.partition("=")
+            memory[key] = int(value)
+    finally:
+        os.unlink(record)
+    return done, seconds, memory
+
+
 def ingest(path: str | os.PathLike[str], lake: str | os.PathLike[str]) -> dict[str, Any]:
-    """``pipeline.ingest`` of one file into ``lake`` (which should be new and empty)."""
+    """The whole ``ingest-pipeline run FILE --lake LAKE --jobs 1 --json`` command, start-up included.
+
+    ``lake`` should be new and empty. Wall time runs from starting the process to its exit; CPU time
+    is the process's and its forked child's; RSS as for :func:`library` (the parent's peak, plus
+    what a forked child added).
+    """
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done, seconds, memory = _command(["run", os.fspath(path), "--lake", os.fspath(lake), "--jobs", "1", "--json"])
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = done.stdout.decode().strip().splitlines()
+    try:
+        line = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise MeasurementError(f"the command printed no result (exit status {done.returncode}): "
+                               f"{done.stderr.decode()[-400:]}") from None
+    if line.get("status") != "ingested":
+        raise MeasurementError(f"ingest reported {line.get('status')!r}: {line.get('error')}")
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    parent = memory.get("hwm_kib", 0) / 1024
+    out: dict[str, Any] = {
+        "kind": "ingest", "status": "ok", "target": os.fspath(path), "seconds": seconds, "cpu_seconds": cpu,
+        "peak_rss_mib": parent, "import_rss_mib": None, "input_bytes": os.path.getsize(path),
+        "steps": line["steps"], "agent_steps": line["agent_steps"], "unit_steps": line["unit_steps"],
+        "lake_bytes": sum(p.stat().st_size for p in Path(lake).rglob("*.parquet")),
+        "command": "ingest-pipeline run FILE --lake LAKE --jobs 1 --json",
+    }
+    out["mb_per_s"] = out["input_bytes"] / 1e6 / seconds
+    out["steps_per_s"] = out["steps"] / seconds
+    if "child_hwm_kib" in memory:
+        child, shared = memory["child_hwm_kib"] / 1024, memory["child_shared_kib"] / 1024
+        out.update(parent_rss_mib=parent, child_rss_mib=child, child_shared_mib=shared,
+                   rss_sum_mib=parent + child, peak_rss_mib=parent + child - shared)
+    return out
+
+
+def startup(path: str | os.PathLike[str], how: str = "run") -> dict[str, Any]:
+    """``ingest-pipeline --help`` (``how="help"``), or ``run`` on a tiny ``path`` into a new lake, whole."""
+    lake = tempfile.mkdtemp(prefix="startup-lake-")
+    try:
+        argv = ["--help"] if how == "help" else ["run", os.fspath(path), "--lake", lake, "--jobs", "1", "--json"]
+        done, seconds, memory = _command(argv)
+    finally:
+        import shutil
+
+        shutil.rmtree(lake, ignore_errors=True)
+    if done.returncode != 0:
+        raise MeasurementError(f"exit status {done.returncode}: {done.stderr.decode()[-400:]}")
+    return {"kind": "startup", "status": "ok", "target": os.fspath(path), "how": how, "seconds": seconds,
+            "cpu_seconds": None, "peak_rss_mib": memory.get("hwm_kib", 0) / 1024, "import_rss_mib": None,
+            "input_bytes": os.path.getsize(path)}
+
+
+def library(path: str | os.PathLike[str], lake: str | os.PathLike[str]) -> dict[str, Any]:
+    """``pipeline.ingest`` of one file into ``lake`` (new and empty), in this process, imports excluded."""
     from pipeline import ingest as run_ingest
 
     child = _ChildMemory()
@@ -170,7 +256,7 @@ def ingest(path: str | os.PathLike[str], lake: str | os.PathLike[str]) -> dict[s
     if result.status != "ingested":
         raise MeasurementError(f"ingest reported {result.status!r}: {result.error}")
     lake_bytes = sum(p.stat().st_size for p in Path(lake).rglob("*.parquet"))
-    out = clock.result("ingest", path, input_bytes=os.path.getsize(path), steps=result.steps,
+    out = clock.result("library", path, input_bytes=os.path.getsize(path), steps=result.steps,
                        agent_steps=result.agent_steps, unit_steps=result.unit_steps, lake_bytes=lake_bytes)
     memory = child.fields()
     if memory:
@@ -196,28 +282,54 @@ def parse_floor(path: str | os.PathLike[str]) -> dict[str, Any]:
     return clock.result("parse_floor", path, input_bytes=os.path.getsize(path), steps=steps)
 
 
-def frames_work(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse floor plus the work no design avoids for frames: base64-decode each and let Pillow open it."""
-    import io
+def check_frame(data: bytes) -> None:
+    """The project's own integrity check of one decoded frame (raises if the frame is refused).
 
+    The one place the frames reference names it: :func:`pipeline.ingestion.images.check_image`, the
+    structure walk every frame gets at ingest (PNG chunks and CRCs through IEND, JPEG segments through
+    EOI), exactly as ``rules.decode_image`` calls it.
+    """
+    from pipeline.ingestion.images import ImageDamaged, check_image
+    from pipeline.ingestion.rules import MAX_IMAGE_PIXELS
+
+    try:
+        check_image(data, max_pixels=MAX_IMAGE_PIXELS)
+    except ImageDamaged as exc:
+        raise MeasurementError(f"a frame is refused: {exc}") from None
+
+
+def frames_work(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse floor plus the work no design avoids for frames, in one process.
+
+    For every frame: ``pybase64.b64decode(validate=True)`` (strict base64), the project's own
+    integrity check (:func:`check_frame`), and writing the decoded bytes to a file, fsynced at
+    the end, as the ingest must store them. No Pillow (unless a frame is not a PNG).
+    """
     import ijson
     import pybase64
-    from PIL import Image
+
+    import pipeline.ingestion.images  # noqa: F401 - check_frame's imports, done before the clock starts
 
     items = ijson.get_backend("yajl2_c").items
+    out_fd, out_path = tempfile.mkstemp(prefix="frames-work-")
     clock = _Clock()
     steps = frames = frame_bytes = 0
-    with open(path, "rb") as f:
-        for step in items(f, STEPS_PREFIX, use_float=True, buf_size=READ_SIZE):
-            steps += 1
-            text = step.get("image")
-            if text is not None:
-                data = pybase64.b64decode(text, validate=True)
-                with Image.open(io.BytesIO(data)) as image:
-                    image.size  # noqa: B018 - opening reads and checks the header
-                frames += 1
-                frame_bytes += len(data)
-    clock.stop()
+    try:
+        with open(path, "rb") as f, os.fdopen(out_fd, "wb", buffering=1 << 20) as out:
+            for step in items(f, STEPS_PREFIX, use_float=True, buf_size=READ_SIZE):
+                steps += 1
+                text = step.get("image")
+                if text is not None:
+                    data = pybase64.b64decode(text, validate=True)
+                    check_frame(data)
+                    out.write(data)
+                    frames += 1
+                    frame_bytes += len(data)
+            out.flush()
+            os.fsync(out.fileno())
+        clock.stop()
+    finally:
+        os.unlink(out_path)
     return clock.result("frames_work", path, input_bytes=os.path.getsize(path), steps=steps, frames=frames,
                         frame_bytes=frame_bytes)
 
@@ -410,10 +522,12 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def run(kind: str, target: str, *, lake: str | None = None, episode: str | None = None,
         how: str | None = None) -> dict[str, Any]:
     """Dispatch one measurement by name (what the command line does)."""
-    if kind == "ingest":
+    if kind in ("ingest", "library"):
         if lake is None:
-            raise ValueError("ingest needs --lake")
-        return ingest(target, lake)
+            raise ValueError(f"{kind} needs --lake")
+        return ingest(target, lake) if kind == "ingest" else library(target, lake)
+    if kind == "startup":
+        return startup(target, how or "run")
     if kind == "parse_floor":
         return parse_floor(target)
     if kind == "baseline":
@@ -435,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="the episode file, or the lake for lake_query and trajectory")
     parser.add_argument("--lake", help="the (new) lake to ingest into")
     parser.add_argument("--episode", help="episode id, for trajectory")
-    parser.add_argument("--how", help="polars|lake for lake_query; parquet|numpy|lake for trajectory")
+    parser.add_argument("--how", help="polars|lake for lake_query; parquet|numpy|lake for trajectory; "
+                                      "help|run for startup")
     parser.add_argument("--memory-limit-mib", type=int, help="cap the address space of this process")
     args = parser.parse_args(argv)
     _limit_memory(args.memory_limit_mib)

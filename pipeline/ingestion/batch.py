@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import sys
 import threading
@@ -20,14 +19,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-
-import fsspec
 
 from ..cores import usable_cores
 from ..errors import LakeError, PipelineError, SourceError
@@ -123,6 +119,8 @@ def _expand_url(url: str, recursive: bool) -> list[str]:
     if protocol in _UNLISTABLE:
         return [url]
     try:
+        import fsspec.core
+
         fs, path = fsspec.core.url_to_fs(url)
         if _has_glob(path):
             matches = sorted(fs.glob(path))
@@ -204,6 +202,8 @@ class BatchSummary:
 def _mp_context() -> Any:
     # Never fork: the parent may have threads (ours read standard input; polars and pyarrow keep
     # pools), and a forked child can inherit a lock some other thread held at the fork.
+    import multiprocessing
+
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
@@ -342,6 +342,8 @@ class Batch(Iterator[IngestResult]):
         owned: list[Executor] = []
         executor = self._executor
         if executor is None and files:
+            from concurrent.futures import ProcessPoolExecutor
+
             executor = ProcessPoolExecutor(max_workers=min(jobs, files), mp_context=_mp_context(),
                                            initializer=keep_pandas_out)
             owned.append(executor)
@@ -595,7 +597,8 @@ def _crashed(source: str | IO[bytes], exc: BaseException) -> IngestResult:
     """A "failed" result for an input whose ingest raised what ``ingest`` itself does not catch."""
     label = source if isinstance(source, str) else getattr(source, "name", "<stream>")
     label = label if isinstance(label, str) else "<stream>"
-    if isinstance(exc, BrokenProcessPool):
+    process = sys.modules.get("concurrent.futures.process")  # imported with the pool, if there was one
+    if process is not None and isinstance(exc, process.BrokenProcessPool):
         message = "the worker process died before finishing (killed, or out of memory?)"
     else:
         message = f"the ingest stopped unexpectedly: {type(exc).__name__}: {exc}"

@@ -13,15 +13,21 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from ..lake.tables import SCHEMAS
-from ..lake.writer import EpisodeWriter
 from ..version import __version__
-from .rules import EpisodeChecker, check_part, check_step, json_text
-from .tabulate import EpisodeTables, episode_table
+from .rules import EpisodeChecker, check_part, check_step, json_text, steps_are_valid
+
+# What EpisodeChecks.steps_batch returns, for EpisodeTabulator.steps_batch: the agent steps were
+# normalised (NORMALISED), or kept their 1-D observation_space (RAW); and, with UNCHECKED, the schema
+# check of the batch was left to the tabulator (the two-process ingest's writer, which has time).
+NORMALISED, RAW, UNCHECKED = 0, 1, 2
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# tables and writer (pyarrow) are imported by EpisodeTabulator, not here: the reading process of the
+# two-process ingest only checks, and leaves importing pyarrow to the writer it forks.
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,34 @@ class EpisodeChecks:
         self._checker.check_step(step, index)
         self.steps = index + 1
 
+    def steps_batch(self, steps: list[Any], *, defer_schema: bool = False) -> int:
+        """:meth:`step` for each of the next steps, in order; returns NORMALISED or RAW (| UNCHECKED).
+
+        One schema call checks the whole batch; if it fails, or the batch is not in the common shape
+        (see :meth:`pipeline.ingestion.rules.EpisodeChecker.check_steps`), the steps go one by one, so the first
+        error in file order is the one raised, with its usual message.
+
+        ``defer_schema``: a batch that passes every other rule without being changed (1-D float
+        observations, no image, no metrics; see :meth:`~.rules.EpisodeChecker.check_steps_as_they_are`)
+        is returned ``RAW | UNCHECKED`` without its schema check, which the tabulator then runs. No
+        other rule is broken in it, so a schema error there is the first error of the file from
+        that batch on; the two-process ingest reports the writer's errors before its own later ones.
+        """
+        index = self.steps
+        checker = self._checker
+        if defer_schema and checker.check_steps_as_they_are(steps):
+            self.steps = index + len(steps)
+            return RAW | UNCHECKED
+        if steps_are_valid(steps):
+            state = RAW if checker.check_steps(steps, index) else NORMALISED
+        else:
+            for i, step in enumerate(steps):
+                check_step(step, index + i)
+                checker.check_step(step, index + i)
+            state = NORMALISED
+        self.steps = index + len(steps)
+        return state
+
 
 class EpisodeTabulator:
     """Tabulates checked parts; writes them under ``folder`` (None: build the batches, drop them).
@@ -82,6 +116,9 @@ class EpisodeTabulator:
 
     def __init__(self, folder: Path | None, *, collect: bool = False) -> None:
         self._header: dict[str, Any] = {}
+        from ..lake.writer import EpisodeWriter
+        from .tabulate import EpisodeTables
+
         self._writer = EpisodeWriter(folder) if folder is not None else None
         self._collected: dict[str, list[pa.RecordBatch | pa.Table]] | None = {} if collect else None
         sink = self._writer.write if self._writer else (self._collect if collect else _discard)
@@ -94,6 +131,10 @@ class EpisodeTabulator:
 
     def tables(self) -> dict[str, pa.Table]:
         """The collected rows of each table (``collect=True``), one Arrow table each."""
+        import pyarrow as pa
+
+        from ..lake.tables import SCHEMAS
+
         assert self._collected is not None
         return {name: pa.Table.from_batches(
                     [b for part in self._collected.get(name, []) for b in
@@ -109,8 +150,21 @@ class EpisodeTabulator:
         self._tables.add_step(step, self.steps)
         self.steps += 1
 
+    def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED) -> None:
+        """The next steps, as :meth:`EpisodeChecks.steps_batch` left them (``state``: what it returned).
+
+        An UNCHECKED batch is schema-checked here first (the first invalid step raises its error).
+        """
+        if state & UNCHECKED and not steps_are_valid(steps):
+            for i, step in enumerate(steps):
+                check_step(step, self.steps + i)
+        self._tables.add_steps(steps, self.steps, bool(state & RAW))
+        self.steps += len(steps)
+
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
+        from .tabulate import episode_table
+
         tables = self._tables
         tables.flush()
         write = (self._writer.write if self._writer is not None
@@ -158,6 +212,10 @@ class EpisodeBuilder:
         """The next step of ``inference.steps``."""
         self._checks.step(step)
         self._tabulator.step(step)
+
+    def steps_batch(self, steps: list[Any]) -> None:
+        """The next steps of ``inference.steps``, in order (a batch from :func:`~.source.read_batches`)."""
+        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps))
 
     def finish(self, facts: Facts) -> Built:
         return self._tabulator.finish(facts)

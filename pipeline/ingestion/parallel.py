@@ -1,22 +1,32 @@
-"""One large file on two cores: this process parses and checks, a second one tabulates and writes.
+"""One large file on two cores: this process parses, a second one checks, tabulates and writes.
 
 Parsing (ijson), the rules (schema and the rest) and the Arrow conversion all hold the GIL, so
 one process keeps one core busy while the other mostly idles. Here the reading process parses
-and runs :class:`~pipeline.ingestion.builder.EpisodeChecks` on every part, then streams the checked
-parts, marshalled in small batches, through a pipe to a forked child that runs the
+and streams the parts, in the batches :func:`~pipeline.ingestion.source.read_batches` hands over, marshalled
+through a pipe to a forked child that runs :class:`~pipeline.ingestion.builder.EpisodeChecks` and the
 :class:`~pipeline.ingestion.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
-Measured on the 2-core development machine (100 MB files, median of 5, alternating, one run):
-teams 3.61 -> 2.91 s (0.81x), frames 1.14 -> 1.06 s, pixels 3.30 -> 3.27 s (parsing and checking
-84x84 observations dominate; their values cross the pipe as bytes). Where the child used to run
-the checks too, it was slower than one process on every profile: it was the bottleneck, and
-unmarshalling costs ~35% of the parse. So files from :data:`SPLIT_MIN_BYTES` are split by default
-when there are two cores to use and forking is safe.
+Parsing alone is the slower half on most files, so the reader does nothing else (issue 15: with
+the checks in the reader, it was the bottleneck on small steps and short numbers). Integer
+observations (pixels) are the exception, chosen on the first batch (:func:`checks_here`): checked
+and flattened here, they cross the pipe as one byte a value, where nested lists of integers take
+longer to marshal than to check. Either way the reader leaves the schema check of plain batches
+(1-D float observations, no image, no metrics) to the child. The reader imports neither pyarrow
+nor the tables: the child imports them while the reader parses.
+
+Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
+(~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
+floor of those files 1.3, 1.9 and 1.4 s. Splitting costs ~0.5 s of CPU per 100 MB (marshal and
+pipe) and pays only when a second core is free: from 4 to 16 MB of small steps, one process used
+20-35% less CPU and was as fast on a busy machine, so files from :data:`SPLIT_MIN_BYTES` are
+split by default when there are two cores to use and forking is safe.
 
 The reader keeps everything that makes the ingest atomic: the staging folder and its lock, the
-content hash, and the commit. Every rule is checked in the reader, so rule errors come in file
-order by construction; before reporting an error of its own, the reader still asks the child
-whether writing what it already sent failed.
+content hash, and the commit. Errors still come in file order: the child checks the parts in file
+order and stops at its first error; before reporting an error of its own (a parse error, a part
+it checked), which always lies later in the file than what it sent, the reader asks the child for
+an earlier one. Header parts that come before the first steps wait for the choice of who checks;
+if the file ends in an error before any step, the reader checks them first.
 """
 
 from __future__ import annotations
@@ -24,26 +34,31 @@ from __future__ import annotations
 import contextlib
 import gc
 import marshal
-import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cores import usable_cores
 from ..errors import LakeError, PipelineError
-from .builder import Built, EpisodeChecks, EpisodeTabulator, Facts
 from .nopandas import keep_pandas_out
-from .source import PROGRESS_EVERY, STEP, Source, read_document
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from .builder import Built
+    from .source import Source
+
+# builder, source and multiprocessing are imported when a file is split, not with this module:
+# ingest and batch import it for split_pays and usable_cores, on every start of the command line.
 
 # Whether ingest(parallel=None) may split at all; see the measurements above.
 # Files at least this large (as stored) are split when forking is safe.
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
-# Steps per message: large enough to amortise a pipe write, small enough to keep both sides busy.
-STEPS_PER_MESSAGE = 32
+# Steps travel in the batches the parser hands over (pipeline.ingestion.source.read_batches: up to 256 steps
+# or ~64 KiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
 
 
 def split_pays(size: int | None) -> bool:
@@ -69,6 +84,8 @@ def build_in_two_processes(src: Source, folder: Path | None,
     ``close_in_child`` names inherited file descriptors the child must not keep: the staging
     lock, so that once this process dies the lock dies with it and ``gc`` can clean up.
     """
+    import multiprocessing
+
     context = multiprocessing.get_context("fork")
     ours, theirs = context.Pipe()
     # The child inherits our end of the pipe too; unless it closes it, it never sees us hang up.
@@ -88,25 +105,33 @@ def build_in_two_processes(src: Source, folder: Path | None,
 
 
 def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
-    checks = EpisodeChecks()
-    steps: list[Any] = []
+    from .builder import EpisodeChecks
+    from .source import PROGRESS_EVERY, STEPS, read_batches
+
+    checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
+    headers: list[tuple[str, Any]] = []  # parts before the first steps, until the choice is made
+    chosen = False
+    steps = 0
     try:
-        for part, value in read_document(src):
-            if part == STEP:
-                checks.step(value)
-                steps.append(value)
-                if len(steps) >= STEPS_PER_MESSAGE:
-                    _send(conn, ("steps", steps))
-                    steps = []
-                if progress is not None and checks.steps % PROGRESS_EVERY == 0:
+        for part, value in _parts_before_errors(read_batches(src), headers):
+            if part == STEPS:
+                if not chosen:  # the first steps: choose who checks, then send what waited
+                    checks = EpisodeChecks() if checks_here(value) else None
+                    for name, header in headers:
+                        _send_part(conn, checks, name, header)
+                    headers.clear()
+                    chosen = True
+                if checks is None:
+                    _send(conn, ("check", value))
+                else:
+                    _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
+                before, steps = steps, steps + len(value)
+                if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
-                continue
-            if steps:
-                _send(conn, ("steps", steps))
-                steps = []
-            _send(conn, ("header", checks.part(part, value)))
-        if steps:
-            _send(conn, ("steps", steps))
+            elif not chosen:
+                headers.append((part, value))
+            else:
+                _send_part(conn, checks, part, value)
         digest = src.reader.hexdigest()
         _send(conn, ("finish", (src.name, digest, src.reader.consumed)))
     except PipelineError as own:
@@ -120,6 +145,50 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
     if reply[0] == "error":
         raise reply[1]
     return reply[1]
+
+
+def _parts_before_errors(parts: Iterator[tuple[str, Any]],
+                         waiting: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """``parts``; if they end in an error while header parts still wait for the first steps
+    (``waiting``, emptied once sent), check those first (here), so that one of them that is invalid
+    is reported before the later error."""
+    try:
+        yield from parts
+    except PipelineError:
+        from .builder import EpisodeChecks
+
+        checks = EpisodeChecks()
+        for name, value in waiting:
+            checks.part(name, value)
+        raise
+
+
+def checks_here(steps: list[Any]) -> bool:
+    """Whether the reading process should check the parts itself (True) or leave it to the writer.
+
+    Parsing is the reading process's own work and the slower half on most files, so the checks go
+    to the writer, which gets each part as the parser made it. Not for integer observations (pixels):
+    checked here, they cross the pipe as one byte a value (see :func:`pipeline.ingestion.rules.flatten_observation`)
+    instead of nested lists of integers, which take longer to send and to receive than to check.
+    Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
+    """
+    try:
+        for step in steps:
+            for agent_step in step.get("agent_steps") or ():
+                obs = agent_step["observation_space"]
+                return bool(obs) and (type(obs[0]) is int or (type(obs[0]) is list and bool(obs[0])
+                                                                and type(obs[0][0]) is int))
+    except (TypeError, KeyError, AttributeError, IndexError):
+        pass
+    return False
+
+
+def _send_part(conn: Connection, checks: Any, name: str, value: Any) -> None:
+    """A header part: checked here (``checks``), or sent as it is for the writer to check."""
+    if checks is None:
+        _send(conn, ("part", name, value))
+    else:
+        _send(conn, ("header", checks.part(name, value)))
 
 
 class _ChildReported(Exception):
@@ -153,18 +222,24 @@ def _stop(conn: Connection) -> PipelineError | None:
 
 
 def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
+    from .builder import EpisodeChecks, EpisodeTabulator, Facts
+
     for fd in close_in_child:
         os.close(fd)
     keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
+    checks = EpisodeChecks()  # for the parts the reader leaves to us ("check", "part")
     try:
         while True:
             message = marshal.loads(conn.recv_bytes())
             kind = message[0]
-            if kind == "steps":
-                for step in message[1]:
-                    tabulator.step(step)
+            if kind == "check":
+                tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
+            elif kind == "steps":
+                tabulator.steps_batch(message[1], message[2])
+            elif kind == "part":
+                tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":
                 tabulator.header(message[1])
             elif kind == "finish":

@@ -17,14 +17,14 @@ import json
 from array import array
 from functools import cache
 from importlib import resources
-from itertools import chain
+from itertools import chain, islice
+from operator import itemgetter, lt
 from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
 import orjson
 import pybase64
-from PIL import Image
 
 from ..errors import InvalidEpisode
 from .images import ImageDamaged, check_image
@@ -126,6 +126,19 @@ def check_step(step: Any, index: int) -> None:
         return
     number = step.get("number") if type(step) is dict else None
     check_part("step", step, path=f"{STEPS_PATH}[{index}]", step=number if type(number) is int else None)
+
+
+@cache
+def _steps_validator() -> Any:
+    """A validator of a list of steps: one call for a whole batch of the parser's steps."""
+    schema = load_schema()
+    return jsonschema_rs.validator_for({"$schema": schema["$schema"], "$defs": schema["$defs"],
+                                        "type": "array", "items": {"$ref": "#/$defs/step"}})
+
+
+def steps_are_valid(steps: list[Any]) -> bool:
+    """Whether every step of ``steps`` is schema-valid (errors are found with :func:`check_step`)."""
+    return bool(_steps_validator().is_valid(steps))
 
 
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
@@ -232,8 +245,6 @@ def decode_image(text: str, *, path: str, step: int) -> bytes:
     return data
 
 
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:
     """Flatten a schema-valid observation row-major; return the values and the shape.
@@ -243,6 +254,20 @@ def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytear
     C at ~4 ns a value, where converting Python numbers to Arrow costs ~40 ns (measured). The
     table stage widens the bytes to float64 in bulk. Anything else comes back as a flat list.
     """
+    if obs and type(obs[0]) is list:
+        width = len(obs[0])
+        for row, values in enumerate(obs):
+            if len(values) != width:
+                raise InvalidEpisode(
+                    "observation.rectangular",
+                    f"row {row} has {len(values)} values but row 0 has {width}; a 2-D observation must be rectangular",
+                    path=f"{path}[{row}]", step=step,
+                )
+    return _flat(obs)
+
+
+def _flat(obs: list[Any]) -> tuple[bytearray | list[Any], list[int]]:
+    """:func:`flatten_observation` of an observation already known to be rectangular."""
     if not obs or type(obs[0]) is not list:
         if obs and type(obs[0]) is int:
             try:
@@ -251,13 +276,6 @@ def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytear
                 pass
         return obs, [len(obs)]
     width = len(obs[0])
-    for row, values in enumerate(obs):
-        if len(values) != width:
-            raise InvalidEpisode(
-                "observation.rectangular",
-                f"row {row} has {len(values)} values but row 0 has {width}; a 2-D observation must be rectangular",
-                path=f"{path}[{row}]", step=step,
-            )
     shape = [len(obs), width]
     if width and type(obs[0][0]) is int:  # floats fail at once; skip the attempt
         try:
@@ -265,6 +283,14 @@ def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytear
         except (TypeError, ValueError):
             pass
     return list(chain.from_iterable(obs)), shape
+
+
+_FIRST = itemgetter(0)
+
+
+def _is_rectangular(obs: list[Any]) -> bool:
+    """Whether a non-empty 2-D observation's rows all have the length of its first."""
+    return len(set(map(len, obs))) == 1
 
 
 class EpisodeChecker:
@@ -333,6 +359,124 @@ class EpisodeChecker:
                         unit_step["custom_metrics"] = json_text(
                             metrics, path=f"{base}.agent_steps[{j}].unit_steps[{k}].custom_metrics", step=number
                         )
+
+    def check_steps(self, steps: list[dict[str, Any]], first: int) -> bool:
+        """:meth:`check_step` for consecutive schema-valid steps (``first`` is the index of the first).
+
+        Returns whether their observations were left as they are: True when every agent step's
+        observation is a non-empty 1-D array starting with a float (it is its own flattening, so
+        ``observation_space`` is kept, and the table stage reads it); False when each agent step was
+        normalised as :meth:`check_step` does. A batch in the common shape (increasing integer step
+        numbers, the episode's reward kind and length, rectangular observations, unique names) is
+        checked with a few passes over the whole batch; anything else goes step by step through
+        :meth:`check_step`, which raises the exact error. The fast path decides before it changes
+        anything, and what it can still raise (images, metrics) it raises in file order.
+        """
+        plan = self._fast_plan(steps)
+        if plan is None:
+            for i, step in enumerate(steps):
+                self.check_step(step, first + i)
+            return False
+        numbers, rows, observations, raw, units = plan
+        images = [step.get("image") for step in steps].count(None) != len(steps)
+        metrics = ([row.get("custom_metrics") for row in rows].count(None) != len(rows)
+                   or [unit.get("custom_metrics") for unit in units].count(None) != len(units))
+        if images or metrics:
+            self._normalise_in_order(steps, first, images, metrics)
+        if not raw:
+            for row, obs in zip(rows, observations, strict=True):
+                del row["observation_space"]
+                row["observation"], row["observation_shape"] = _flat(obs)
+        self._numbers.extend(numbers)
+        return raw
+
+    def check_steps_as_they_are(self, steps: list[Any]) -> bool:
+        """:meth:`check_steps` for a batch that needs no change, and before its schema check.
+
+        True, with the step numbers recorded, when the batch is in the common shape with 1-D
+        float observations, no image and no custom metrics: then no rule but the schema's is broken
+        in it, and nothing in it is to be normalised. False, with nothing recorded, for any other
+        batch (including one the rules here cannot read because it breaks the schema): the caller
+        then checks it as usual.
+        """
+        try:
+            plan = self._fast_plan(steps)
+            if plan is None:
+                return False
+            numbers, rows, _, raw, units = plan
+            if (not raw or [step.get("image") for step in steps].count(None) != len(steps)
+                    or [row.get("custom_metrics") for row in rows].count(None) != len(rows)
+                    or [unit.get("custom_metrics") for unit in units].count(None) != len(units)):
+                return False
+        except (TypeError, KeyError, AttributeError, IndexError):  # not schema-valid: checked as usual
+            return False
+        self._numbers.extend(numbers)
+        return True
+
+    def _fast_plan(self, steps: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]], list[Any], bool,
+                                                                list[dict[str, Any]]] | None:
+        """What :meth:`check_steps` needs if the batch can take the fast path (None if not); changes nothing."""
+        kind, expected = self._reward_kind_name, self._expected_length
+        if kind is None or expected is None or not self._numbers_sorted:
+            return None
+        numbers = [step["number"] for step in steps]
+        if set(map(type, numbers)) != {int}:
+            return None
+        if (self._numbers and numbers[0] <= self._numbers[-1]) or not all(map(lt, numbers, islice(numbers, 1, None))):
+            return None
+        lists = [step.get("agent_steps") or () for step in steps]
+        rows = list(chain.from_iterable(lists))
+        if max(map(len, lists), default=0) > 1 and any(
+                len(agents) > 1 and len({row["agent"] for row in agents}) != len(agents) for agents in lists):
+            return None
+        rewards = [row.get("rewards") for row in rows]
+        absent = rewards.count(None)
+        if kind == "reward":
+            if absent != len(rewards):
+                return None
+        elif absent or any(len(r) != expected for r in rewards):
+            return None
+        observations = [row["observation_space"] for row in rows]
+        if not all(observations):  # an empty observation: step by step
+            return None
+        kinds = set(map(type, map(_FIRST, observations)))
+        raw = kinds == {float}
+        if list in kinds and not all(_is_rectangular(obs) for obs in observations if type(obs[0]) is list):
+            return None
+        units: list[dict[str, Any]] = []
+        unit_lists = [row.get("unit_steps") for row in rows]
+        if unit_lists.count(None) != len(unit_lists):
+            for unit_steps in unit_lists:
+                if unit_steps:
+                    if len(unit_steps) > 1 and len({unit["unit"] for unit in unit_steps}) != len(unit_steps):
+                        return None
+                    units += unit_steps
+            unit_rewards = [unit.get("rewards") for unit in units]
+            if unit_rewards.count(None) != len(unit_rewards) and set(
+                    map(len, [r for r in unit_rewards if r is not None])) != {expected}:
+                return None
+        return numbers, rows, observations, raw, units
+
+    def _normalise_in_order(self, steps: list[dict[str, Any]], first: int, images: bool, metrics: bool) -> None:
+        """Decode images and store metrics as JSON text, step by step: what fails, fails in file order."""
+        for i, step in enumerate(steps):
+            base = f"{STEPS_PATH}[{first + i}]"
+            number = step["number"]
+            image = step.get("image")
+            if image is not None:
+                step["image"] = decode_image(image, path=f"{base}.image", step=number)
+            if not metrics:
+                continue
+            for j, agent_step in enumerate(step.get("agent_steps") or ()):
+                value = agent_step.get("custom_metrics")
+                if value is not None:
+                    agent_step["custom_metrics"] = json_text(
+                        value, path=f"{base}.agent_steps[{j}].custom_metrics", step=number)
+                for k, unit_step in enumerate(agent_step.get("unit_steps") or ()):
+                    value = unit_step.get("custom_metrics")
+                    if value is not None:
+                        unit_step["custom_metrics"] = json_text(
+                            value, path=f"{base}.agent_steps[{j}].unit_steps[{k}].custom_metrics", step=number)
 
     def _check_number(self, number: int, index: int) -> None:
         numbers = self._numbers

@@ -13,14 +13,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from ..errors import InvalidEpisode, LakeError, PipelineError
 from ..lake.commit import Staging
 from ..lake.layout import resolve_lake
-from .builder import Built, EpisodeBuilder, Facts
 from .parallel import build_in_two_processes, split_pays
-from .source import PROGRESS_EVERY, STEP, Source, open_source, read_document
+
+if TYPE_CHECKING:
+    from .builder import Built
+    from .source import Source
+
+# The parser, the rules and Arrow (source, builder) are imported by the first ingest, not with this
+# module: `import pipeline` and the command line's start-up stay light (tests/test_startup.py).
 
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -118,6 +123,8 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     result = IngestResult(source=label, status="failed")
     started = time.perf_counter()
     try:
+        from .source import open_source
+
         with open_source(source, name=name) as src:
             result.source = src.name
             if parallel is None:
@@ -157,6 +164,8 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     when valid, the episode's rows of each table as Arrow tables with an ``episode_id`` column.
     """
     from ..lake.segments import with_id
+    from .builder import EpisodeBuilder, Facts
+    from .source import STEPS, open_source, read_batches
 
     result = IngestResult(source=source, status="failed")
     started = time.perf_counter()
@@ -167,9 +176,9 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
             try:
                 with _gc_paused():
                     builder = EpisodeBuilder(None, collect=True)
-                    for part, value in read_document(src):
-                        if part == STEP:
-                            builder.step(value)
+                    for part, value in read_batches(src):
+                        if part == STEPS:
+                            builder.steps_batch(value)
                         else:
                             builder.part(part, value)
                     built = builder.finish(Facts(src.name, src.reader.hexdigest(), src.reader.consumed))
@@ -208,12 +217,16 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
 
 
 def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
+    from .builder import EpisodeBuilder, Facts
+    from .source import PROGRESS_EVERY, STEPS, read_batches
+
     builder = EpisodeBuilder(folder)
     try:
-        for part, value in read_document(src):
-            if part == STEP:
-                builder.step(value)
-                if progress is not None and builder.steps % PROGRESS_EVERY == 0:
+        for part, value in read_batches(src):
+            if part == STEPS:
+                before = builder.steps
+                builder.steps_batch(value)
+                if progress is not None and builder.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
             else:
                 builder.part(part, value)

@@ -22,18 +22,15 @@ import hashlib
 import io
 import os
 import re
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import IO, Any
 
-import fsspec
-import fsspec.compression
-import fsspec.utils
 import ijson
-import numpy as np
-import zstandard
 
 from ..errors import InvalidEpisode, SourceError
 from .zstdframes import ZstdFrameWalker
@@ -53,6 +50,21 @@ HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.c
 _CONTAINERS = frozenset({"", "inference", "inference.steps"})
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
+
+
+def _infer_compression(name: str) -> str | None:
+    """fsspec's ``infer_compression`` (by the name's extension), without importing fsspec for ``.json``."""
+    extension = os.path.splitext(name)[-1].strip(".").lower()
+    if extension in ("json", ""):  # never a compression's extension in fsspec's registry
+        return None
+    import fsspec.utils
+
+    return fsspec.utils.infer_compression(name)
+
+
+def _is_plain_local_path(name: str) -> bool:
+    """A local path that fsspec would open as it is (no URL, no chaining, no ``~`` to expand)."""
+    return "://" not in name and "::" not in name and not name.startswith("~")
 
 
 def _c_backend() -> Any:
@@ -116,6 +128,7 @@ MAX_DEPTH = 256
 _STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"')
 _QUOTED = re.compile(rb'"[^"]*"')
 _NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_OPEN, _CLOSE, _PAIR = b"\x01", b"\xff", b"\x01\xff"
 _BACKSLASH = b"\\"
 
 
@@ -125,6 +138,12 @@ class _DepthGuard:
     Escaped characters are dropped, then everything but brackets and quotes; what remains of
     strings (quote pairs, or quotes around brackets) is removed, and the brackets left are summed.
     State carried between chunks: the depth, whether a string is open, a trailing backslash.
+
+    The deepest point of a chunk is bounded without a pass in Python: removing every adjacent
+    open-close pair again and again leaves the unmatched closes then the unmatched opens, and
+    the deepest point is at most the depth before the chunk, plus those opens, plus the number of
+    passes (the deepest nesting of the matched pairs). Only a chunk whose bound exceeds the
+    limit is summed exactly. No numpy: the command's start-up does without it.
     """
 
     def __init__(self) -> None:
@@ -153,10 +172,21 @@ class _DepthGuard:
                 marks, self._in_string = marks[:start], True
         if not marks:
             return
-        levels = np.frombuffer(marks.translate(_NESTING), np.int8).cumsum(dtype=np.int64)
-        if self.depth + int(levels.max()) > MAX_DEPTH:
-            raise _TooDeep
-        self.depth += int(levels[-1])
+        marks = marks.translate(_NESTING)
+        opens = marks.count(_OPEN)
+        net = 2 * opens - len(marks)
+        if self.depth + opens > MAX_DEPTH:
+            left, passes = marks, 0
+            while True:
+                reduced = left.replace(_PAIR, b"")
+                if len(reduced) == len(left):
+                    break
+                left, passes = reduced, passes + 1
+            if self.depth + left.count(_OPEN) + passes > MAX_DEPTH:
+                deepest = max(accumulate(array("b", marks), initial=self.depth))  # exactly, in C
+                if deepest > MAX_DEPTH:
+                    raise _TooDeep
+        self.depth += net
 
 
 class _BackgroundSha256:
@@ -333,19 +363,23 @@ class _OpenedSource:
             name = self._name or getattr(src, "name", None) or "<stream>"
             if not isinstance(name, str):
                 name = "<stream>"
-            compression = fsspec.utils.infer_compression(name) if self._name else None
+            compression = _infer_compression(name) if self._name else None
             raw, size = src, None
         else:
             name = self._name or os.fspath(src)
             raw, size = self._open_path(name)
-            compression = fsspec.utils.infer_compression(name)
+            compression = _infer_compression(name)
         counter = _RawCounter(raw, name, ZstdFrameWalker() if compression == "zstd" else None)  # type: ignore[arg-type]
         stream: IO[bytes] = io.BufferedReader(counter, buffer_size=READ_SIZE)
         if compression == "zstd":
             # fsspec's zstd reader stops after the first frame; a file may hold several.
+            import zstandard
+
             stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
             self._closers.append(stream.close)
         elif compression:
+            import fsspec.compression
+
             stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
         reader = HashingReader(stream, name)
@@ -353,7 +387,11 @@ class _OpenedSource:
         return Source(name=name, reader=reader, size=size, _raw_counter=counter)
 
     def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
+        if _is_plain_local_path(name):
+            return self._open_local(name)
         try:
+            import fsspec.core
+
             fs, path = fsspec.core.url_to_fs(name)
             protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
             options = {}
@@ -375,6 +413,28 @@ class _OpenedSource:
         self._closers.append(raw.close)
         try:
             size = fs.size(path)
+        except Exception:
+            size = None
+        return raw, size
+
+
+    def _open_local(self, name: str) -> tuple[IO[bytes], int | None]:
+        """What fsspec's local filesystem does for a plain path (same errors), without importing fsspec."""
+        try:
+            if os.path.isdir(name):
+                raise SourceError("is a directory, not an episode file", source=name)
+            raw = open(name, "rb")  # noqa: SIM115 - closed by _close
+        except SourceError:
+            raise
+        except FileNotFoundError as exc:
+            raise SourceError("no such file", source=name) from exc
+        except PermissionError as exc:
+            raise SourceError("permission denied", source=name) from exc
+        except Exception as exc:
+            raise SourceError(f"could not open: {exc}", source=name) from exc
+        self._closers.append(raw.close)
+        try:
+            size: int | None = os.fstat(raw.fileno()).st_size
         except Exception:
             size = None
         return raw, size
@@ -424,54 +484,94 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
     top-level keys, a non-empty steps array, parseable JSON) are enforced here, as the stream
     goes; everything inside the parts is left to :mod:`pipeline.ingestion.rules`.
     """
+    for part, value in read_batches(source):
+        if part == STEPS:
+            for step in value:
+                yield STEP, step
+        else:
+            yield part, value
+
+
+# read_batches hands steps over in lists of at most this many, spanning at most about this many
+# bytes of the file: per-step work then runs a few times per batch instead of once per step, while
+# a batch's parsed objects still fit in the CPU caches (1 MiB batches made the teams profiles ~15%
+# slower than 64 KiB ones, measured; small steps gain up to 256 at a time: vector -20%).
+BATCH_STEPS = 256
+BATCH_BYTES = 64 * 1024
+STEPS = "inference.steps[]"  # the part name of a batch of steps
+
+
+def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
+                 batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[str, Any]]:
+    """:func:`read_document` with the steps in lists: ``(STEPS, [step, ...])``, header parts as there.
+
+    The same values in the same order, and the same errors at the same points: steps parsed before
+    an error are always yielded before it is raised.
+    """
     reader = source.reader
     prefixes = _Prefixes()
-    matched = prefixes.matched
+    popleft = prefixes.matched.popleft
     seen_parts: set[str] = set()
     steps = 0
+    batch: list[Any] = []
+    batch_end = 0
+    error: InvalidEpisode | None = None
     try:
         first = reader.first_byte()
         if first != b"{":
             raise InvalidEpisode("document.object", _root_message(first, reader), source=source.name)
         items = _c_backend().items(reader, prefixes, use_float=True, buf_size=READ_SIZE)
         for value in items:
-            part = matched.popleft()
+            part = popleft()
             reader.mark()
             if prefixes.unknown is not None:
-                raise _unknown_key(prefixes.unknown)
+                error = _unknown_key(prefixes.unknown)
+                break
             if part == STEP:
-                yield part, value
+                batch.append(value)
                 steps += 1
+                if len(batch) >= batch_steps or reader.consumed >= batch_end:
+                    yield STEPS, batch
+                    batch = []
+                    batch_end = reader.consumed + batch_bytes
                 continue
+            if batch:
+                yield STEPS, batch
+                batch = []
             if part in seen_parts:
                 key = part.rsplit(".", 1)[-1]
                 raise InvalidEpisode("document.duplicate_key", f'the key "{key}" appears twice', path=part)
             seen_parts.add(part)
             yield part, value
     except ijson.JSONError as exc:
-        raise _parse_error(exc, prefixes, steps, reader) from None
+        error = _parse_error(exc, prefixes, steps, reader)
     except UnicodeDecodeError:  # bytes yajl let through (overlong forms, surrogates, "\\udfff")
         in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
-        raise InvalidEpisode(
+        error = InvalidEpisode(
             "file.utf8", "a string is not valid UTF-8 (bad bytes or an unpaired surrogate escape)",
             path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
-        ) from None
+        )
     except _TooDeep:
         where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
-        raise InvalidEpisode(
+        error = InvalidEpisode(
             "document.depth", f"arrays and objects are nested more than {MAX_DEPTH} levels deep",
             path=where, offset=reader.consumed,
-        ) from None
+        )
     except _PartTooLarge:
         if prefixes.unknown is not None:
-            raise _unknown_key(prefixes.unknown) from None
-        where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
-        raise InvalidEpisode(
-            "document.part_size",
-            f"one value spans more than {MAX_PART_BYTES // 2**20} MiB of the file; a step (or a header "
-            "value such as training.config) must be smaller",
-            path=where, offset=reader.consumed,
-        ) from None
+            error = _unknown_key(prefixes.unknown)
+        else:
+            where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
+            error = InvalidEpisode(
+                "document.part_size",
+                f"one value spans more than {MAX_PART_BYTES // 2**20} MiB of the file; a step (or a header "
+                "value such as training.config) must be smaller",
+                path=where, offset=reader.consumed,
+            )
+    if batch:
+        yield STEPS, batch
+    if error is not None:
+        raise error
     if prefixes.unknown is not None:
         raise _unknown_key(prefixes.unknown)
     _check_structure(prefixes, seen_parts, steps)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import reduce
+from itertools import accumulate, chain, islice
+from operator import add, lt
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ..lake.tables import AGENT_STEPS, EPISODE_AGENTS, EPISODES, F64, I64, LIST_F64, STEPS, UNIT_STEPS
+
+_SHAPE = pa.list_(pa.int32())
 
 # A batch is flushed when it holds this many rows, or this many numbers (and image bytes / 8) in
 # its lists: Python objects cost ~4x their Arrow size, so this keeps a batch to a few tens of MB.
@@ -63,6 +67,11 @@ def _floats(values: list[Any]) -> pa.Array:
         return pa.array([float(v) for v in values], F64)
 
 
+def _bytes_as_floats(data: bytearray) -> pa.Array:
+    """A float64 array of the bytes' values (0-255), widened by Arrow in bulk (no numpy needed)."""
+    return pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)]).cast(F64)
+
+
 class FloatListColumn:
     """A ``list<float64>`` column built row by row from flat values, converted in bulk.
 
@@ -92,9 +101,20 @@ class FloatListColumn:
         else:
             chunks.append(bytearray(values))
 
+    def extend(self, rows: list[list[Any]]) -> None:
+        """Many rows of numbers at once (lists, as the parser made them): what ``append`` of each does."""
+        lengths = list(map(len, rows))
+        self.offsets.extend(islice(accumulate(lengths, initial=self.values), 1, None))
+        self.values += sum(lengths)
+        chunks = self._chunks
+        if chunks and isinstance(chunks[-1], list):
+            chunks[-1].extend(chain.from_iterable(rows))
+        else:
+            chunks.append(list(chain.from_iterable(rows)))
+
     def array(self) -> pa.ListArray:
-        parts = [pa.array(np.frombuffer(chunk, np.uint8).astype(np.float64)) if isinstance(chunk, bytearray)
-                 else _floats(chunk) for chunk in self._chunks]
+        parts = [_bytes_as_floats(chunk) if isinstance(chunk, bytearray) else _floats(chunk)
+                 for chunk in self._chunks]
         values = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], F64)
         return pa.ListArray.from_arrays(pa.array(self.offsets, pa.int32()), values)
 
@@ -147,6 +167,40 @@ class _AgentSummary:
             self.value_sum += value
             self.value_count += 1
 
+    def add_rows(self, numbers: list[int], positions: list[int], totals: list[Any], rows: list[dict[str, Any]]) -> None:
+        """:meth:`add` of each row in turn, for rows whose step numbers increase past every one seen."""
+        self.length += len(numbers)
+        if numbers[0] < self.first_step:
+            self.first_step, self.position = numbers[0], positions[0]
+        if numbers[-1] > self.last_step:
+            self.last_step = numbers[-1]
+        self.total = reduce(add, totals, self.total)  # in order, as += does (sum() may compensate)
+        low, high = min(totals), max(totals)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        rewards = [row.get("rewards") for row in rows]
+        if rewards.count(None) != len(rewards):
+            vectors = [r for r in rewards if r is not None]
+            totals_ = self.totals
+            if totals_ is None:
+                totals_ = self.totals = [0.0] * len(vectors[0])
+            # Vectors of unequal length never reach a written episode (reward.length refuses it).
+            for i, column in enumerate(zip(*vectors, strict=False)):
+                totals_[i] = reduce(add, column, totals_[i])
+        health = [row.get("health") for row in rows]
+        for i in range(len(health) - 1, -1, -1):
+            if health[i] is not None:
+                if numbers[i] >= self.health_step:
+                    self.health, self.health_step = health[i], numbers[i]
+                break
+        values = [row.get("value_estimate") for row in rows]
+        present = len(values) - values.count(None)
+        if present:
+            self.value_sum = reduce(add, (v for v in values if v is not None), self.value_sum)
+            self.value_count += present
+
     def row(self, agent: str) -> dict[str, Any]:
         return {
             "agent": agent, "length": self.length, "first_step": self.first_step, "last_step": self.last_step,
@@ -158,11 +212,21 @@ class _AgentSummary:
         }
 
 
-def _scored(row: dict[str, Any]) -> Any:
-    """Set and return a row's total reward: ``reward``, or the sum of ``rewards``."""
+def _total(row: dict[str, Any]) -> Any:
+    """A row's total reward: ``reward``, or the sum of ``rewards``."""
     rewards = row.get("rewards")
-    total = row["total_reward"] = row["reward"] if rewards is None else sum(rewards)
-    return total
+    return row["reward"] if rewards is None else sum(rewards)
+
+
+def _totals(rows: list[dict[str, Any]]) -> list[Any]:
+    """:func:`_total` of each row."""
+    rewards: list[Any] = [row.get("rewards") for row in rows]
+    absent = rewards.count(None)
+    if absent == len(rows):
+        return [row["reward"] for row in rows]
+    if not absent:
+        return list(map(sum, rewards))
+    return [row["reward"] if r is None else sum(r) for row, r in zip(rows, rewards, strict=True)]
 
 
 class EpisodeTables:
@@ -170,9 +234,11 @@ class EpisodeTables:
 
     ``sink(table_name, batch)`` is called whenever a batch is full and by :meth:`flush`; a batch
     is a record batch or a table of a few record batches, and becomes one Parquet row group.
-    Rows are the parsed dicts themselves, completed in place with their keys (``step``,
-    ``agent``, ``total_reward``), and converted by pyarrow in C++ every :data:`CONVERT_ROWS`
-    rows. Per-agent summaries and episode counts accumulate on the way, for the two small tables.
+    Rows are the parsed dicts themselves, converted by pyarrow in C++ every :data:`CONVERT_ROWS`
+    rows; the columns they lack (``step``, ``total_reward``, the flattened ``observation`` and its
+    shape; a unit's ``agent``) are kept beside them in lists and converted in bulk. Per-agent
+    summaries and episode counts accumulate on the way, for the two small tables.
+    :meth:`add_steps` takes many steps at once and does per batch what :meth:`add_step` does per row.
     """
 
     def __init__(self, sink: Callable[[str, pa.RecordBatch | pa.Table], None], *,
@@ -202,8 +268,126 @@ class EpisodeTables:
 
     def _new_rows(self) -> None:
         self._agent_rows: list[dict[str, Any]] = []
+        self._agent_numbers: list[int] = []
+        self._agent_totals: list[Any] = []
         self._observations = FloatListColumn()
+        self._shapes: list[list[int]] = []
         self._unit_rows: list[dict[str, Any]] = []
+        self._unit_numbers: list[int] = []
+        self._unit_agents: list[str] = []
+        self._unit_totals: list[Any] = []
+
+    def add_steps(self, steps: list[dict[str, Any]], first: int, raw: bool = False) -> None:
+        """:meth:`add_step` of each of consecutive checked steps (``first``: the index of the first).
+
+        ``raw``: the agent steps kept their 1-D ``observation_space`` (see
+        :meth:`pipeline.ingestion.rules.EpisodeChecker.check_steps`) instead of ``observation`` and its shape.
+        Steps whose numbers increase past every number seen go through in bulk; others one by one.
+        """
+        numbers = [step["number"] for step in steps]
+        last = self.last_step
+        if (last is not None and numbers[0] <= last) or not all(map(lt, numbers, islice(numbers, 1, None))):
+            for i, step in enumerate(steps):
+                if raw:
+                    for row in step.get("agent_steps") or ():
+                        obs = row.pop("observation_space")
+                        row["observation"], row["observation_shape"] = obs, [len(obs)]
+                self.add_step(step, first + i)
+            return
+        images = [step.get("image") for step in steps]
+        self._step_numbers += numbers
+        self._step_indexes += range(first, first + len(steps))
+        self._images += images
+        absent = images.count(None)
+        if absent != len(images):
+            self.images += len(images) - absent
+            self._pending_values += sum(len(image) >> 3 for image in images if image is not None)
+        self.steps += len(steps)
+        if self.first_step is None:
+            self.first_step = numbers[0]
+        self.last_step = numbers[-1]
+        lists = [step.get("agent_steps") or () for step in steps]
+        rows = list(chain.from_iterable(lists))
+        if rows:
+            self._add_rows(numbers, lists, rows, raw)
+        if (self._pending_values >= self._batch_values or len(self._step_numbers) >= self._batch_rows
+                or self._batch_agent_rows >= self._batch_rows or self._batch_unit_rows >= self._batch_rows):
+            self.flush()
+        elif len(self._agent_rows) >= CONVERT_ROWS or len(self._unit_rows) >= CONVERT_ROWS:
+            self._convert()
+
+    def _add_rows(self, numbers: list[int], lists: list[Any], rows: list[dict[str, Any]], raw: bool) -> None:
+        """The agent rows (and their unit rows) of steps with increasing numbers, in bulk."""
+        lengths = list(map(len, lists))
+        if len(rows) == len(lists) and min(lengths) == 1:  # one agent step in each step
+            row_numbers, positions = numbers, [0] * len(rows)
+        else:
+            row_numbers = [number for number, n in zip(numbers, lengths, strict=True) for _ in range(n)]
+            positions = [j for n in lengths for j in range(n)]
+        totals = _totals(rows)
+        self._agent_rows += rows
+        self._agent_numbers += row_numbers
+        self._agent_totals += totals
+        if raw:
+            observations = [row["observation_space"] for row in rows]
+            self._observations.extend(observations)
+            self._shapes += [[len(obs)] for obs in observations]
+            self._pending_values += sum(map(len, observations))
+        else:
+            column, shapes = self._observations, self._shapes
+            values = 0
+            for row in rows:
+                observation = row.pop("observation")
+                column.append(observation)
+                values += len(observation)
+                shapes.append(row["observation_shape"])
+            self._pending_values += values
+        self.total_reward = reduce(add, totals, self.total_reward)  # in file order, as += does
+        names = [row["agent"] for row in rows]
+        summaries = self._agents
+        if names.count(names[0]) == len(names):
+            groups: dict[str, list[int]] | None = None
+            agent = names[0]
+            if agent not in summaries:
+                summaries[agent] = _AgentSummary(row_numbers[0], positions[0])
+            summaries[agent].add_rows(row_numbers, positions, totals, rows)
+        else:
+            groups = {}
+            for i, name in enumerate(names):
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = [i]
+                    if name not in summaries:
+                        summaries[name] = _AgentSummary(row_numbers[i], positions[i])
+                else:
+                    group.append(i)
+            for name, group in groups.items():
+                summaries[name].add_rows([row_numbers[i] for i in group], [positions[i] for i in group],
+                                         [totals[i] for i in group], [rows[i] for i in group])
+        unit_lists: list[Any] = [row.get("unit_steps") for row in rows]
+        if unit_lists.count(None) != len(unit_lists):
+            owners = [i for i, units in enumerate(unit_lists) if units]
+            units = list(chain.from_iterable(unit_lists[i] for i in owners))
+            counts = [len(unit_lists[i]) for i in owners]
+            self._unit_rows += units
+            self._unit_numbers += [row_numbers[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
+            owner_names = [names[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
+            self._unit_agents += owner_names
+            self._unit_totals += _totals(units)
+            unit_names = [unit["unit"] for unit in units]
+            if groups is None:  # one agent
+                summary = summaries[names[0]]
+                summary.units.update(unit_names)
+                summary.unit_steps += len(units)
+            else:
+                for name, unit in zip(owner_names, unit_names, strict=True):
+                    summaries[name].units.add(unit)
+                for i, n in zip(owners, counts, strict=True):
+                    summaries[names[i]].unit_steps += n
+            self.unit_steps += len(units)
+            self._batch_unit_rows += len(units)
+        self.agent_steps += len(rows)
+        self._batch_agent_rows += len(rows)
 
     def add_step(self, step: dict[str, Any], index: int) -> None:
         """Add one checked, normalised step (see :meth:`pipeline.ingestion.rules.EpisodeChecker.check_step`)."""
@@ -234,11 +418,13 @@ class EpisodeTables:
         observations = self._observations
         for position, row in enumerate(agent_steps):
             agent = row["agent"]
-            row["step"] = number
-            total = _scored(row)
+            total = _total(row)
             agent_rows.append(row)
+            self._agent_numbers.append(number)
+            self._agent_totals.append(total)
             observation = row.pop("observation")
             observations.append(observation)
+            self._shapes.append(row["observation_shape"])
             self._pending_values += len(observation)
             self.total_reward += total
             summary = summaries.get(agent)
@@ -249,11 +435,11 @@ class EpisodeTables:
             if units:
                 names = summary.units
                 for unit_row in units:
-                    unit_row["step"] = number
-                    unit_row["agent"] = agent
-                    _scored(unit_row)
+                    self._unit_totals.append(_total(unit_row))
                     names.add(unit_row["unit"])
                 unit_rows.extend(units)
+                self._unit_numbers += [number] * len(units)
+                self._unit_agents += [agent] * len(units)
                 summary.unit_steps += len(units)
                 self.unit_steps += len(units)
                 self._batch_unit_rows += len(units)
@@ -263,10 +449,13 @@ class EpisodeTables:
     def _convert(self) -> None:
         """Turn the pending agent and unit rows into record batches, freeing their Python objects."""
         if self._agent_rows:
-            self._converted["agent_steps"].append(rows_to_batch(
-                self._agent_rows, AGENT_STEPS, {"observation": self._observations.array()}))
+            self._converted["agent_steps"].append(rows_to_batch(self._agent_rows, AGENT_STEPS, {
+                "step": pa.array(self._agent_numbers, I64), "total_reward": _floats(self._agent_totals),
+                "observation": self._observations.array(), "observation_shape": pa.array(self._shapes, _SHAPE)}))
         if self._unit_rows:
-            self._converted["unit_steps"].append(rows_to_batch(self._unit_rows, UNIT_STEPS))
+            self._converted["unit_steps"].append(rows_to_batch(self._unit_rows, UNIT_STEPS, {
+                "step": pa.array(self._unit_numbers, I64), "agent": pa.array(self._unit_agents, pa.string()),
+                "total_reward": _floats(self._unit_totals)}))
         self._new_rows()
 
     def flush(self) -> None:

@@ -12,12 +12,16 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from ..errors import LakeError
-from .tables import SCHEMAS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+# pyarrow is imported on first use (by EpisodeWriter), not with this module: the lake's layout code
+# (commit.py imports fsync_path) and the command line's start-up do without it.
 
 MAX_IN_FLIGHT = 2
 COMPRESSION = "zstd"
@@ -54,6 +58,8 @@ class EpisodeWriter:
         self._in_flight.append(self._pool.submit(self._write, table, batch))
 
     def _write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        import pyarrow as pa
+
         writer = self._writers.get(table)
         if writer is None:
             writer = self._writers[table] = self._open(table)
@@ -63,6 +69,10 @@ class EpisodeWriter:
             writer.write_table(batch)
 
     def _open(self, table: str) -> pq.ParquetWriter:
+        import pyarrow.parquet as pq
+
+        from .tables import SCHEMAS
+
         return pq.ParquetWriter(
             self.path(table), SCHEMAS[table], compression=COMPRESSION,
             use_dictionary=_DICTIONARY_COLUMNS, write_statistics=True,
@@ -92,6 +102,8 @@ class EpisodeWriter:
             self._closed = True
 
     def _close_all(self) -> None:
+        from .tables import SCHEMAS
+
         for table in SCHEMAS:
             if table not in self._writers:
                 self._writers[table] = self._open(table)

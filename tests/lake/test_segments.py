@@ -285,13 +285,13 @@ def test_ingests_compaction_rm_and_a_reader_at_once(tmp_path):
             try:
                 episodes = snapshot.episodes().collect()
                 agents = snapshot.episode_agents().collect()
+                listed = [loc.episode_id for loc in snapshot.locations]  # segment ids are read lazily
             except StaleSnapshot:
                 continue
             except Exception as exc:  # a file retired under a snapshot: only in the stale window
                 if "No such file" not in str(exc) and "not found" not in str(exc).lower():
                     seen_problems.append(repr(exc))
                 continue
-            listed = [loc.episode_id for loc in snapshot.locations]
             if len(listed) != len(set(listed)):
                 seen_problems.append("a duplicate in the listing")
             if episodes["episode_id"].n_unique() != episodes.height or sorted(episodes["episode_id"]) != sorted(listed):

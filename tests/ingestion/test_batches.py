@@ -1,0 +1,183 @@
+"""Steps checked and tabulated in batches (issue 15) behave exactly as one step at a time.
+
+The parser hands over steps in lists (``pipeline.ingestion.source.read_batches``); the rules, the schema and
+the tables then work on a whole batch when it has the common shape, and step by step otherwise,
+and the two-process ingest leaves the checks to its writer. None of that may change a result: the
+same first error (rule, path, step, message) and the same tables. The reference here is the
+step-at-a-time path that the batch paths fall back to (``EpisodeChecks.step``,
+``EpisodeTabulator.step``), fed by ``read_document``; files come from the benchmark generator's
+shapes with one to three mutations at random steps, most of them past the first batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from benchmarks.generate import write_episode
+from pipeline import PipelineError, ingest
+from pipeline.ingestion.builder import EpisodeChecks
+from pipeline.ingestion.source import STEP, open_source, read_document
+from pipeline.ingestion.tabulate import EpisodeTables
+
+SHAPES = {"vector": 1200, "teams_metrics": 70, "teams_nounits": 140, "pixels": 20, "frames64": 90,
+          "random0": 150, "random1": 90, "random3": 150, "random4": 100}
+
+
+def _base(shape: str) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    if shape.startswith("random"):
+        write_episode(buffer, "random", steps=SHAPES[shape], seed=int(shape[6:]))
+    else:
+        write_episode(buffer, shape, steps=SHAPES[shape], seed=0)
+    return json.loads(buffer.getvalue())
+
+
+def _agent(step: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
+    agents = step.get("agent_steps")
+    if not isinstance(agents, list) or not agents:
+        return None
+    agent = rng.choice(agents)
+    return agent if isinstance(agent, dict) else None
+
+
+def _set(key: str, value: Any):
+    def mutate(step: dict[str, Any], rng: random.Random) -> None:
+        agent = _agent(step, rng)
+        if agent is not None:
+            agent[key] = copy.deepcopy(value)
+    return mutate
+
+
+def _swap_reward_kind(step: dict[str, Any], rng: random.Random) -> None:
+    agent = _agent(step, rng)
+    if agent is None:
+        return
+    if agent.pop("rewards", None) is not None:
+        agent["reward"] = 1.0
+    else:
+        agent.pop("reward", None)
+        agent["rewards"] = [1.0]
+
+
+def _duplicate_agent(step: dict[str, Any], rng: random.Random) -> None:
+    if isinstance(step.get("agent_steps"), list) and step["agent_steps"]:
+        step["agent_steps"].append(copy.deepcopy(step["agent_steps"][0]))
+
+
+def _duplicate_unit(step: dict[str, Any], rng: random.Random) -> None:
+    agent = _agent(step, rng)
+    if agent and agent.get("unit_steps"):
+        agent["unit_steps"].append(copy.deepcopy(agent["unit_steps"][0]))
+
+
+def _step_key(key: str, value: Any):
+    def mutate(step: dict[str, Any], rng: random.Random) -> None:
+        step[key] = value
+    return mutate
+
+
+MUTATIONS = {
+    "repeated number": lambda step, rng: step.__setitem__("number", max(step["number"] - 1, 0)),
+    "float number": lambda step, rng: step.__setitem__("number", float(step["number"])),
+    "string number": _step_key("number", "7"),
+    "unknown step key": _step_key("bogus", 1),
+    "bad base64": _step_key("image", "not base64!"),
+    "not an image": _step_key("image", "aGVsbG8gd29ybGQ="),
+    "null agent steps": _step_key("agent_steps", None),
+    "agent steps a string": _step_key("agent_steps", "abc"),
+    "ragged observation": _set("observation_space", [[1.0, 2.0], [3.0]]),
+    "empty observation": _set("observation_space", []),
+    "integer observation": _set("observation_space", [1, 2, 300]),
+    "string in observation": _set("observation_space", [0.5, "x"]),
+    "2-D observation": _set("observation_space", [[0.5, 1.5], [2.5, 3]]),
+    "pixel observation": _set("observation_space", [[0, 255], [7, 8]]),
+    "string action": _set("action", "left"),
+    "metrics": _set("custom_metrics", {"m": [1, 2.5, {"x": None}]}),
+    "metrics not an object": _set("custom_metrics", 5),
+    "unknown agent key": _set("bogus", 1),
+    "long rewards": _set("rewards", [1.0] * 5),
+    "health": _set("health", 7.5),
+    "integer reward": _set("reward", 3),
+    "swapped reward kind": _swap_reward_kind,
+    "repeated agent": _duplicate_agent,
+    "repeated unit": _duplicate_unit,
+}
+
+
+def _cases() -> list[tuple[str, int]]:
+    return [(shape, seed) for shape in SHAPES for seed in range(6)]
+
+
+def _mutated(shape: str, seed: int) -> tuple[dict[str, Any], str]:
+    rng = random.Random(f"{shape}-{seed}")
+    document = _base(shape)
+    steps = document["inference"]["steps"]
+    if seed == 0:
+        return document, "valid"
+    names = [rng.choice(sorted(MUTATIONS)) for _ in range(rng.choice((1, 1, 2, 3)))]
+    # Past the first step (a batch of its own): in batches that take the fast paths, or in later ones.
+    where = sorted(rng.randrange(1, len(steps)) if rng.random() < 0.5 else rng.randrange(len(steps) // 2, len(steps))
+                   for _ in names)
+    for name, k in zip(names, where, strict=True):
+        MUTATIONS[name](steps[k], rng)
+    return document, ", ".join(f"{n} at {k}" for n, k in zip(names, where, strict=True))
+
+
+def _reference(path: Path) -> tuple[tuple[Any, ...] | None, dict[str, pa.Table]]:
+    """Step by step: the first error (rule, path, step, message), else the three step tables."""
+    pieces: dict[str, list[pa.Table]] = {}
+
+    def sink(table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        pieces.setdefault(table, []).append(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch)
+                                            else batch)
+
+    checks, tables = EpisodeChecks(), EpisodeTables(sink)
+    try:
+        with open_source(path) as source:
+            for part, value in read_document(source):
+                if part == STEP:
+                    index = checks.steps
+                    checks.step(value)
+                    tables.add_step(value, index)
+                else:
+                    checks.part(part, value)
+        tables.flush()
+    except PipelineError as error:
+        return (error.rule, error.path, error.step, error.message), {}
+    return None, {name: pa.concat_tables(parts) for name, parts in pieces.items()}
+
+
+def _lake_tables(lake: Path) -> dict[str, pa.Table]:
+    import pyarrow.parquet as pq
+
+    from pipeline.lake.layout import list_episodes
+
+    (location,) = list_episodes(lake)
+    return {t: pq.read_table(location.table(t)) for t in ("steps", "agent_steps", "unit_steps")}
+
+
+@pytest.mark.parametrize(("shape", "seed"), _cases(), ids=[f"{s}-{n}" for s, n in _cases()])
+def test_batches_give_the_results_of_one_step_at_a_time(tmp_path: Path, shape: str, seed: int) -> None:
+    document, what = _mutated(shape, seed)
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(document))
+    error, reference = _reference(path)
+    for parallel in (False, True):
+        result = ingest(path, lake=tmp_path / f"lake-{parallel}", parallel=parallel)
+        if error is None:
+            assert result.status == "ingested", (what, parallel, result.error)
+            written = _lake_tables(tmp_path / f"lake-{parallel}")
+            for table, expected in reference.items():
+                assert written[table].equals(expected.cast(written[table].schema)), (what, parallel, table)
+        else:
+            assert result.status == "invalid", (what, parallel, result.status, result.error)
+            found = result.error
+            assert (found.rule, found.path, found.step, found.message) == error, (what, parallel)

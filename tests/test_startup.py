@@ -1,0 +1,78 @@
+"""What the command line imports on its way (issue 15: `--help` and `run` on a tiny file in ~0.1 s).
+
+Each check runs in a fresh interpreter and looks at ``sys.modules`` (or at ``-X importtime``), so
+that a module-level import added anywhere on the way shows up here rather than as a slower start.
+Times are not asserted: benchmarks/run.py measures them (see BENCHMARKS.md, Start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import episode, png_bytes, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Never on the ingest path: the dataset engine (polars), pandas and numpy (pyarrow imports both on its
+# own unless kept out, see pipeline/nopandas.py), fsspec (only for URLs and compressed files),
+# Pillow (only for frames that are not PNG), zstandard (only for .zst).
+NOT_ON_RUN = ("polars", "pandas", "numpy", "fsspec", "PIL", "zstandard", "multiprocessing")
+# Not even that: --help needs click and the package's light modules.
+NOT_ON_HELP = (*NOT_ON_RUN, "pyarrow", "ijson", "jsonschema_rs", "orjson", "pybase64")
+
+# What `ingest-pipeline run FILE` does in its own process (cli.py's run command): keep pandas and
+# numpy out, then ingest_many, which ingests a single file in this process.
+RUN = """
+import json, sys
+from pipeline.ingestion.nopandas import keep_pandas_out
+keep_pandas_out()
+import pipeline
+results = list(pipeline.ingest_many([sys.argv[1]], lake=sys.argv[2]))
+print(json.dumps({"status": [r.status for r in results], "modules": sorted(sys.modules)}))
+"""
+
+
+def _run(tmp_path: Path, document: dict) -> tuple[list[str], set[str]]:
+    path = write_json(tmp_path / "tiny.json", document)
+    out = subprocess.run([sys.executable, "-c", RUN, str(path), str(tmp_path / "lake")], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return found["status"], {name.partition(".")[0] for name in found["modules"]}
+
+
+def test_run_on_a_tiny_file_imports_only_what_an_ingest_needs(tmp_path: Path) -> None:
+    status, top = _run(tmp_path, episode(steps=20))
+    assert status == ["ingested"]
+    assert {"pyarrow", "ijson", "jsonschema_rs"} <= top  # it did ingest
+    assert not top & set(NOT_ON_RUN), sorted(top & set(NOT_ON_RUN))
+
+
+def test_png_frames_need_no_pillow(tmp_path: Path) -> None:
+    import base64
+
+    document = episode(steps=5)
+    for step in document["inference"]["steps"]:
+        step["image"] = base64.b64encode(png_bytes(8, 6)).decode()
+    status, top = _run(tmp_path, document)
+    assert status == ["ingested"]
+    assert "PIL" not in top
+
+
+def test_help_imports_neither_arrow_nor_the_parser() -> None:
+    out = subprocess.run([sys.executable, "-X", "importtime", "cli.py", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert "Usage:" in out.stdout
+    imported = {line.split("|")[-1].strip().partition(".")[0]
+                for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "click" in imported and "pipeline" in imported
+    assert not imported & set(NOT_ON_HELP), sorted(imported & set(NOT_ON_HELP))
+
+
+def test_import_pipeline_is_light() -> None:
+    script = "import sys, pipeline; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    top = {name.partition(".")[0] for name in out.stdout.split()}
+    assert not top & set(NOT_ON_HELP), sorted(top & set(NOT_ON_HELP))

@@ -5,6 +5,10 @@ and builds every table over exactly the files of those folders. Every table it r
 describes the same episodes, whatever ingests commit or fail alongside. ``environment`` and
 ``episode_id`` come from the folder names; a filter on either is pushed down to the file list,
 so other episodes' files are not opened (``lake.agent_steps().filter(...).explain()`` shows it).
+
+Longer than our ~400-line guide: ``Lake`` is the user's one object, and most of its methods are a few
+lines handing work to trajectory, sampler, export and report; what remains is the snapshot, selection,
+id resolution and the translation of read errors, which depend on each other.
 """
 
 from __future__ import annotations

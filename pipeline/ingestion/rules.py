@@ -8,6 +8,10 @@ agents and units; one reward kind per episode; reward-vector length against
 ``reward_mapping``; rectangular observations; decodable images. It also normalises each step
 in place (image decoded to bytes, observation flattened with its shape) so that the table stage
 only has to place values in columns.
+
+Longer than our ~400-line guide because it is the one place the format's rules are stated in code:
+``RULES`` (the ids), the schema's messages for people, and the per-step and per-batch checks, which
+must agree exactly (tests/ingestion/test_batches.py compares them).
 """
 
 from __future__ import annotations

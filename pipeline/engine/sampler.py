@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +35,9 @@ import numpy as np
 
 from ..errors import DatasetError, EpisodeNotFound
 from ..lake.layout import EpisodeLocation
+from .framestack import raw_indices, stacked_frames
+from .frameread import ImageReader, check_images
+from .pngdecode import raw_frame
 from .trajectory import FrameOptions, agent_step_numbers, frame_layout, load_frames, load_trajectory
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ DEFAULT_CACHE_BYTES = 1 << 30
 # With frames, the per-episode arrays get at most this share of the cache; the decoded frames the rest.
 _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
+_DECODE_THREADS = 2  # the cores a training machine's loader usually has to itself
 
 
 @dataclass(frozen=True, eq=False)
@@ -260,8 +265,11 @@ class Sampler:
         self._block = None
         array_budget = self.cache_bytes if self.frame_options is None else int(self.cache_bytes * _ARRAY_SHARE)
         self._lru = _LRU(array_budget)
-        self._frames_lru = _LRU(self.cache_bytes - array_budget)
+        self._frames_lru = _LRU(self.cache_bytes - array_budget)  # missing="previous": finished stacks
         self._raw_steps = _LRU(max(array_budget // 16, 1 << 20))  # step numbers per entry, for the frame buffer
+        self._frame_rows = _LRU(max(array_budget // 8, 1 << 20))  # raw index -> row of steps.parquet, per entry
+        self._images = ImageReader(self.cache_bytes - array_budget)  # image bytes, a row group at a time
+        self._pool: ThreadPoolExecutor | None = None
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
         self._complete = False  # every episode resident
@@ -270,7 +278,8 @@ class Sampler:
     def __getstate__(self) -> dict[str, Any]:
         # Caches stay behind: each process (a DataLoader worker) fills its own.
         state = self.__dict__.copy()
-        for name in ("_permutation", "_block", "_lru", "_frames_lru", "_resident", "_loaded", "_complete", "_decided"):
+        for name in ("_permutation", "_block", "_lru", "_frames_lru", "_raw_steps", "_frame_rows", "_images", "_pool",
+                     "_resident", "_loaded", "_complete", "_decided"):
             state.pop(name)
         return state
 
@@ -392,6 +401,8 @@ class Sampler:
         k = len(position)
         both_episode = np.concatenate([episode, episode])
         both_position = np.concatenate([position, np.where(terminal, position, position + 1)])
+        if self.frame_options is not None and self.frame_options.missing == "error":
+            return self._batch_frames(both_episode, both_position, k)
         out: np.ndarray | None = None
         for e in np.unique(both_episode).tolist():
             rows = np.flatnonzero(both_episode == e)
@@ -405,6 +416,106 @@ class Sampler:
             out[rows] = stacks
         assert out is not None
         return out[:k], out[k:]
+
+    def _batch_frames(self, both_episode: np.ndarray, both_position: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's stacks, reading each row group of images they need once and decoding on every core.
+
+        Per entry, the same frame buffer as ``trajectory()`` (:func:`stacked_frames`) over the same
+        decoded raw frames (:func:`raw_frame`, as ``load_frames``), so the stacks are the trajectory's.
+        """
+        options = self.frame_options
+        assert options is not None
+        frequency, offset = self.downsample_frequency, self.downsample_offset
+        order = np.argsort(both_episode, kind="stable")
+        ordered = both_episode[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        plans = []
+        wanted: list[tuple[Any, int]] = []
+        for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            e = int(ordered[first])
+            rows = order[first:end]
+            positions, inverse = np.unique(both_position[rows], return_inverse=True)
+            kept = offset + positions * frequency
+            needed = raw_indices(kept, options, skip=frequency)
+            file_rows = self._rows_of(e, needed)
+            if bool((file_rows < 0).any()):
+                self._no_image(e, needed[file_rows < 0])
+            path = self._locations[e].table("steps")
+            plans.append((e, rows, inverse, kept, needed, len(wanted)))
+            wanted.extend((path, r) for r in file_rows.tolist())
+
+        def failed(path: Any, exc: BaseException) -> None:
+            for plan in plans:
+                if self._locations[plan[0]].table("steps") == path:
+                    self._check_present(plan[0], exc)
+
+        images = self._images.images(wanted, failed)
+        for e, _, _, _, needed, at in plans:
+            chosen = images[at:at + len(needed)]
+            if any(image is None for image in chosen):
+                self._no_image(e, needed[[image is None for image in chosen]])
+        decoded = self._decode(images)  # type: ignore[arg-type]
+        out: np.ndarray | None = None
+        for e, rows, inverse, kept, needed, at in plans:
+            lookup = dict(zip(needed.tolist(), decoded[at:at + len(needed)], strict=True))
+            stacks = stacked_frames(lookup.__getitem__, kept, options, skip=frequency, episode_id=self.episodes[e][0])
+            if out is None:
+                out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
+            elif stacks.shape[1:] != out.shape[1:]:
+                raise DatasetError(f"episode {self.episodes[e][0]}: frames of shape {list(stacks.shape[1:])}, "
+                                   f"other sampled episodes have {list(out.shape[1:])}; pass resize=(height, width)",
+                                   episode_id=self.episodes[e][0])
+            out[rows] = stacks[inverse]
+        assert out is not None
+        return out[:k], out[k:]
+
+    def _decode(self, images: list[bytes]) -> list[np.ndarray]:
+        """Raw frames of image bytes, on two threads (Pillow's decoders release the GIL)."""
+        gray = bool(self.frame_options is not None and self.frame_options.grayscale)
+
+        def decode(part: list[bytes]) -> list[np.ndarray]:
+            return [raw_frame(image, gray_ok=gray) for image in part]
+
+        if len(images) < 64:
+            return decode(images)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="frame-decode")
+        size = -(-len(images) // (2 * _DECODE_THREADS))
+        parts = self._pool.map(decode, [images[i:i + size] for i in range(0, len(images), size)])
+        return [frame for part in parts for frame in part]
+
+    def _rows_of(self, e: int, raw: np.ndarray) -> np.ndarray:
+        """Rows of the entry's ``steps.parquet`` holding its raw steps ``raw`` (-1: none)."""
+        index = self._frame_rows.get(e)
+        if index is None:
+            location = self._locations[e]
+            try:
+                steps = self._agent_steps(e)
+                rows = self._images.rows(location, steps)
+            except Exception as exc:
+                self._check_present(e, exc)
+                raise
+            if len(rows) and rows[0] >= 0 and bool((np.diff(rows) == 1).all()):
+                index = (int(rows[0]), None)  # the usual case: consecutive rows, nothing to keep
+            else:
+                index = (0, rows.astype(np.int32 if len(rows) and rows.max() < 2**31 else np.int64))
+            self._frame_rows.put(e, index, 64 if index[1] is None else index[1].nbytes)
+        first, rows = index
+        return first + raw if rows is None else rows[raw].astype(np.int64)
+
+    def _agent_steps(self, e: int) -> np.ndarray:
+        raw_steps = self._raw_steps.get(e)
+        if raw_steps is None:
+            raw_steps = agent_step_numbers(self._locations[e], self.episodes[e][1])
+            self._raw_steps.put(e, raw_steps, raw_steps.nbytes)
+        return raw_steps
+
+    def _no_image(self, e: int, raw: np.ndarray) -> None:
+        episode_id = self.episodes[e][0]
+        step = int(self._agent_steps(e)[raw].min())
+        check_images([None], [step], episode_id)
 
     def _stacks(self, e: int, positions: np.ndarray) -> np.ndarray:
         """The stacked frames of entry ``e`` at kept ``positions``, through the frame cache.

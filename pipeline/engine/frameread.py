@@ -70,6 +70,7 @@ class _File:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.key = str(path)
         self.parquet = open_verified(path)
         metadata = self.parquet.metadata
         counts = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
@@ -80,15 +81,16 @@ class ImageReader:
     """Image bytes by (episode location, step number), through a byte-bounded cache of row groups."""
 
     def __init__(self, budget: int) -> None:
-        self._files: OrderedDict[Path, _File] = OrderedDict()
+        self._files: OrderedDict[str, _File] = OrderedDict()
         self.groups = ByteLRU(budget)  # (path, row group) -> list of image bytes (None: no image)
 
     def file(self, path: Path) -> _File:
-        found = self._files.get(path)
+        key = str(path)
+        found = self._files.get(key)
         if found is not None:
-            self._files.move_to_end(path)
+            self._files.move_to_end(key)
             return found
-        found = self._files[path] = _File(path)
+        found = self._files[key] = _File(path)
         if len(self._files) > _OPEN_FILES:
             self._files.popitem(last=False)
         return found
@@ -121,36 +123,30 @@ class ImageReader:
             rows[hit] = first + order[at[hit]]
         return rows
 
-    def images(self, wanted: list[tuple[Path, int]], on_error: Callable[[Path, BaseException], None]
-               ) -> list[bytes | None]:
-        """The image bytes at each (steps file, row), reading each row group they fall in once."""
-        located = []
-        for path, row in wanted:
-            file = self.file(path)
-            group = int(np.searchsorted(file.starts, row, side="right")) - 1
-            located.append((path, group, row - int(file.starts[group])))
-        out: list[bytes | None] = [None] * len(wanted)
-        order = sorted(range(len(wanted)), key=lambda i: (str(located[i][0]), located[i][1]))
-        current: tuple[Path, int] | None = None
-        images: list[bytes | None] = []
-        for i in order:
-            path, group, within = located[i]
-            if current != (path, group):
-                current = (path, group)
-                images = self._group(path, group, on_error)
-            out[i] = images[within]
+    def images(self, path: Path, rows: np.ndarray,
+               on_error: Callable[[Path, BaseException], None]) -> list[bytes | None]:
+        """The image bytes at ``rows`` of one steps file, reading each row group they fall in once."""
+        file = self.file(path)
+        groups = np.searchsorted(file.starts, rows, side="right") - 1
+        within = (rows - file.starts[groups]).tolist()
+        out: list[bytes | None] = []
+        current, images = -1, []
+        for group, at in zip(groups.tolist(), within, strict=True):
+            if group != current:
+                current, images = group, self._group(file, group, on_error)
+            out.append(images[at])
         return out
 
-    def _group(self, path: Path, group: int, on_error: Callable[[Path, BaseException], None]) -> list[bytes | None]:
-        key = (path, group)
+    def _group(self, file: _File, group: int, on_error: Callable[[Path, BaseException], None]) -> list[bytes | None]:
+        key = (file.key, group)
         images = self.groups.get(key)
         if images is not None:
             return images
         try:
-            with reading(path):
-                column = self.file(path).parquet.read_row_group(group, columns=["image"], use_threads=False)
+            with reading(file.path):
+                column = file.parquet.read_row_group(group, columns=["image"], use_threads=False)
         except Exception as exc:
-            on_error(path, exc)
+            on_error(file.path, exc)
             raise
         images = column.column("image").to_pylist()
         size = column.nbytes + _PER_IMAGE * len(images)

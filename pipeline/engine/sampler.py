@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import DatasetError, EpisodeNotFound
 from ..lake.layout import EpisodeLocation
-from .framestack import raw_indices, stacked_frames
+from .framestack import element_ends, grayscale, raw_indices, resize, stacked_frames
 from .frameread import ImageReader, check_images
 from .pngdecode import raw_frame
 from .trajectory import FrameOptions, agent_step_numbers, frame_layout, load_frames, load_trajectory
@@ -47,6 +47,7 @@ DEFAULT_CACHE_BYTES = 1 << 30
 # With frames, the per-episode arrays get at most this share of the cache; the decoded frames the rest.
 _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
+_ELEMENT_CHUNK = 256  # stacked elements converted together: bounded memory for large RGB frames
 _DECODE_THREADS = 2  # the cores a training machine's loader usually has to itself
 
 
@@ -179,6 +180,7 @@ class Sampler:
         self._locations, agents, lengths = _index(lake, episodes, agent, downsample_frequency, downsample_offset)
         self.episodes: list[tuple[str, str]] = [(loc.episode_id, a) for loc, a in zip(self._locations, agents,
                                                                                        strict=True)]
+        self._steps_paths = [location.table("steps") for location in self._locations]
         self.lengths = lengths  # transitions (kept steps) per entry of ``episodes``
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.transitions = int(self.offsets[-1])
@@ -421,8 +423,9 @@ class Sampler:
                       k: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch's stacks, reading each row group of images they need once and decoding on every core.
 
-        Per entry, the same frame buffer as ``trajectory()`` (:func:`stacked_frames`) over the same
-        decoded raw frames (:func:`raw_frame`, as ``load_frames``), so the stacks are the trajectory's.
+        The same frame buffer as ``trajectory()`` over the same decoded raw frames (:func:`raw_frame`,
+        as ``load_frames``): per entry :func:`stacked_frames`, or all entries at once
+        (:func:`_stack_batch`, the same arithmetic) when every raw frame has one shape.
         """
         options = self.frame_options
         assert options is not None
@@ -432,42 +435,44 @@ class Sampler:
         starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         ends = np.r_[starts[1:], len(order)]
         plans = []
-        wanted: list[tuple[Any, int]] = []
         for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
             e = int(ordered[first])
-            rows = order[first:end]
-            positions, inverse = np.unique(both_position[rows], return_inverse=True)
-            kept = offset + positions * frequency
+            kept = offset + both_position[order[first:end]] * frequency
             needed = raw_indices(kept, options, skip=frequency)
             file_rows = self._rows_of(e, needed)
             if bool((file_rows < 0).any()):
                 self._no_image(e, needed[file_rows < 0])
-            path = self._locations[e].table("steps")
-            plans.append((e, rows, inverse, kept, needed, len(wanted)))
-            wanted.extend((path, r) for r in file_rows.tolist())
+            plans.append((self._steps_paths[e], int(file_rows[0]), e, order[first:end], kept, needed, file_rows))
+        plans.sort(key=lambda plan: plan[:2])  # by file and row: row groups read in order
+        images: list[bytes | None] = []
+        at = []
+        for path, _, e, _, _, needed, file_rows in plans:
+            def failed(_: Any, exc: BaseException, e: int = e) -> None:
+                self._check_present(e, exc)
 
-        def failed(path: Any, exc: BaseException) -> None:
-            for plan in plans:
-                if self._locations[plan[0]].table("steps") == path:
-                    self._check_present(plan[0], exc)
-
-        images = self._images.images(wanted, failed)
-        for e, _, _, _, needed, at in plans:
-            chosen = images[at:at + len(needed)]
-            if any(image is None for image in chosen):
-                self._no_image(e, needed[[image is None for image in chosen]])
+            found = self._images.images(path, file_rows, failed)
+            if None in found:
+                self._no_image(e, needed[[image is None for image in found]])
+            at.append(len(images))
+            images.extend(found)
         decoded = self._decode(images)  # type: ignore[arg-type]
+        shapes = {frame.shape for frame in decoded}
         out: np.ndarray | None = None
-        for e, rows, inverse, kept, needed, at in plans:
-            lookup = dict(zip(needed.tolist(), decoded[at:at + len(needed)], strict=True))
-            stacks = stacked_frames(lookup.__getitem__, kept, options, skip=frequency, episode_id=self.episodes[e][0])
-            if out is None:
-                out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
-            elif stacks.shape[1:] != out.shape[1:]:
-                raise DatasetError(f"episode {self.episodes[e][0]}: frames of shape {list(stacks.shape[1:])}, "
-                                   f"other sampled episodes have {list(out.shape[1:])}; pass resize=(height, width)",
-                                   episode_id=self.episodes[e][0])
-            out[rows] = stacks[inverse]
+        if len(shapes) == 1:
+            out = _stack_batch(decoded, [(plan[3], plan[4], plan[5], a) for plan, a in zip(plans, at, strict=True)],
+                               2 * k, options, frequency)
+        else:
+            for (_, _, e, rows, kept, needed, _), a in zip(plans, at, strict=True):
+                lookup = dict(zip(needed.tolist(), decoded[a:a + len(needed)], strict=True))
+                stacks = stacked_frames(lookup.__getitem__, kept, options, skip=frequency,
+                                        episode_id=self.episodes[e][0])
+                if out is None:
+                    out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
+                elif stacks.shape[1:] != out.shape[1:]:
+                    raise DatasetError(f"episode {self.episodes[e][0]}: frames of shape {list(stacks.shape[1:])}, "
+                                       f"other sampled episodes have {list(out.shape[1:])}; pass "
+                                       f"resize=(height, width)", episode_id=self.episodes[e][0])
+                out[rows] = stacks
         assert out is not None
         return out[:k], out[k:]
 
@@ -551,6 +556,59 @@ class Sampler:
                 frame = found[p] = view.copy()  # a view would keep the whole decoded batch alive
                 self._frames_lru.put((e, p), frame, frame.nbytes)
         return np.stack([found[p] for p in positions.tolist()])
+
+
+def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], rows: int,
+                 options: FrameOptions, frequency: int) -> np.ndarray:
+    """:func:`stacked_frames` for many entries at once, over raw frames of one shape.
+
+    ``plans`` are, per entry: the output rows, the kept raw steps, the raw indices decoded (sorted)
+    and where they start in ``decoded``. Each stacked element is the max over its ``max_n`` raw frames
+    (fewer at the episode's start), converted and resized as :func:`stacked_frames` does; the
+    arithmetic is per frame, so doing it for the whole batch at once gives the same values.
+    """
+    frames = np.stack(decoded)
+    count = options.stack_n or 1
+    out_rows, element_keys = [], []
+    for out, kept, needed, at in plans:
+        ends = element_ends(kept, options, skip=frequency)  # [K, S], -1: black
+        ids = at + np.searchsorted(needed, np.maximum(ends, 0))
+        element_keys.append(np.where(ends >= 0, ids, -1))
+        out_rows.append(out)
+    keys = np.concatenate(element_keys)  # [rows, S]: the decoded frame each element ends at, or -1
+    unique, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(keys.shape)
+    real = unique[unique >= 0]
+    # Each element's raw frames: the one it ends at and the max_n - 1 before it within its episode.
+    # Decoded frames of an entry are its raw indices sorted; frame id - j is raw index - j when
+    # those frames were decoded, which raw_indices guarantees for every raw index >= 0.
+    starts = np.concatenate([np.full(len(plan[2]), plan[3], dtype=np.int64) for plan in plans])
+    raw_of = np.concatenate([plan[2] for plan in plans])
+    parts = []
+    for chunk in range(0, len(real), _ELEMENT_CHUNK):
+        ids = real[chunk:chunk + _ELEMENT_CHUNK]
+        element = frames[ids]
+        for j in range(1, options.max_n):
+            earlier = ids - j
+            ok = (raw_of[ids] - j >= 0) & (earlier >= starts[ids])
+            element = np.maximum(element, frames[np.where(ok, earlier, ids)])
+        if options.grayscale and element.ndim == 4:
+            element = grayscale(element, options.luma)
+        if options.resize is not None and tuple(options.resize) != element.shape[1:3]:
+            element = resize(element, options.resize, options.resample)
+        parts.append(element)
+    shape = parts[0].shape[1:] if parts else frames.shape[1:]
+    elements = np.concatenate([*parts, np.zeros((1, *shape), dtype=np.uint8)])  # black last
+    slot = inverse - (1 if unique[0] < 0 else 0)
+    slot = np.where(keys < 0, len(real), slot)
+    gathered = elements[slot]  # [rows of the plans, S, *F]
+    if options.stack_n is None:
+        gathered = gathered[:, 0]
+    elif not options.framestack_axis_first:
+        gathered = np.moveaxis(gathered, 1, -1)
+    stacked = np.empty((rows, *gathered.shape[1:]), dtype=np.uint8)
+    stacked[np.concatenate(out_rows)] = gathered
+    return stacked
 
 
 def _index(lake: Lake, episodes: Selection, agent: str | None, frequency: int,

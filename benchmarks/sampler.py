@@ -117,12 +117,18 @@ def _peak_rss_mib() -> float:
     return float("nan")
 
 
+_CPU: dict[str, float] = {}
+
+
 def _rate(make_batch: Any, seconds: float) -> tuple[float, int]:
-    done, started = 0, time.perf_counter()
+    """Transitions per second of wall time; also CPU time per transition (all threads) in ``_CPU``:
+    on a shared machine the wall rate depends on the load, the CPU time much less."""
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     j = 0
     while time.perf_counter() - started < seconds:
         done += len(make_batch(j)[0])
         j += 1
+    _CPU["us"] = (time.process_time() - cpu) / max(done, 1) * 1e6
     return done / (time.perf_counter() - started), j
 
 
@@ -183,6 +189,8 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         images = getattr(sampler, "_images", None)  # the image-bytes cache (absent before it existed)
         result["frame_cache_mb"] = round((images.groups.bytes if images else sampler._frames_lru.bytes) / 2**20, 1)
     result["transitions_per_second"] = round(rate)
+    result["cpu_us_per_transition"] = round(_CPU["us"], 1)
+    result["load_average"] = round(os.getloadavg()[0], 2)
     result["batches"] = batches
     result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     return result

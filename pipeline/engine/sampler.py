@@ -47,7 +47,7 @@ DEFAULT_CACHE_BYTES = 1 << 30
 # With frames, the per-episode arrays get at most this share of the cache; the decoded frames the rest.
 _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
-_ELEMENT_CHUNK = 256  # stacked elements converted together: bounded memory for large RGB frames
+_ELEMENT_CHUNK = 1024  # stacked elements converted together: bounded memory for large RGB frames
 _DECODE_THREADS = 2  # the cores a training machine's loader usually has to itself
 
 
@@ -567,7 +567,10 @@ def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.nda
     (fewer at the episode's start), converted and resized as :func:`stacked_frames` does; the
     arithmetic is per frame, so doing it for the whole batch at once gives the same values.
     """
-    frames = np.stack(decoded)
+    black = len(decoded)
+    frames = np.empty((black + 1, *decoded[0].shape), dtype=np.uint8)  # [F + 1, H, W(, C)]: black last
+    np.stack(decoded, out=frames[:black])
+    frames[black] = 0
     count = options.stack_n or 1
     out_rows, element_keys = [], []
     for out, kept, needed, at in plans:
@@ -576,38 +579,48 @@ def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.nda
         element_keys.append(np.where(ends >= 0, ids, -1))
         out_rows.append(out)
     keys = np.concatenate(element_keys)  # [rows, S]: the decoded frame each element ends at, or -1
-    unique, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(keys.shape)
-    real = unique[unique >= 0]
-    # Each element's raw frames: the one it ends at and the max_n - 1 before it within its episode.
-    # Decoded frames of an entry are its raw indices sorted; frame id - j is raw index - j when
-    # those frames were decoded, which raw_indices guarantees for every raw index >= 0.
-    starts = np.concatenate([np.full(len(plan[2]), plan[3], dtype=np.int64) for plan in plans])
-    raw_of = np.concatenate([plan[2] for plan in plans])
-    parts = []
-    for chunk in range(0, len(real), _ELEMENT_CHUNK):
-        ids = real[chunk:chunk + _ELEMENT_CHUNK]
-        element = frames[ids]
-        for j in range(1, options.max_n):
-            earlier = ids - j
-            ok = (raw_of[ids] - j >= 0) & (earlier >= starts[ids])
-            element = np.maximum(element, frames[np.where(ok, earlier, ids)])
-        if options.grayscale and element.ndim == 4:
-            element = grayscale(element, options.luma)
-        if options.resize is not None and tuple(options.resize) != element.shape[1:3]:
-            element = resize(element, options.resize, options.resample)
-        parts.append(element)
-    shape = parts[0].shape[1:] if parts else frames.shape[1:]
-    elements = np.concatenate([*parts, np.zeros((1, *shape), dtype=np.uint8)])  # black last
-    slot = inverse - (1 if unique[0] < 0 else 0)
-    slot = np.where(keys < 0, len(real), slot)
-    gathered = elements[slot]  # [rows of the plans, S, *F]
+    shape = frames.shape[1:]
+    convert = options.grayscale and frames.ndim == 4
+    shrink = options.resize is not None and tuple(options.resize) != shape[:2]
+    if options.max_n == 1 and not convert and not shrink:  # each element is a raw frame as it is
+        elements, slot = frames, np.where(keys < 0, black, keys)
+    else:
+        unique, inverse = np.unique(keys, return_inverse=True)
+        inverse = inverse.reshape(keys.shape)
+        real = unique[unique >= 0]
+        # Each element's raw frames: the one it ends at and the max_n - 1 before it in its episode
+        # (clipped at the episode's start). An entry's decoded frames are its raw indices, sorted
+        # and without gaps within each element's span (raw_indices), so raw index - j is id - j.
+        raw_of = np.concatenate([plan[2] for plan in plans])
+        elements = None
+        for chunk in range(0, len(real), _ELEMENT_CHUNK):
+            ids = real[chunk:chunk + _ELEMENT_CHUNK]
+            element = frames[ids]
+            for j in range(1, options.max_n):
+                np.maximum(element, frames[np.where(raw_of[ids] - j >= 0, ids - j, ids)], out=element)
+            if convert:
+                element = grayscale(element, options.luma)
+            if shrink:
+                assert options.resize is not None
+                element = resize(element, options.resize, options.resample)
+            if elements is None:  # black last
+                elements = np.zeros((len(real) + 1, *element.shape[1:]), dtype=np.uint8)
+            elements[chunk:chunk + len(ids)] = element
+        if elements is None:
+            elements = np.zeros((1, *shape), dtype=np.uint8)
+        shape = elements.shape[1:]
+        slot = inverse - (1 if unique[0] < 0 else 0)
+        slot = np.where(keys < 0, len(real), slot)
+    by_row = np.empty((rows, count), dtype=np.int64)
+    by_row[np.concatenate(out_rows)] = slot  # each output row's elements, oldest first
     if options.stack_n is None:
-        gathered = gathered[:, 0]
-    elif not options.framestack_axis_first:
-        gathered = np.moveaxis(gathered, 1, -1)
-    stacked = np.empty((rows, *gathered.shape[1:]), dtype=np.uint8)
-    stacked[np.concatenate(out_rows)] = gathered
+        return elements[by_row[:, 0]]
+    if options.framestack_axis_first:
+        return elements[by_row]
+    # Stack axis last: one element at a time into its strided slot, 3x faster than a moveaxis copy
+    stacked = np.empty((rows, *shape, count), dtype=np.uint8)
+    for s in range(count):
+        stacked[..., s] = elements[by_row[:, s]]
     return stacked
 
 

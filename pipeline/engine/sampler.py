@@ -18,8 +18,10 @@ so ``DataLoader`` workers can each make every ``W``-th batch (see :mod:`pipeline
 Memory: episode arrays (steps, actions, rewards and, for ``observation="vector"``, observations) are
 kept in contiguous arrays over the whole selection when they fit in the budget (then sampling is numpy
 fancy indexing over resident arrays), else in an LRU of per-episode arrays bounded by bytes. Frames
-are decoded only for sampled steps and the steps their stacks need, into an LRU of single frames
-bounded by bytes. ``epochs=`` mode also holds one permutation of the selection's transition indices
+are decoded only for sampled steps and the steps their stacks need: a batch reads each row group of
+images it needs once (:mod:`.frameread`), decodes on two threads (:mod:`.pngdecode`) and stacks every
+entry at once; image bytes (by row group) and decoded raw frames are kept in two LRUs bounded by
+bytes (with ``missing="previous"``, finished stacks per entry, the earlier path). ``epochs=`` mode also holds one permutation of the selection's transition indices
 (8 bytes each).
 """
 

@@ -71,7 +71,9 @@ class _File:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.key = str(path)
-        self.parquet = open_verified(path)
+        # pre_buffer off: a row group's one small column chunk read plainly costs ~170 us of CPU
+        # against ~280 us with pyarrow's pre-buffering (measured, 85-image row groups, checksums on)
+        self.parquet = open_verified(path, pre_buffer=False)
         metadata = self.parquet.metadata
         counts = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])

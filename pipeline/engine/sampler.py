@@ -273,9 +273,9 @@ class Sampler:
         self._frames_lru = _LRU(self.cache_bytes - array_budget)  # missing="previous": finished stacks
         self._raw_steps = _LRU(max(array_budget // 16, 1 << 20))  # step numbers per entry, for the frame buffer
         self._frame_rows = _LRU(max(array_budget // 8, 1 << 20))  # raw index -> row of steps.parquet, per entry
-        # The frames' share: half for image bytes (a row group at a time; a hit saves a read of ~0.2 ms
-        # for ~1.5 KB), half for decoded raw frames (a hit saves a decode of ~30-50 us for 7 KB).
-        frame_budget = self.cache_bytes - array_budget
+        # The frames' share: up to half for image bytes (a row group at a time; a hit saves a read of
+        # ~0.2 ms for ~1.5 KB), the rest for decoded raw frames (a hit saves a decode of ~30-50 us for 7 KB).
+        frame_budget = self._frame_budget = self.cache_bytes - array_budget
         self._images = ImageReader(frame_budget - frame_budget // 2)
         self._decoded = _LRU(frame_budget // 2)  # (entry, raw index) -> raw frame as decoded
         self._pool: ThreadPoolExecutor | None = None
@@ -470,6 +470,8 @@ class Sampler:
             total += len(frames)
             held.append(frames)
         fresh = self._decode(images)  # type: ignore[arg-type]
+        # Decoded frames may use what the image bytes leave of the frames' share (at least half of it)
+        self._decoded.budget = self._frame_budget - self._images.groups.bytes
         for e, raw, frames, missing, start in fill:
             for i, frame in zip(missing, fresh[start:start + len(missing)], strict=True):
                 frames[i] = frame

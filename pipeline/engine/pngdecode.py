@@ -75,13 +75,13 @@ def _plain_png(data: bytes) -> np.ndarray | None:
         return None
     mode, rawmode = modes
     image = Image.new(mode, (width, height))
-    decoder = Image._getdecoder(mode, "zip", (rawmode,), ())  # noqa: SLF001 - Pillow's PNG pixel decoder
+    decoder = Image._getdecoder(mode, "zip", (rawmode,), ())
     decoder.setimage(image.im, (0, 0, width, height))
     try:
-        consumed, error = decoder.decode(b"".join(parts))
+        status, error = decoder.decode(b"".join(parts))
     finally:
         decoder.cleanup()
-    if error < 0:
-        return None  # truncated or damaged: Image.open reports it as before
+    if status >= 0 or error < 0:  # -1 with no error: every row decoded
+        return None  # image data cut short or damaged: Image.open reports it as before
     return np.asarray(image, dtype=np.uint8)
 

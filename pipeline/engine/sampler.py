@@ -21,8 +21,8 @@ fancy indexing over resident arrays), else in an LRU of per-episode arrays bound
 are decoded only for sampled steps and the steps their stacks need: a batch reads each row group of
 images it needs once (:mod:`.frameread`), decodes on two threads (:mod:`.pngdecode`) and stacks every
 entry at once; image bytes (by row group) and decoded raw frames are kept in two LRUs bounded by
-bytes (with ``missing="previous"``, finished stacks per entry, the earlier path). ``epochs=`` mode also holds one permutation of the selection's transition indices
-(8 bytes each).
+bytes (with ``missing="previous"``, finished stacks per entry, the earlier path). ``epochs=`` mode
+also holds one permutation of the selection's transition indices (8 bytes each).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import numpy as np
 
 from ..errors import DatasetError, EpisodeNotFound
 from ..lake.layout import EpisodeLocation
-from .framestack import element_ends, grayscale, raw_indices, resize, stacked_frames
 from .frameread import ImageReader, check_images
+from .framestack import element_ends, grayscale, raw_indices, resize, stacked_frames
 from .pngdecode import raw_frame
 from .trajectory import FrameOptions, agent_step_numbers, frame_layout, load_frames, load_trajectory
 
@@ -287,8 +287,8 @@ class Sampler:
     def __getstate__(self) -> dict[str, Any]:
         # Caches stay behind: each process (a DataLoader worker) fills its own.
         state = self.__dict__.copy()
-        for name in ("_permutation", "_block", "_lru", "_frames_lru", "_raw_steps", "_frame_rows", "_images", "_decoded", "_pool",
-                     "_resident", "_loaded", "_complete", "_decided"):
+        for name in ("_permutation", "_block", "_lru", "_frames_lru", "_raw_steps", "_frame_rows", "_images",
+                     "_decoded", "_pool", "_resident", "_loaded", "_complete", "_decided"):
             state.pop(name)
         return state
 

@@ -47,7 +47,7 @@ def test_raw_frame_is_pillows(data: bytes) -> None:
 def _outcome(decode: object, data: bytes) -> object:
     try:
         return decode(data).tolist()  # type: ignore[operator]
-    except Exception as exc:  # noqa: BLE001 - compared, not handled
+    except Exception as exc:
         return type(exc)
 
 
@@ -55,3 +55,15 @@ def _outcome(decode: object, data: bytes) -> object:
 def test_a_cut_png_gives_what_pillow_gives(cut: int) -> None:
     data = _png((np.arange(64, dtype=np.uint8) * 7).reshape(8, 8), "L")[:-cut]
     assert _outcome(raw_frame, data) == _outcome(lambda d: decode_frame(d, _RAW), data)
+
+
+def test_image_data_cut_short_inside_a_well_formed_file_is_pillows_outcome() -> None:
+    import struct
+    import zlib
+
+    data = _png((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64), "L")
+    length = struct.unpack(">I", data[33:37])[0]
+    idat = data[41:41 + length][: length // 2]  # half the zlib stream, in a chunk with a correct CRC
+    chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    cut = data[:33] + chunk + data[41 + length + 4:]
+    assert _outcome(raw_frame, cut) == _outcome(lambda d: decode_frame(d, _RAW), cut)

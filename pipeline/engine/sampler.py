@@ -613,7 +613,7 @@ def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.nda
         # (clipped at the episode's start). An entry's decoded frames are its raw indices, sorted
         # and without gaps within each element's span (raw_indices), so raw index - j is id - j.
         raw_of = np.concatenate([plan[2] for plan in plans])
-        elements = None
+        built: np.ndarray | None = None
         for chunk in range(0, len(real), _ELEMENT_CHUNK):
             ids = real[chunk:chunk + _ELEMENT_CHUNK]
             element = frames[ids]
@@ -624,11 +624,10 @@ def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.nda
             if shrink:
                 assert options.resize is not None
                 element = resize(element, options.resize, options.resample)
-            if elements is None:  # black last
-                elements = np.zeros((len(real) + 1, *element.shape[1:]), dtype=np.uint8)
-            elements[chunk:chunk + len(ids)] = element
-        if elements is None:
-            elements = np.zeros((1, *shape), dtype=np.uint8)
+            if built is None:  # black last
+                built = np.zeros((len(real) + 1, *element.shape[1:]), dtype=np.uint8)
+            built[chunk:chunk + len(ids)] = element
+        elements = np.zeros((1, *shape), dtype=np.uint8) if built is None else built
         shape = elements.shape[1:]
         slot = inverse - (1 if unique[0] < 0 else 0)
         slot = np.where(keys < 0, len(real), slot)

@@ -27,6 +27,7 @@ also holds one permutation of the selection's transition indices (8 bytes each).
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
 _ELEMENT_CHUNK = 1024  # stacked elements converted together: bounded memory for large RGB frames
 _FRAME_OVERHEAD = 112  # bytes a cached numpy array costs beyond its pixels
+_POOL_MIN = 64  # fewer frames than this are decoded on the calling thread
 _DECODE_THREADS = 2  # the cores a training machine's loader usually has to itself
 
 
@@ -279,6 +281,7 @@ class Sampler:
         self._images = ImageReader(frame_budget - frame_budget // 2)
         self._decoded = _LRU(frame_budget // 2)  # (entry, raw index) -> raw frame as decoded
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
         self._complete = False  # every episode resident
@@ -288,7 +291,7 @@ class Sampler:
         # Caches stay behind: each process (a DataLoader worker) fills its own.
         state = self.__dict__.copy()
         for name in ("_permutation", "_block", "_lru", "_frames_lru", "_raw_steps", "_frame_rows", "_images",
-                     "_decoded", "_pool", "_resident", "_loaded", "_complete", "_decided"):
+                     "_decoded", "_pool", "_pool_pid", "_resident", "_loaded", "_complete", "_decided"):
             state.pop(name)
         return state
 
@@ -504,10 +507,11 @@ class Sampler:
         def decode(part: list[bytes]) -> list[np.ndarray]:
             return [raw_frame(image, gray_ok=gray) for image in part]
 
-        if len(images) < 64:
+        if len(images) < _POOL_MIN:
             return decode(images)
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its own
             self._pool = ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="frame-decode")
+            self._pool_pid = os.getpid()
         size = -(-len(images) // (2 * _DECODE_THREADS))
         parts = self._pool.map(decode, [images[i:i + size] for i in range(0, len(images), size)])
         return [frame for part in parts for frame in part]

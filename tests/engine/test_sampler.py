@@ -193,3 +193,27 @@ def test_frames_from_segments_with_small_row_groups(tmp_path: Path, options: Fra
         for j in range(3):
             _check_against_trajectories(lake, sampler, sampler.batch(j), frames=options,
                                         downsample_frequency=frequency)
+
+
+def _batch_in_child(sampler: Sampler, queue: Any) -> None:
+    queue.put(sampler.batch(5).observations)
+
+
+def test_frames_in_a_forked_worker_after_the_parent_sampled(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parent's decode threads do not exist in a forked child: it must start its own, not wait forever.
+    import multiprocessing
+
+    import pipeline.engine.sampler
+
+    monkeypatch.setattr(pipeline.engine.sampler, "_POOL_MIN", 1)
+    sampler = lake.sampler(_frame_ids(lake), batch_size=64, observation="frames",
+                           frames=FrameOptions(grayscale=True, stack_n=4), seed=2)
+    sampler.batch(0)  # enough frames to decode on the thread pool
+    assert sampler._pool is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_batch_in_child, args=(sampler, queue))
+    child.start()
+    observations = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert np.array_equal(observations, sampler.batch(5).observations)

@@ -52,6 +52,7 @@ _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
 _ELEMENT_CHUNK = 1024  # stacked elements converted together: bounded memory for large RGB frames
 _FRAME_OVERHEAD = 112  # bytes a cached numpy array costs beyond its pixels
+_WORKING_COPIES = 6  # a batch's raw frames, this many times over: its working memory
 _POOL_MIN = 64  # fewer frames than this are decoded on the calling thread
 _DECODE_THREADS = 2  # the cores a training machine's loader usually has to itself
 
@@ -473,8 +474,12 @@ class Sampler:
             total += len(frames)
             held.append(frames)
         fresh = self._decode(images)  # type: ignore[arg-type]
-        # Decoded frames may use what the image bytes leave of the frames' share (at least half of it)
-        self._decoded.budget = self._frame_budget - self._images.groups.bytes
+        # Decoded frames may use what the image bytes leave of the frames' share, less the batch's own
+        # working memory (its raw frames a few times over: list, array, elements, outputs; measured
+        # peak RSS with FrameOptions.atari() was 1397 MiB for a 1 GiB budget without this reserve)
+        sample = fresh[0] if fresh else held[0][0] if held and held[0] else None
+        working = _WORKING_COPIES * total * (0 if sample is None else sample.nbytes)
+        self._decoded.budget = max(0, self._frame_budget - self._images.groups.bytes - working)
         for e, raw, frames, missing, start in fill:
             for i, frame in zip(missing, fresh[start:start + len(missing)], strict=True):
                 frames[i] = frame

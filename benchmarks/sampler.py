@@ -1,6 +1,6 @@
 """The training sampler's throughput and memory (issue 16), each measurement in a fresh process.
 
-    python -m benchmarks.sampler --transitions 200000 --vector --frames [--lake DIR] [--cache-mb 1024]
+    python -m benchmarks.sampler --transitions 200000 --vector --frames --frames-plain [--numpy] [--cache-mb 1024]
 
 Builds (once, cached by size in ``bench-data/``) a seeded lake of episodes of 84x84 grayscale PNG
 frames, an 8-float observation, an action and a reward per step, written as episode files and
@@ -10,7 +10,8 @@ that measurement's alone:
 - ``numpy``: the same transitions sampled from in-memory numpy arrays (the upper bound);
 - ``vector``: ``Lake.sampler(observation="vector", batch_size=256)`` after a warm-up pass;
 - ``frames``: ``observation="frames"`` with ``FrameOptions.atari()`` (84x84, 4 stacked) and
-  ``cache_bytes``.
+  ``cache_bytes``; ``frames-plain`` with ``FrameOptions(grayscale=True, resize=(84, 84), stack_n=4)``;
+- ``numpy-frames`` (``--numpy`` with frames): 4-stacks gathered from 50k resident 84x84 frames.
 
 Each prints one JSON line: transitions per second and peak RSS in MiB.
 """
@@ -31,36 +32,43 @@ import numpy as np
 import orjson
 
 EPISODE_STEPS = 2000
-POOL = 256  # distinct frames, cycled with an episode-dependent phase
 BATCH = 256
 
 
-def _frame_pool(seed: int) -> list[str]:
-    """Breakout-like 84x84 grayscale screens: bricks, a paddle and a ball, as base64 PNGs."""
+def _frames(n: int, steps: int) -> list[str]:
+    """Breakout-like 84x84 grayscale screens, every step's different, as base64 PNGs (seeded by episode).
+
+    Bricks, a moving paddle and ball, and ~6% of pixels noise drawn afresh each step: no two frames
+    are equal, so zstd finds no repeats and the lake's bytes are those of distinct PNGs (~1.5 KB each).
+    """
     import base64
 
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(n)
+    bricks = np.repeat(rng.integers(60, 200, size=(5, 12), dtype=np.uint8), 4, 0).repeat(7, 1)[:20, :84]
     frames = []
-    for i in range(POOL):
+    for i in range(steps):
         screen = np.zeros((84, 84), dtype=np.uint8)
-        screen[10:30] = np.repeat(rng.integers(60, 200, size=(5, 12), dtype=np.uint8), 4, 0).repeat(7, 1)[:20, :84]
-        screen[rng.random((84, 84)) < 0.02] = 255  # a little noise so that frames differ in more than the ball
-        x = (i * 3) % 80
+        screen[10:30] = bricks
+        noise = rng.random((84, 84)) < 0.06
+        screen[noise] = rng.integers(0, 256, size=int(noise.sum()), dtype=np.uint8)
+        x = (i * 3 + n) % 80
         screen[76:78, max(0, x - 6):x + 6] = 200
-        screen[40 + (i * 5) % 30:42 + (i * 5) % 30, (i * 7) % 82:(i * 7) % 82 + 2] = 255
+        y, bx = 40 + (i * 5 + n) % 30, (i * 7 + n) % 82
+        screen[y:y + 2, bx:bx + 2] = 255
         buffer = io.BytesIO()
         Image.fromarray(screen, mode="L").save(buffer, format="PNG")
         frames.append(base64.b64encode(buffer.getvalue()).decode())
     return frames
 
 
-def _write_episode(path: Path, n: int, steps: int, pool: list[str]) -> None:
+def _write_episode(path: Path, n: int, steps: int) -> None:
     rng = np.random.default_rng(n)
     observations = rng.standard_normal((steps, 8)).astype(np.float32).astype(float)
     actions = rng.integers(0, 4, size=steps)
     rewards = rng.random(steps).round(3)
+    images = _frames(n, steps)
     with open(path, "wb") as out:
         out.write(orjson.dumps({"training": {"environment": "BreakoutBench-v0", "algorithm": "DQN",
                                              "iterations": 1, "config": {"episode": n}}})[:-1])
@@ -68,7 +76,7 @@ def _write_episode(path: Path, n: int, steps: int, pool: list[str]) -> None:
         for i in range(steps):
             if i:
                 out.write(b",")
-            out.write(orjson.dumps({"number": i, "image": pool[(i + 17 * n) % POOL], "agent_steps": [
+            out.write(orjson.dumps({"number": i, "image": images[i], "agent_steps": [
                 {"agent": "player_0", "action": int(actions[i]), "reward": float(rewards[i]),
                  "observation_space": observations[i].tolist()}]}))
         out.write(b"]}}\n")
@@ -76,13 +84,12 @@ def _write_episode(path: Path, n: int, steps: int, pool: list[str]) -> None:
 
 def build_lake(root: Path, transitions: int, seed: int = 0) -> Path:
     """A lake of ``transitions`` steps in episodes of ``EPISODE_STEPS`` (built once per size)."""
-    lake = root / f"sampler-lake-{transitions}"
+    lake = root / f"sampler-lake-v2-{transitions}"  # v2: distinct frames
     if (lake / ".complete").exists():
         return lake
     from pipeline import ingest_many
 
-    pool = _frame_pool(seed)
-    sources = root / f"sampler-sources-{transitions}"
+    sources = root / f"sampler-sources-v2-{transitions}"
     sources.mkdir(parents=True, exist_ok=True)
     episodes = -(-transitions // EPISODE_STEPS)
     started = time.perf_counter()
@@ -91,7 +98,7 @@ def build_lake(root: Path, transitions: int, seed: int = 0) -> Path:
         for n in range(start, min(episodes, start + 20)):
             steps = min(EPISODE_STEPS, transitions - n * EPISODE_STEPS)
             path = sources / f"{n}.json"
-            _write_episode(path, n, steps, pool)
+            _write_episode(path, n, steps)
             names.append(path)
         for result in ingest_many(names, lake=lake):
             if result.status != "ingested":
@@ -110,12 +117,18 @@ def _peak_rss_mib() -> float:
     return float("nan")
 
 
+_CPU: dict[str, float] = {}
+
+
 def _rate(make_batch: Any, seconds: float) -> tuple[float, int]:
-    done, started = 0, time.perf_counter()
+    """Transitions per second of wall time; also CPU time per transition (all threads) in ``_CPU``:
+    on a shared machine the wall rate depends on the load, the CPU time much less."""
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     j = 0
     while time.perf_counter() - started < seconds:
         done += len(make_batch(j)[0])
         j += 1
+    _CPU["us"] = (time.process_time() - cpu) / max(done, 1) * 1e6
     return done / (time.perf_counter() - started), j
 
 
@@ -125,7 +138,21 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
     lake = Lake(lake_path)
     cache = cache_mb << 20
     result: dict[str, Any] = {"mode": mode, "episodes": len(lake), "cache_mb": cache_mb}
-    if mode == "numpy":
+    if mode == "numpy-frames":  # the upper bound for frames: stacks gathered from resident decoded frames
+        n = min(50_000, sum(1 for _ in lake.locations) * EPISODE_STEPS)
+        frames = np.random.default_rng(0).integers(0, 256, size=(n, 84, 84), dtype=np.uint8)
+        rng = np.random.default_rng(0)
+        back = np.arange(-3, 1)
+
+        def frame_batch(j: int) -> tuple[np.ndarray, ...]:
+            index = rng.integers(0, n - 1, size=BATCH)
+            stacks = frames[np.maximum(index[:, None] + back, 0)]
+            following = frames[np.maximum(index[:, None] + 1 + back, 0)]
+            return np.moveaxis(stacks, 1, -1), np.moveaxis(following, 1, -1)
+
+        rate, batches = _rate(frame_batch, seconds)
+        result["transitions"] = n
+    elif mode == "numpy":
         started = time.perf_counter()
         arrays = lake.to_numpy()
         observations = arrays["observations"].reshape(len(arrays["observations"]), -1)
@@ -145,9 +172,10 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         rate, batches = _rate(numpy_batch, seconds)
         result["transitions"] = n
     else:
-        frames = FrameOptions.atari() if mode == "frames" else False
+        frames = {"frames": FrameOptions.atari(), "frames-plain": FrameOptions(grayscale=True, resize=(84, 84),
+                                                                               stack_n=4)}.get(mode, False)
         started = time.perf_counter()
-        sampler = lake.sampler(batch_size=BATCH, observation="frames" if mode == "frames" else "vector",
+        sampler = lake.sampler(batch_size=BATCH, observation="vector" if mode == "vector" else "frames",
                                frames=frames, seed=0, cache_bytes=cache)
         result["index_seconds"] = round(time.perf_counter() - started, 3)
         result["transitions"] = sampler.transitions
@@ -158,8 +186,11 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         result["warmup_seconds"] = round(time.perf_counter() - started, 3)
         rate, batches = _rate(lambda j: tuple(sampler.batch(j)), seconds)
         result["resident"] = sampler._resident is not None
-        result["frame_cache_mb"] = round(sampler._frames_lru.bytes / 2**20, 1)
+        images = getattr(sampler, "_images", None)  # the image-bytes cache (absent before it existed)
+        result["frame_cache_mb"] = round((images.groups.bytes if images else sampler._frames_lru.bytes) / 2**20, 1)
     result["transitions_per_second"] = round(rate)
+    result["cpu_us_per_transition"] = round(_CPU["us"], 1)
+    result["load_average"] = round(os.getloadavg()[0], 2)
     result["batches"] = batches
     result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
     return result
@@ -169,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transitions", type=int, default=200_000)
     parser.add_argument("--vector", action="store_true")
-    parser.add_argument("--frames", action="store_true")
-    parser.add_argument("--numpy", action="store_true", help="the in-memory baseline (default with --vector)")
+    parser.add_argument("--frames", action="store_true", help="FrameOptions.atari()")
+    parser.add_argument("--frames-plain", action="store_true",
+                        help="FrameOptions(grayscale=True, resize=(84, 84), stack_n=4)")
+    parser.add_argument("--numpy", action="store_true", help="the in-memory baseline (default with --vector; "
+                        "with --frames/--frames-plain also stacks gathered from 50k resident decoded frames)")
     parser.add_argument("--data", default="bench-data")
     parser.add_argument("--cache-mb", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -188,8 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"lake": str(lake), "transitions": args.transitions, "parquet_mb": round(size / 1e6),
                       "build": (lake / ".complete").read_text().strip(),
                       "seconds_here": round(time.perf_counter() - started, 1)}), flush=True)
-    modes = [m for m, on in (("numpy", args.numpy or args.vector), ("vector", args.vector),
-                             ("frames", args.frames)) if on]
+    framed = args.frames or args.frames_plain
+    modes = [m for m, on in (("numpy", args.numpy or args.vector), ("numpy-frames", args.numpy and framed),
+                             ("vector", args.vector),
+                             ("frames", args.frames), ("frames-plain", args.frames_plain)) if on]
     for mode in modes:
         subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--measure", mode, "--lake", str(lake),
                         "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds)], check=True,

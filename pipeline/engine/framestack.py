@@ -131,6 +131,9 @@ def _elements(frame_at: Callable[[int], np.ndarray], ends: list[int], options: F
             if index not in held:
                 held[index] = _raw(frame_at(index), options, episode_id, index)
             group.append(held[index])
+        if len({frame.shape for frame in group}) > 1 and options.grayscale:
+            # A grey frame may come as [H, W] (pngdecode.raw_frame): as RGB to meet an RGB one
+            group = [np.repeat(f[:, :, None], 3, axis=2) if f.ndim == 2 else f for f in group]
         if len({frame.shape for frame in group}) > 1:
             raise DatasetError(f"{where}frames of different sizes {sorted({f.shape for f in group})} "
                                f"within one max over {options.max_n} frames", episode_id=episode_id)

@@ -27,6 +27,7 @@ from ..lake.layout import EpisodeLocation
 from ..lake.segments import episode_rows
 from .agentrows import AgentRows, AgentStepsFile
 from .framestack import raw_indices, stacked_frames
+from .pngdecode import raw_frame
 
 _TRAJECTORY_COLUMNS = ["action", "rewards", "total_reward", "observation", "observation_shape"]  # and step
 
@@ -213,7 +214,8 @@ def _reward_names(location: EpisodeLocation) -> tuple[str, ...] | None:
 
 def agent_step_numbers(location: EpisodeLocation, agent: str) -> np.ndarray:
     """One agent's step numbers in step order: the raw steps its frames are indexed by."""
-    return AgentStepsFile(str(location.table("agent_steps"))).rows(agent, []).steps
+    file = AgentStepsFile(str(location.table("agent_steps")), location.episode_id if location.segment else None)
+    return file.rows(agent, []).steps
 
 
 def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOptions, *,
@@ -238,7 +240,8 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
 
     @lru_cache(maxsize=options.max_n + 1)  # missing="previous" shows one image at several steps in a row
     def decoded(step: int) -> np.ndarray:
-        return decode_frame(images[step] or b"", _RAW)  # none lacking (checked above)
+        # none lacking (checked above); a grey image stays [H, W] when it becomes grey anyway
+        return raw_frame(images[step] or b"", gray_ok=options.grayscale)
 
     return stacked_frames(lambda index: decoded(source_of[index]), kept, options, skip=skip, episode_id=episode_id)
 

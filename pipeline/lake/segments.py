@@ -33,7 +33,7 @@ from ..errors import DamagedFile
 from .damage import open_verified, page_problem, reading
 from .layout import SEGMENT_PREFIX, EpisodeLocation
 from .tables import SCHEMAS, TABLES
-from .writer import COMPRESSION, fsync_path
+from .writer import COMPRESSION, fsync_path, image_group_rows
 
 ID = "episode_id"
 # Rows per row group: one small episode's rows are found by the episode_id statistics while a
@@ -144,6 +144,8 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(ID, "ascending")]))  # a stable sort
         path = folder / f"{table}.parquet"
         group_rows = STEP_ROW_GROUP_ROWS if table in _STEP_TABLES else ROW_GROUP_ROWS
+        if table == "steps":  # images: small row groups, so that a few steps' images are a cheap read
+            group_rows = min(group_rows, image_group_rows(rows) or group_rows)
         # Dictionary encoding for every column: a segment's many episodes repeat names, and often
         # values (quantised observations, actions); pyarrow falls back to plain pages for a column
         # whose dictionary outgrows its page limit, so random floats cost nothing extra.

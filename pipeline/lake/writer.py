@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 MAX_IN_FLIGHT = 2
 COMPRESSION = "zstd"
+# Steps tables that hold images are written in row groups of about this many image bytes: a reader
+# that wants a few steps' images (the sampler) reads and verifies whole row groups, ~2.6 ms for a
+# 2000-image group against ~0.2 ms for 64 images of 1.7 KB (measured, pyarrow 26, checksums on).
+IMAGE_GROUP_BYTES = 128 * 1024
+MIN_IMAGE_GROUP_ROWS = 16
 # Dictionary encoding pays for names that repeat on every row, not for measurements.
 _DICTIONARY_COLUMNS = ["agent", "unit", "algorithm", "source"]
 
@@ -36,6 +41,16 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def image_group_rows(rows: pa.RecordBatch | pa.Table) -> int | None:
+    """Rows per row group for steps with images (about :data:`IMAGE_GROUP_BYTES` of them), else None."""
+    if "image" not in rows.schema.names or rows.num_rows == 0:
+        return None
+    image_bytes = rows.column("image").nbytes
+    if image_bytes <= IMAGE_GROUP_BYTES:
+        return None
+    return max(MIN_IMAGE_GROUP_ROWS, rows.num_rows * IMAGE_GROUP_BYTES // image_bytes)
 
 
 class EpisodeWriter:
@@ -63,10 +78,11 @@ class EpisodeWriter:
         writer = self._writers.get(table)
         if writer is None:
             writer = self._writers[table] = self._open(table)
+        group_rows = image_group_rows(batch) if table == "steps" else None
         if isinstance(batch, pa.RecordBatch):
-            writer.write_batch(batch)
+            writer.write_batch(batch, row_group_size=group_rows)
         else:
-            writer.write_table(batch)
+            writer.write_table(batch, row_group_size=group_rows)
 
     def _open(self, table: str) -> pq.ParquetWriter:
         import pyarrow.parquet as pq

@@ -168,3 +168,52 @@ def test_a_removed_episode_asks_for_a_refresh(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"episode {gone} was removed from the lake after this sampler's "
                                            f"snapshot was taken: call lake.refresh\\(\\) and make a new sampler"):
         sampler.batch(0)
+
+
+@pytest.mark.parametrize("options", [
+    FrameOptions(grayscale=True, stack_n=4),
+    FrameOptions(grayscale=True, stack_n=4, max_n=2, skip_n=3, pad="zeros", luma="opencv", resample="area"),
+])
+def test_frames_from_segments_with_small_row_groups(tmp_path: Path, options: FrameOptions,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Row groups of 4 steps: an episode's images span several, and a row group holds several episodes'.
+    import pipeline.lake.segments
+
+    monkeypatch.setattr(pipeline.lake.segments, "STEP_ROW_GROUP_ROWS", 4)
+    for n, length in enumerate((9, 5, 13, 2)):
+        result = ingest(write_json(tmp_path / f"{n}.json", _episode(n, length)), lake=tmp_path / "lake")
+        assert result.status == "ingested", result.error
+    lake = Lake(tmp_path / "lake")
+    lake.compact()
+    lake = Lake(tmp_path / "lake")
+    assert all(location.segment for location in lake.locations)
+    for frequency in (1, 2):
+        sampler = lake.sampler(batch_size=40, observation="frames", frames=options, seed=3,
+                               downsample_frequency=frequency, cache_bytes=3000)
+        for j in range(3):
+            _check_against_trajectories(lake, sampler, sampler.batch(j), frames=options,
+                                        downsample_frequency=frequency)
+
+
+def _batch_in_child(sampler: Sampler, queue: Any) -> None:
+    queue.put(sampler.batch(5).observations)
+
+
+def test_frames_in_a_forked_worker_after_the_parent_sampled(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parent's decode threads do not exist in a forked child: it must start its own, not wait forever.
+    import multiprocessing
+
+    import pipeline.engine.sampler
+
+    monkeypatch.setattr(pipeline.engine.sampler, "_POOL_MIN", 1)
+    sampler = lake.sampler(_frame_ids(lake), batch_size=64, observation="frames",
+                           frames=FrameOptions(grayscale=True, stack_n=4), seed=2)
+    sampler.batch(0)  # enough frames to decode on the thread pool
+    assert sampler._pool is not None
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_batch_in_child, args=(sampler, queue))
+    child.start()
+    observations = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert np.array_equal(observations, sampler.batch(5).observations)

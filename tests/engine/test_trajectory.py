@@ -133,9 +133,9 @@ def test_observation_shapes_must_not_change_within_a_trajectory(tmp_path: Path, 
 
 def test_frames_are_loaded_only_when_asked(lake: Lake, ids: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[bytes] = []
-    real = pipeline.engine.trajectory.decode_frame
-    monkeypatch.setattr(pipeline.engine.trajectory, "decode_frame", lambda data, options: decoded.append(data) or real(
-        data, options))
+    real = pipeline.engine.trajectory.raw_frame
+    monkeypatch.setattr(pipeline.engine.trajectory, "raw_frame", lambda data, **options: decoded.append(data) or real(
+        data, **options))
     lake.trajectory(ids["frames"])
     assert decoded == []
     trajectory = lake.trajectory(ids["frames"], frames=True, downsample_frequency=3, downsample_offset=2)

@@ -172,11 +172,12 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         rate, batches = _rate(numpy_batch, seconds)
         result["transitions"] = n
     else:
-        frames = {"frames": FrameOptions.atari(), "frames-plain": FrameOptions(grayscale=True, resize=(84, 84),
-                                                                               stack_n=4)}.get(mode, False)
+        choices: dict[str, FrameOptions] = {"frames": FrameOptions.atari(),
+                                            "frames-plain": FrameOptions(grayscale=True, resize=(84, 84), stack_n=4)}
+        frame_options: bool | FrameOptions = choices.get(mode, False)
         started = time.perf_counter()
         sampler = lake.sampler(batch_size=BATCH, observation="vector" if mode == "vector" else "frames",
-                               frames=frames, seed=0, cache_bytes=cache)
+                               frames=frame_options, seed=0, cache_bytes=cache)
         result["index_seconds"] = round(time.perf_counter() - started, 3)
         result["transitions"] = sampler.transitions
         started = time.perf_counter()

@@ -28,8 +28,7 @@ also holds one permutation of the selection's transition indices (8 bytes each).
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +37,7 @@ import numpy as np
 
 from ..errors import DatasetError, EpisodeNotFound
 from ..lake.layout import EpisodeLocation
+from .frameread import ByteLRU as _LRU
 from .frameread import ImageReader, check_images
 from .framestack import element_ends, grayscale, raw_indices, resize, stacked_frames
 from .pngdecode import raw_frame
@@ -96,39 +96,6 @@ class _Arrays:
     def nbytes(self) -> int:
         arrays = (self.steps, self.actions, self.rewards, self.observations)
         return sum(a.nbytes for a in arrays if a is not None)
-
-
-class _LRU:
-    """A least-recently-used mapping bounded by the bytes of its values (at least one entry kept)."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.bytes = 0
-        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: Hashable) -> Any:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
-
-    def put(self, key: Hashable, value: Any, size: int) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self._items[key] = (value, size)
-        self.bytes += size
-        while self.bytes > self.budget and len(self._items) > 1:
-            _, (_, freed) = self._items.popitem(last=False)
-            self.bytes -= freed
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
 
 
 def kept_count(length: int, frequency: int, offset: int) -> int:

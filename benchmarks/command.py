@@ -17,24 +17,9 @@ import os
 import sys
 from typing import Any
 
+from benchmarks.procstatus import shared_kib, status_kib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _status_kib(field: bytes) -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def _shared_kib() -> int:
-    total = 0
-    with open("/proc/self/smaps_rollup", "rb") as f:
-        for line in f:
-            if line.startswith((b"Shared_Clean:", b"Shared_Dirty:")):
-                total += int(line.split()[1])
-    return total
 
 
 def _write(path: str, fields: dict[str, int]) -> None:
@@ -51,7 +36,7 @@ def _in_forked_child(path: str) -> None:
 
     def exit_function(*args: object, **kwargs: object) -> None:
         try:
-            _write(path, {"child_hwm_kib": _status_kib(b"VmHWM:"), "child_shared_kib": _shared_kib()})
+            _write(path, {"child_hwm_kib": status_kib(b"VmHWM:"), "child_shared_kib": shared_kib()})
         finally:
             original(*args, **kwargs)
 
@@ -74,7 +59,7 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        _write(path, {"hwm_kib": _status_kib(b"VmHWM:")})
+        _write(path, {"hwm_kib": status_kib(b"VmHWM:")})
     sys.exit(code)
 
 

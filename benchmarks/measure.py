@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.procstatus import shared_kib, status_kib
+
 STEPS_PREFIX = "inference.steps.item"
 # Bytes ijson reads per call; the pipeline reads the same amount, so the floor is like for like.
 READ_SIZE = 256 * 1024
@@ -70,24 +72,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _status_kib(field: bytes) -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def _shared_kib() -> int:
-    """Resident pages this process shares with another (a forked child: with its parent)."""
-    total = 0
-    with open("/proc/self/smaps_rollup", "rb") as f:
-        for line in f:
-            if line.startswith((b"Shared_Clean:", b"Shared_Dirty:")):
-                total += int(line.split()[1])
-    return total
-
-
 class _ChildMemory:
     """What the two-process ingest's child held, reported by the child itself as it finishes.
 
@@ -110,7 +94,7 @@ class _ChildMemory:
         def finish(tabulator: Any, facts: Any) -> Any:
             built = original(tabulator, facts)
             if os.getpid() != parent:
-                record.write_text(json.dumps({"hwm_kib": _status_kib(b"VmHWM:"), "shared_kib": _shared_kib()}))
+                record.write_text(json.dumps({"hwm_kib": status_kib(b"VmHWM:"), "shared_kib": shared_kib()}))
             return built
 
         self._class.finish = finish  # type: ignore[method-assign, assignment]

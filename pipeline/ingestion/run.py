@@ -141,20 +141,24 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
                         result.status = "ingested" if committed else "exists"
             finally:
                 result.bytes_read = src.bytes_read
-    except PipelineError as exc:
-        exc.with_source(result.source)
-        result.error = exc
-        result.status = "invalid" if isinstance(exc, InvalidEpisode) else "failed"
+    except (PipelineError, OSError) as exc:
+        error = _record_error(result, exc)
         if raise_errors:
-            raise
-    except OSError as exc:  # an I/O failure not already wrapped by a stage
-        error = LakeError(f"{exc.strerror or exc}", source=result.source)
-        result.error, result.status = error, "failed"
-        if raise_errors:
+            if error is exc:
+                raise
             raise error from exc
     finally:
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _record_error(result: IngestResult, exc: PipelineError | OSError) -> PipelineError:
+    """Put what went wrong into ``result`` (an I/O failure no stage wrapped becomes a LakeError); return it."""
+    error = exc if isinstance(exc, PipelineError) else LakeError(f"{exc.strerror or exc}", source=result.source)
+    error.with_source(result.source)
+    result.error = error
+    result.status = "invalid" if isinstance(error, InvalidEpisode) else "failed"
+    return error
 
 
 def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
@@ -189,12 +193,8 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
                 result.status = "valid"
             finally:
                 result.bytes_read = src.bytes_read
-    except PipelineError as exc:
-        exc.with_source(result.source)
-        result.error = exc
-        result.status = "invalid" if isinstance(exc, InvalidEpisode) else "failed"
-    except OSError as exc:
-        result.error, result.status = LakeError(f"{exc.strerror or exc}", source=result.source), "failed"
+    except (PipelineError, OSError) as exc:
+        _record_error(result, exc)
     finally:
         result.seconds = time.perf_counter() - started
     return result, tables

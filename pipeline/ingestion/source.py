@@ -337,6 +337,21 @@ class Source:
         return self._raw_counter.count if self._raw_counter else self.reader.consumed
 
 
+@contextlib.contextmanager
+def _opening(name: str) -> Iterator[None]:
+    """Turn what opening ``name`` raised into a SourceError a person can act on (fsspec or local alike)."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except FileNotFoundError as exc:
+        raise SourceError("no such file", source=name) from exc
+    except PermissionError as exc:
+        raise SourceError("permission denied", source=name) from exc
+    except Exception as exc:
+        raise SourceError(f"could not open: {exc}", source=name) from exc
+
+
 class _OpenedSource:
     """Context manager returned by :func:`open_source`; closes everything it opened."""
 
@@ -393,7 +408,7 @@ class _OpenedSource:
     def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
         if _is_plain_local_path(name):
             return self._open_local(name)
-        try:
+        with _opening(name):
             import fsspec.core
 
             fs, path = fsspec.core.url_to_fs(name)
@@ -406,14 +421,6 @@ class _OpenedSource:
             elif fs.isdir(path):
                 raise SourceError("is a directory, not an episode file", source=name)
             raw = fs.open(path, "rb", **options)
-        except SourceError:
-            raise
-        except FileNotFoundError as exc:
-            raise SourceError("no such file", source=name) from exc
-        except PermissionError as exc:
-            raise SourceError("permission denied", source=name) from exc
-        except Exception as exc:
-            raise SourceError(f"could not open: {exc}", source=name) from exc
         self._closers.append(raw.close)
         try:
             size = fs.size(path)
@@ -421,21 +428,12 @@ class _OpenedSource:
             size = None
         return raw, size
 
-
     def _open_local(self, name: str) -> tuple[IO[bytes], int | None]:
         """What fsspec's local filesystem does for a plain path (same errors), without importing fsspec."""
-        try:
+        with _opening(name):
             if os.path.isdir(name):
                 raise SourceError("is a directory, not an episode file", source=name)
             raw = open(name, "rb")  # noqa: SIM115 - closed by _close
-        except SourceError:
-            raise
-        except FileNotFoundError as exc:
-            raise SourceError("no such file", source=name) from exc
-        except PermissionError as exc:
-            raise SourceError("permission denied", source=name) from exc
-        except Exception as exc:
-            raise SourceError(f"could not open: {exc}", source=name) from exc
         self._closers.append(raw.close)
         try:
             size: int | None = os.fstat(raw.fileno()).st_size

@@ -113,10 +113,28 @@ def _validator(definition: str) -> Any:
     return jsonschema_rs.validator_for(part_schema(definition))
 
 
+# The parser reads a number written with a fraction or exponent (1.0, 1e3) as a float, and a float holds
+# every integer exactly only up to 2^53: beyond, 9007199254740993.0 reads as 9007199254740992.0.
+EXACT_FLOAT_INTEGERS = 2**53
+
+
+def whole_number(value: int | float, path: str, step: int | None = None) -> int:
+    """An integer field's schema-valid value as an int: ``1.0`` is 1; a float that may be rounded is refused."""
+    if type(value) is int:
+        return value
+    if abs(value) >= EXACT_FLOAT_INTEGERS:
+        raise InvalidEpisode(
+            "value.type", f"must be an integer; from 2^53 on, write it without a fraction or exponent "
+            f"(it cannot be read exactly as written), found {value!r}", path=path, step=step)
+    return int(value)
+
+
 def check_part(part: str, value: Any, *, path: str | None = None, step: int | None = None) -> None:
     """Check one part (a header value or a step) against the schema; raise :class:`InvalidEpisode`."""
     validator = _validator(PART_DEFINITIONS[part])
     if validator.is_valid(value):
+        if part == "training":
+            value["iterations"] = whole_number(value["iterations"], f"{path or part}.iterations")
         return
     errors = list(validator.iter_errors(value))
     # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
@@ -187,8 +205,10 @@ def _explain(error: Any, base: str, step: int | None, root: Any) -> InvalidEpiso
     if name == "Minimum":
         return InvalidEpisode("value.minimum", f"must be at least {kind.limit}, found {value}", path=path, step=step)
     if name == "Maximum":
+        # A float here was written with a fraction or exponent, and may have been rounded up to 2^63.
+        how = "; written with a fraction or exponent it reads as that float" if type(value) is float else ""
         return InvalidEpisode(
-            "number.int64", f"must fit in a signed 64-bit integer (at most {kind.limit}), found {value}",
+            "number.int64", f"must fit in a signed 64-bit integer (at most {kind.limit}), found {value}{how}",
             path=path, step=step,
         )
     if name == "MinItems":
@@ -324,7 +344,7 @@ class EpisodeChecker:
         base = f"{STEPS_PATH}[{index}]"
         number = step["number"]
         if type(number) is not int:  # 1.0 or 1e0: an integer to JSON Schema, so one to us too
-            number = step["number"] = int(number)
+            number = step["number"] = whole_number(number, f"{base}.number")
         self._check_number(number, index)
         image = step.get("image")
         if image is not None:

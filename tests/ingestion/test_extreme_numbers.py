@@ -290,3 +290,30 @@ def test_exponent_forms(tmp_path, text, field, stored):
     else:
         value = pq.read_table(location.table("agent_steps")).column(field).to_pylist()[0]
     assert value == stored and type(value) is type(stored) and math.copysign(1, value) == math.copysign(1, stored)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "two-process"])
+@pytest.mark.parametrize(("field", "text", "rule", "stored"), [
+    # Regression: 9007199254740993.0 was read as the float 2^53 and stored as step 9007199254740992.
+    ("number", "9007199254740993.0", "value.type", None),
+    ("number", "9.007199254740993e15", "value.type", None),
+    ("iterations", "9007199254740993.0", "value.type", None),
+    ("number", "9223372036854775807.0", "number.int64", None),  # reads as 2^63
+    ("iterations", "1e19", "number.int64", None),
+    ("number", "9007199254740991.0", None, 2**53 - 1),  # below 2^53 every float integer is exact
+    ("number", "1e15", None, 10**15),
+    ("iterations", "4.5e3", None, 4500),
+])
+def test_integer_fields_written_as_floats(tmp_path, field, text, rule, stored, parallel):
+    path = tmp_path / "e.json"
+    path.write_text(_place(field, text), encoding="utf-8")
+    result = ingest(path, lake=tmp_path / "lake", parallel=parallel)
+    if rule is not None:
+        assert result.status == "invalid" and result.error.rule == rule, result.error
+        assert result.error.path == ("inference.steps[0].number" if field == "number" else "training.iterations")
+        assert "fraction or exponent" in str(result.error)
+        return
+    assert result.status == "ingested", result.error
+    (location,) = list_episodes(tmp_path / "lake")
+    table, column = ("steps", "step") if field == "number" else ("episodes", "iterations")
+    assert pq.read_table(location.table(table)).column(column).to_pylist() == [stored]

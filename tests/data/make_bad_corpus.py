@@ -344,6 +344,9 @@ def bad_files() -> dict[str, bytes]:
         "value.type--reward-is-a-string.json": dumps(with_agent(reward="0.5")),
         "value.type--action-is-a-boolean.json": dumps(with_agent(action=True)),
         "value.type--step-number-is-fractional.json": dumps({**episode(), "inference": {"steps": [{"number": 0.5}]}}),
+        # Read as the float 2^53, it would be stored as step 9007199254740992 (docs/format.md, Numbers).
+        "value.type--step-number-beyond-2-pow-53-written-as-a-float.json": raw(
+            {**episode(), "inference": {"steps": [{"number": "@V@"}]}}, V="9007199254740993.0"),
         "value.type--training-is-an-array.json": dumps({**episode(), "training": []}),
         "value.type--image-is-a-number.json": dumps(with_image(7)),  # type: ignore[arg-type]
         "document.required--agent-missing.json": dumps(without_agent_keys("agent")),

@@ -125,6 +125,10 @@ class _TooDeep(Exception):
     """Raised by the reader when arrays and objects nest deeper than ``MAX_DEPTH``."""
 
 
+class _LoneSurrogate(Exception):
+    """Raised by the reader at an escaped high surrogate (``\\ud800``) with no escaped low one after it."""
+
+
 # Deepest nesting of arrays and objects accepted. Real episodes nest under 20 levels; ijson keeps
 # one path string per level, each as long as the path, so memory grows with the square of depth
 # (measured: 1 GB at 20,000 levels from a 40 KB file). The check has to run before ijson sees bytes.
@@ -134,6 +138,10 @@ _QUOTED = re.compile(rb'"[^"]*"')
 _NESTING = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _OPEN, _CLOSE, _PAIR = b"\x01", b"\xff", b"\x01\xff"
 _BACKSLASH = b"\\"
+# yajl turns a lone "\ud800" into "?" and "\ud800\ud800" into U+10000 (a lone "\udc00" it refuses), so an
+# escaped high surrogate must be followed by an escaped low one; checked on the raw text, as depth is.
+_LONE_HIGH = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+_ESCAPE_PAIR = 12  # len(b"\\ud83d\\ude00")
 
 
 class _DepthGuard:
@@ -141,7 +149,9 @@ class _DepthGuard:
 
     Escaped characters are dropped, then everything but brackets and quotes; what remains of
     strings (quote pairs, or quotes around brackets) is removed, and the brackets left are summed.
-    State carried between chunks: the depth, whether a string is open, a trailing backslash.
+    State carried between chunks: the depth, whether a string is open, the bytes from an escape the
+    next chunk may complete (at most 11). On the way, an escaped high surrogate without an escaped
+    low one after it raises :class:`_LoneSurrogate` (yajl would store it as ``?``).
 
     The deepest point of a chunk is bounded without a pass in Python: removing every adjacent
     open-close pair again and again leaves the unmatched closes then the unmatched opens, and
@@ -156,12 +166,20 @@ class _DepthGuard:
         self._carry = b""
 
     def feed(self, chunk: bytes) -> None:
+        """The next bytes of the stream; ``b""`` at its end, which checks what was carried over."""
+        final = not chunk
         if self._carry:
             chunk, self._carry = self._carry + chunk, b""
         if _BACKSLASH in chunk:
             chunk = chunk.replace(_BACKSLASH * 2, b"").replace(_BACKSLASH + b'"', b"")
-            if chunk.endswith(_BACKSLASH):
-                chunk, self._carry = chunk[:-1], _BACKSLASH
+            # Escapes are whole now; one that the next chunk may complete is carried over.
+            cut = -1 if final else chunk.find(_BACKSLASH, max(0, len(chunk) - _ESCAPE_PAIR + 1))
+            if b"\\ud" in chunk or b"\\uD" in chunk:  # two memmem calls skip the search on most text
+                lone = _LONE_HIGH.search(chunk)
+                if lone is not None and (cut < 0 or lone.start() < cut):
+                    raise _LoneSurrogate
+            if cut >= 0:
+                chunk, self._carry = chunk[:cut], chunk[cut:]
         marks = chunk.translate(None, _STRUCTURAL)
         if self._in_string:
             end = marks.find(b'"')
@@ -554,6 +572,13 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
         in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
         error = InvalidEpisode(
             "file.utf8", "a string is not valid UTF-8 (bad bytes or an unpaired surrogate escape)",
+            path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
+        )
+    except _LoneSurrogate:
+        in_steps = prefixes.containers_seen.get("inference.steps", 0) == 1
+        error = InvalidEpisode(
+            "file.utf8", 'a string holds an unpaired surrogate escape (a "\\ud800" to "\\udbff" not followed by '
+            'one of "\\udc00" to "\\udfff")',
             path=f"inference.steps[{steps}]" if in_steps else None, offset=reader.consumed,
         )
     except _TooDeep:

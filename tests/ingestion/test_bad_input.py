@@ -43,14 +43,7 @@ HIVE = {"environment": pl.String, "episode_id": pl.String}
 KNOWN_RULES = frozenset(RULES)
 
 # Corpus files the pipeline gets wrong today: each test stays, marked as an expected failure, until fixed.
-BUGS = {
-    "file.utf8--escaped-lone-high-surrogate.json": (
-        'KNOWN LIMITATION (ijson/yajl): the escape "\\ud800" (a lone high surrogate) is stored as "?" by the '
-        "parser before the pipeline sees it; documented in the README"),
-    "file.utf8--escaped-two-high-surrogates.json": (
-        'KNOWN LIMITATION (ijson/yajl): "\\ud800\\ud800" (two high surrogates) is decoded by the parser as '
-        "U+10000 before the pipeline sees it; documented in the README"),
-}
+BUGS: dict[str, str] = {}
 
 ODD_BUGS: dict[str, str] = {}
 

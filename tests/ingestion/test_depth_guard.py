@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.source import MAX_DEPTH, _DepthGuard, _TooDeep
+from pipeline.ingestion.source import MAX_DEPTH, _DepthGuard, _LoneSurrogate, _TooDeep
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
@@ -59,3 +59,57 @@ def test_brackets_and_escaped_quotes_inside_strings_do_not_count():
     guard = _DepthGuard()
     guard.feed(text)
     assert guard.depth == 0
+
+
+def _feed_all(text: bytes, chunks: list[int]) -> _DepthGuard:
+    """Feed ``text`` cut into pieces of the given sizes (cycled), then the end of the stream."""
+    guard, i, k = _DepthGuard(), 0, 0
+    while i < len(text):
+        size = chunks[k % len(chunks)]
+        guard.feed(text[i:i + size])
+        i, k = i + size, k + 1
+    guard.feed(b"")
+    return guard
+
+
+# Pieces of JSON string text: escapes of every kind, surrogate pairs, lone high surrogates (to be
+# refused), and escaped backslashes followed by text that only looks like an escape.
+PIECES = ["a", "é", "\\\\", '\\"', "\\n", "\\u00e9", "\\ud83d\\ude00", "\\uD83D\\uDE00", "\\ud800", "\\udbff",
+          "\\\\ud800", "\\\\\\ud800", "\\ud800\\ud800", "\\ud800\\u0041", "\\ud800\\\\udc00", "[", "]"]
+
+
+def reference_has_lone_high_surrogate(text: str) -> bool:
+    """Python's json keeps lone surrogates in its strings: any that is left cannot be UTF-8."""
+    value = json.loads(text)
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12), st.lists(st.integers(1, 14), min_size=1, max_size=4),
+       st.booleans())
+def test_lone_high_surrogate_escapes_are_found_across_any_chunking(pieces, chunks, as_key):
+    string = '"' + "".join(pieces) + '"'
+    text = "{" + (string + ': 1' if as_key else '"k": [' + string + ', {"x": ' + string + "}]") + "}"
+    try:
+        _feed_all(text.encode(), chunks)
+        found = False
+    except _LoneSurrogate:
+        found = True
+    assert found == reference_has_lone_high_surrogate(text), text
+
+
+def test_nesting_past_the_limit_right_after_an_escape_at_the_end_is_refused():
+    # The escape's bytes are carried to the next chunk; at the end of the stream they are still counted.
+    text = b"[" * (MAX_DEPTH - 1) + b'"\\n", [[]]' + b"]" * (MAX_DEPTH - 1)
+    guard = _DepthGuard()
+    try:
+        guard.feed(text[: MAX_DEPTH + 8])
+        guard.feed(text[MAX_DEPTH + 8:])
+        guard.feed(b"")
+    except _TooDeep:
+        return
+    raise AssertionError("a document nested past MAX_DEPTH was not refused")

@@ -136,7 +136,9 @@ NUMBER_FORMS = [  # raw token, outcome, rules when invalid
 STRING_FORMS = [  # raw JSON string, outcome, rules
     ('"\\u00e9t\\u00E9"', "unknown", set()), ('"\\ud83d\\ude00"', "unknown", set()), ('"a\\u0000b"', "unknown", set()),
     ('"\\/\\b\\f\\n\\r\\t\\"\\\\"', "unknown", set()), ('"\\udfff"', "invalid", {"file.utf8"}),
-    ('"\\ude00\\ud83d"', "invalid", {"file.utf8"}), ('"\\x41"', "invalid", {"file.json"}),
+    ('"\\ude00\\ud83d"', "invalid", {"file.utf8"}), ('"\\ud800"', "invalid", {"file.utf8"}),
+    ('"x\\ud800\\ud800"', "invalid", {"file.utf8"}), ('"\\ud83d\\ude00\\uDBFF"', "invalid", {"file.utf8"}),
+    ('"\\\\ud800"', "unknown", set()), ('"\\x41"', "invalid", {"file.json"}),
     ('"\\u12"', "invalid", {"file.json"}), ('"tab\there"', "invalid", {"file.json"}),
     ('"' + "é" * 201 + '"', "unknown", set()), ('"' + "x" * 3_000_000 + '"', "unknown", set()),
 ]

@@ -10,6 +10,14 @@ from __future__ import annotations
 import copyreg
 from typing import Any
 
+# A name or key quoted from the file is cut to this many characters in a message (a key may be 16 MiB).
+QUOTE_LIMIT = 80
+
+
+def shorten(text: str) -> str:
+    """``text`` as a message quotes it: whole up to ``QUOTE_LIMIT`` characters, else cut, with its length."""
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}... ({len(text)} characters)"
+
 
 class PipelineError(Exception):
     """Base class of every error this package raises on purpose."""

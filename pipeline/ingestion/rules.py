@@ -31,7 +31,7 @@ import jsonschema_rs
 import orjson
 import pybase64
 
-from ..errors import InvalidEpisode
+from ..errors import InvalidEpisode, shorten
 from .images import ImageDamaged, check_image
 
 # Every rule id an InvalidEpisode can carry, with what it guards; one dialect, ``area.rule``. The README's
@@ -262,7 +262,7 @@ def _explain(error: Any, base: str, step: int | None, root: Any,
     if name == "Required":
         return InvalidEpisode("document.required", f'"{kind.property}" is required', path=path, step=step)
     if name == "AdditionalProperties":
-        keys = ", ".join(f'"{k}"' for k in kind.unexpected)
+        keys = ", ".join(f'"{shorten(k)}"' for k in kind.unexpected)
         return InvalidEpisode("document.unknown_key", f"unknown key {keys}", path=path, step=step)
     if name in ("MinLength", "MaxLength"):
         return InvalidEpisode(
@@ -283,7 +283,7 @@ def _explain(error: Any, base: str, step: int | None, root: Any,
             path=path, step=step,
         )
     if name == "PropertyNames":
-        key = kind.error.instance
+        key = shorten(kind.error.instance)
         return InvalidEpisode(
             "value.key_pattern",
             f'key "{key}" must be an integer written as a string (like "0" or "-1")',

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import ijson
 
-from ..errors import InvalidEpisode, SourceError
+from ..errors import InvalidEpisode, SourceError, shorten
 from .zstdframes import ZstdFrameWalker
 
 # ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
@@ -619,8 +619,10 @@ def _root_message(first: bytes, reader: HashingReader) -> str:
 def _unknown_key(path: str) -> InvalidEpisode:
     parent, _, key = path.rpartition(".")
     allowed = '"training", "inference", "action_mapping"' if not parent else '"parallel", "config", "steps"'
+    key = shorten(key)
     return InvalidEpisode(
-        "document.unknown_key", f'unknown key "{key}" (allowed here: {allowed})', path=path
+        "document.unknown_key", f'unknown key "{key}" (allowed here: {allowed})',
+        path=f"{parent}.{key}" if parent else key,
     )
 
 

@@ -123,3 +123,30 @@ def test_a_refused_file_reads_the_same_through_validate(tmp_path):
     assert str(one.error) == str(two.error)
     assert (one.error.rule, one.error.path) == ("reward.exactly_one", "inference.steps[0].agent_steps[0].unit_steps[500]")
     assert Path(path).exists()
+
+
+LONG_KEY = "k" * 1_000_000
+
+
+@pytest.mark.parametrize(("where", "path"), [
+    ("agent", "inference.steps[0].agent_steps[0]"), ("training", "training"),
+    ("root", "k" * 80 + "... (1000000 characters)"), ("inference", "inference." + "k" * 80 + "... (1000000 characters)"),
+    ("labels", "action_mapping"),
+])
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "two-process"])
+def test_a_megabyte_key_is_quoted_cut_short(tmp_path, where, path, parallel):
+    """Regression: an unknown (or badly formed) key was quoted whole, a message of 1 to 2 MB."""
+    doc = {"training": {"environment": "E", "algorithm": "A", "iterations": 1},
+           "inference": {"steps": [{"number": 0, "agent_steps": [dict(OK_AGENT)]}]}}
+    target = {"agent": doc["inference"]["steps"][0]["agent_steps"][0], "training": doc["training"], "root": doc,
+              "inference": doc["inference"]}.get(where)
+    if target is None:
+        doc["action_mapping"] = {LONG_KEY: "x"}
+    else:
+        target[LONG_KEY] = 1
+    file = tmp_path / "e.json"
+    file.write_text(json.dumps(doc), encoding="utf-8")
+    result = validate(file, parallel=parallel)
+    assert result.error.rule == ("value.key_pattern" if where == "labels" else "document.unknown_key")
+    assert result.error.path == path
+    assert len(str(result.error)) < 400 and "... (1000000 characters)" in str(result.error)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import binascii
 import json
 from array import array
-from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from itertools import chain, islice
@@ -32,6 +31,7 @@ import orjson
 import pybase64
 
 from ..errors import InvalidEpisode, shorten
+from .cutdown import cut_down
 from .images import ImageDamaged, check_image
 
 # Every rule id an InvalidEpisode can carry, with what it guards; one dialect, ``area.rule``. The README's
@@ -137,70 +137,11 @@ def check_part(part: str, value: Any, *, path: str | None = None, step: int | No
         if part == "training":
             value["iterations"] = whole_number(value["iterations"], f"{path or part}.iterations")
         return
-    shifts = _cut_down(value, lambda: not validator.is_valid(value))
+    shifts = cut_down(value, lambda: not validator.is_valid(value))
     errors = list(validator.iter_errors(value))
     # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
     error = max(errors, key=lambda e: len(e.instance_path))
     raise _explain(error, path or part, step, value, shifts)
-
-
-# Lists and objects longer than this are cut down before the schema validator is asked for its errors:
-# it builds every error at once, with the instance in its message (2.5 GB and 26 s for one step of
-# 100,000 empty unit steps, measured; a 16 MiB step of them never finished).
-_CUT_ABOVE = 8
-_FREE_FORM = frozenset({"config", "custom_metrics"})  # any JSON object: no error can be inside
-
-
-def _cut_down(node: Any, invalid: Callable[[], bool], shifts: dict[int, int] | None = None) -> dict[int, int]:
-    """Cut every long list and object below ``node`` in place, keeping the schema's first error there.
-
-    ``invalid()`` tells whether the whole value is still invalid. A list becomes its first element and
-    the first element whose prefix breaks the schema (binary search); ``shifts`` maps each cut list
-    (by id) to that element's index in the file, for the error's path. The value is refused anyway.
-    """
-    shifts = {} if shifts is None else shifts
-    if isinstance(node, dict):
-        if len(node) > _CUT_ABOVE:
-            items = list(node.items())
-
-            def invalid_with(n: int) -> bool:
-                node.clear()
-                node.update(items[:n])
-                return invalid()
-
-            k = _first_invalid_prefix(len(items), invalid_with)
-            node.clear()
-            node.update([items[0], items[k - 1]] if k > 1 else [items[0]])
-        for key, value in node.items():
-            if key not in _FREE_FORM:
-                _cut_down(value, invalid, shifts)
-    elif isinstance(node, list):
-        if len(node) > _CUT_ABOVE:
-            full = node[:]
-
-            def invalid_prefix(n: int) -> bool:
-                node[:] = full[:n]
-                return invalid()
-
-            k = _first_invalid_prefix(len(full), invalid_prefix)
-            node[:] = [full[0], full[k - 1]] if k > 1 else [full[0]]
-            if k > 2:
-                shifts[id(node)] = k - 1
-        for value in node:
-            _cut_down(value, invalid, shifts)
-    return shifts
-
-
-def _first_invalid_prefix(length: int, invalid_with: Callable[[int], bool]) -> int:
-    """The smallest n >= 1 such that ``invalid_with(n)`` (true at ``length``), by binary search."""
-    low, high = 1, length
-    while low < high:
-        middle = (low + high) // 2
-        if invalid_with(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return high
 
 
 def check_step(step: Any, index: int) -> None:
@@ -233,7 +174,7 @@ _ARTICLES = {"integer": "an integer", "number": "a number", "string": "a string"
 def _join_path(base: str, parts: Any, root: Any, shifts: dict[int, int] | None = None) -> str:
     """``base`` plus an instance path; walks ``root`` so keys like "0" stay keys, not indexes.
 
-    ``shifts``: lists cut by :func:`_cut_down`, whose second element stands for the element at this index.
+    ``shifts``: lists cut by :func:`.cutdown.cut_down`, whose second element stands for the element at this index.
     """
     out, node = base, root
     for part in parts:
@@ -333,7 +274,6 @@ def decode_image(text: str, *, path: str, step: int) -> bytes:
     except ImageDamaged as exc:
         raise InvalidEpisode("image.decodable", str(exc), path=path, step=step) from None
     return data
-
 
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:

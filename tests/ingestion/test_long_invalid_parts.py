@@ -3,7 +3,7 @@
 jsonschema-rs builds all of a value's errors at once, each with the instance in its message: one step of
 100,000 empty unit steps took 26 s and 2.5 GB, and a 16 MiB step of them (5.6 million) was killed for
 memory after 6 minutes at 23 GB. Lists and objects are now cut down to the first element that breaks
-the schema before the errors are built (``rules._cut_down``); the error, its rule and its path (indexes
+the schema before the errors are built (``cutdown.cut_down``); the error, its rule and its path (indexes
 as in the file) are those of that element.
 """
 

@@ -9,7 +9,8 @@
         _generation                a token, new each time the folder is swapped for a rebuilt one
         episode_id=<id>/           one committed episode: its five tables, published by one rename
         segment=<token>/           many episodes in five files, each with an episode_id column
-                                   (see :mod:`pipeline.lake.segments`)
+                                   (see :mod:`pipeline.lake.segments`), and episode_ids.idx, their
+                                   ids sorted (see :mod:`pipeline.lake.segment_index`)
 
 An ingest writes everything under ``_staging/<token>/episode`` and publishes it with a single
 ``rename`` to ``environment=<name>/episode_id=<id>``. A reader sees the whole episode or none
@@ -36,6 +37,7 @@ STAGING = "_staging"
 ENVIRONMENT_PREFIX = "environment="
 EPISODE_PREFIX = "episode_id="
 SEGMENT_PREFIX = "segment="
+SEGMENT_INDEX = "episode_ids.idx"  # in a segment folder, beside its five tables
 OWNER_LOCK = "owner.lock"
 LOCKS = "_locks"
 GENERATION = "_generation"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from ..cores import usable_cores
 from ..errors import DatasetError
 from ..lake import damage
 from ..lake.damage import open_verified, reading
-from ..lake.segments import episode_row_groups
+from ..lake.segments import open_episode_groups
 
 AGENT = "agent"
 EPISODE = "episode_id"  # a column only in segments, which hold many episodes
@@ -99,12 +100,17 @@ class AgentStepsFile:
         # Dictionary-decoded, a segment's key columns compare as a few names, not a name per row.
         self._dictionary = None if episode_id is None else [AGENT, EPISODE]
         # Page checksums verified: a damaged page is DamagedFile, not a wrong number (cost: BENCHMARKS.md).
-        self._file = open_verified(path, read_dictionary=self._dictionary)
+        # In a segment only the row groups whose episode_id range holds the episode are read, found
+        # by its footer map or by bisection over the statistics, and only their agent statistics
+        # are looked at.
+        if episode_id is None:
+            self._file = open_verified(path, read_dictionary=self._dictionary)
+            self._groups = list(range(self._file.metadata.num_row_groups))
+        else:
+            with reading(path):
+                self._file, self._groups = open_episode_groups(Path(path).parent, "agent_steps", episode_id,
+                                                               read_dictionary=self._dictionary)
         metadata = self._file.metadata
-        # In a segment only the row groups whose episode_id range holds the episode are read (found
-        # by bisection over the statistics), and only their agent statistics are looked at.
-        self._groups = (list(range(metadata.num_row_groups)) if episode_id is None
-                        else episode_row_groups(metadata, episode_id))
         agent_index = _leaf_index(metadata, AGENT)
         self._ranges = {group: _min_max(metadata, group, agent_index) for group in self._groups}
         self._segment_rows: pa.Table | None = None  # in a segment: the episode's row groups, read once

@@ -24,14 +24,17 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DamagedFile
+from . import damage
 from .damage import open_verified, page_problem, reading
-from .layout import SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
+from .footer_map import footer_map_problem, open_groups, write_footer_map
+from .layout import FOOTER_MAP, SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
 from .segment_index import index_count, index_holds, index_ids, index_problem, write_index
 from .tables import SCHEMAS, TABLES
 from .writer import COMPRESSION, fsync_path, image_group_rows
@@ -182,8 +185,10 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
         fsync_path(path)
         if table == "episodes":  # one row per episode, sorted: the index lists the same ids
             write_index(folder, rows.column(ID).to_pylist())
-    if (folder / SEGMENT_INDEX).exists():
-        fsync_path(folder / SEGMENT_INDEX)
+    write_footer_map(folder, list(_STEP_TABLES), ID)
+    for name in (SEGMENT_INDEX, FOOTER_MAP):
+        if (folder / name).exists():
+            fsync_path(folder / name)
     fsync_path(folder)
 
 
@@ -215,10 +220,9 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
     """
     path = location.table(table)
     with reading(path):  # page checksums verified; damage is DamagedFile naming the file
-        file = open_verified(path)
         if not location.segment:
-            return file.read(columns=columns)
-        groups = episode_row_groups(file.metadata, location.episode_id)
+            return open_verified(path).read(columns=columns)
+        file, groups = open_episode_groups(location.path, table, location.episode_id)
         wanted = None if columns is None else list(dict.fromkeys([ID, *columns]))
         rows = file.read_row_groups(groups, columns=wanted, use_threads=False)  # no pool start-up (~5 ms)
     # Rows are sorted by id, so the episode's are one run: found by bisection, taken by a slice
@@ -227,6 +231,20 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
     first = bisect.bisect_left(ids, location.episode_id)
     rows = rows.slice(first, bisect.bisect_right(ids, location.episode_id) - first)
     return rows.drop_columns([ID]) if columns is None or ID not in columns else rows
+
+
+def open_episode_groups(folder: Path, table: str, episode_id: str,
+                        **options: Any) -> tuple[pq.ParquetFile, list[int]]:
+    """A segment's ``table`` (page checksums verified) and its row groups that can hold ``episode_id``.
+
+    Through the footer map when the segment has one (:mod:`.footer_map`: the file is opened with
+    a footer of just those groups), else by parsing the whole footer and bisecting its statistics.
+    """
+    file = open_groups(folder, table, episode_id, ID, page_checksum_verification=damage.VERIFY_PAGES, **options)
+    if file is not None:
+        return file, list(range(file.metadata.num_row_groups))
+    file = open_verified(folder / f"{table}.parquet", **options)
+    return file, episode_row_groups(file.metadata, episode_id)
 
 
 def episode_row_groups(metadata: pq.FileMetaData, episode_id: str) -> list[int]:
@@ -281,7 +299,7 @@ _COUNTS = {"steps": "length", "agent_steps": "agent_steps", "unit_steps": "unit_
 def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     """Problems of one segment: (path, message) pairs; none for what compaction and group commits write."""
     problems: list[tuple[Path, str]] = []
-    expected = {f"{t}.parquet" for t in TABLES} | {SEGMENT_INDEX}
+    expected = {f"{t}.parquet" for t in TABLES} | {SEGMENT_INDEX, FOOTER_MAP}
     for entry in folder.iterdir():
         if entry.name not in expected:
             problems.append((entry, "unexpected file in a segment"))
@@ -316,6 +334,9 @@ def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     indexed = index_problem(folder, ids.to_pylist())
     if indexed is not None:
         problems.append((folder / SEGMENT_INDEX, indexed))
+    mapped = footer_map_problem(folder, list(_STEP_TABLES), ID)
+    if mapped is not None:
+        problems.append((folder / FOOTER_MAP, mapped))
     for table, rows in files.items():
         column = rows.column(ID)
         if len(column) > 1 and not pc.all(pc.less_equal(column[:-1], column[1:])).as_py():

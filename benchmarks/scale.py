@@ -79,7 +79,7 @@ sys.path.insert(0, {repo!r})
 import polars as pl
 from pipeline import Lake
 kind, lake, arg = {kind!r}, {lake!r}, {arg!r}
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 if kind == "episodes":
     n = Lake(lake).episodes().collect().height
 elif kind == "agents_filter":
@@ -91,12 +91,13 @@ elif kind == "mean_reward_per_env":
     n = Lake(lake).agent_steps().group_by("environment").agg(pl.col("total_reward").mean()).collect().height
 elif kind == "trajectory":
     n = len(Lake(lake).trajectory(arg))
-print(json.dumps({{"seconds": time.perf_counter() - started, "n": n}}))
+print(json.dumps({{"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "n": n}}))
 """
 
 
-def read_once(kind: str, lake: Path, arg: str = "") -> dict[str, Any]:
-    script = _READ.format(repo=str(REPO), kind=kind, lake=str(lake), arg=arg)
+def read_once(kind: str, lake: Path, arg: str = "", *, repo: Path = REPO) -> dict[str, Any]:
+    """One read in a fresh process, with the code of the checkout ``repo``: its wall and CPU seconds."""
+    script = _READ.format(repo=str(repo), kind=kind, lake=str(lake), arg=arg)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from ..cores import usable_cores
 from ..errors import DatasetError
 from ..lake import damage
 from ..lake.damage import open_verified, reading
-from ..lake.segments import episode_row_groups
+from ..lake.segments import open_episode_groups
 
 AGENT = "agent"
 EPISODE = "episode_id"  # a column only in segments, which hold many episodes
@@ -99,32 +100,47 @@ class AgentStepsFile:
         # Dictionary-decoded, a segment's key columns compare as a few names, not a name per row.
         self._dictionary = None if episode_id is None else [AGENT, EPISODE]
         # Page checksums verified: a damaged page is DamagedFile, not a wrong number (cost: BENCHMARKS.md).
-        self._file = open_verified(path, read_dictionary=self._dictionary)
+        # In a segment only the row groups whose episode_id range holds the episode are read, found
+        # by its footer map or by bisection over the statistics, and only their agent statistics
+        # are looked at.
+        if episode_id is None:
+            self._file = open_verified(path, read_dictionary=self._dictionary)
+            self._groups = list(range(self._file.metadata.num_row_groups))
+        else:
+            with reading(path):
+                self._file, self._groups = open_episode_groups(Path(path).parent, "agent_steps", episode_id,
+                                                               read_dictionary=self._dictionary)
         metadata = self._file.metadata
-        # In a segment only the row groups whose episode_id range holds the episode are read (found
-        # by bisection over the statistics), and only their agent statistics are looked at.
-        self._groups = (list(range(metadata.num_row_groups)) if episode_id is None
-                        else episode_row_groups(metadata, episode_id))
         agent_index = _leaf_index(metadata, AGENT)
         self._ranges = {group: _min_max(metadata, group, agent_index) for group in self._groups}
+        self._segment_rows: pa.Table | None = None  # in a segment: the episode's row groups, read once
 
-    def only_agent(self) -> str | None:
-        """The agent of every row, when the statistics prove there is only one (else None)."""
+    def only_agent(self, columns: list[str] | None = None) -> str | None:
+        """The agent of every row, when there is only one (else None).
+
+        In an episode's own file, when the statistics prove it; in a segment, from the episode's
+        rows, read with ``columns`` (those a following :meth:`rows` wants) and kept for it: so a
+        single-agent episode in a segment needs no read of ``episode_agents.parquet``.
+        """
+        if self.episode_id is not None:
+            table = self._segment_table(columns or [])
+            found = _values_where(table.column(AGENT), _equals(table.column(EPISODE), self.episode_id))
+            return found.pop() if len(found) == 1 else None
         names = {self._ranges[group] for group in self._groups}
-        if len(names) != 1 or self.episode_id is not None:
+        if len(names) != 1:
             return None
         low, high = names.pop()
         return low if low is not None and low == high else None
 
     def rows(self, agent: str, columns: list[str]) -> AgentRows:
         """The rows of ``agent``: ``columns`` plus ``step``, in step order."""
-        groups, exact = _row_groups(self._ranges, agent)
         if self.episode_id is not None:
-            exact = False
-        wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])
-                                    + ([] if self.episode_id is None else [EPISODE])))
-        with reading(self.path):
-            table = self._read(groups, wanted)
+            table, exact = self._segment_table(columns), False
+        else:
+            groups, exact = _row_groups(self._ranges, agent)
+            wanted = list(dict.fromkeys(["step", *columns] + ([] if exact else [AGENT])))
+            with reading(self.path):
+                table = self._read(groups, wanted)
         rows: np.ndarray | None = None
         if not exact:
             mask = _equals(table.column(AGENT), agent)
@@ -137,6 +153,14 @@ class AgentStepsFile:
             order = np.argsort(steps, kind="stable")
             result = AgentRows(table, order if rows is None else rows[order])
         return result
+
+    def _segment_table(self, columns: list[str]) -> pa.Table:
+        """The row groups of a segment's file that hold the episode: ``step``, ``columns`` and the keys."""
+        wanted = list(dict.fromkeys(["step", *columns, AGENT, EPISODE]))
+        if self._segment_rows is None or not set(wanted) <= set(self._segment_rows.column_names):
+            with reading(self.path):
+                self._segment_rows = self._read(self._groups, wanted)
+        return self._segment_rows
 
     def _read(self, groups: list[int], columns: list[str]) -> pa.Table:
         """Read ``groups``: two threads, each a contiguous run of about half the rows, when there are
@@ -193,6 +217,24 @@ def _equals(column: pa.ChunkedArray, text: str) -> np.ndarray:
     if column.num_chunks == 0:
         return np.zeros(0, dtype=bool)
     return np.concatenate([_chunk_equals(chunk, text) for chunk in column.chunks])
+
+
+def _values_where(column: pa.ChunkedArray, mask: np.ndarray) -> set[str]:
+    """The distinct non-null strings of ``column`` at the rows where ``mask`` is true."""
+    found: set[str] = set()
+    start = 0
+    for chunk in column.chunks:
+        here = mask[start:start + len(chunk)] & _validity(chunk)
+        start += len(chunk)
+        if not here.any():
+            continue
+        if isinstance(chunk, pa.DictionaryArray):
+            names = chunk.dictionary.to_pylist()
+            # a set, not np.unique: that imports numpy.ma, 16 ms of a first trajectory (measured)
+            found.update(names[code] for code in set(_primitive(chunk.indices)[here].tolist()))
+        else:
+            found.update(value for value, keep in zip(chunk.to_pylist(), here.tolist(), strict=True) if keep)
+    return found
 
 
 def _chunk_equals(chunk: pa.Array, text: str) -> np.ndarray:

@@ -126,7 +126,7 @@ def load_trajectory(
             f"got frequency {downsample_frequency} and offset {downsample_offset}", episode_id=episode_id)
     file = AgentStepsFile(str(location.table("agent_steps")), episode_id if location.segment else None)
     if agent is None:
-        agent = file.only_agent() or next(iter(agents(location)), None)
+        agent = file.only_agent(_TRAJECTORY_COLUMNS) or next(iter(agents(location)), None)
         if agent is None:
             raise DatasetError(f"episode {episode_id} has no agent steps", episode_id=episode_id)
     rows = file.rows(agent, _TRAJECTORY_COLUMNS)

@@ -9,7 +9,9 @@
         _generation                a token, new each time the folder is swapped for a rebuilt one
         episode_id=<id>/           one committed episode: its five tables, published by one rename
         segment=<token>/           many episodes in five files, each with an episode_id column
-                                   (see :mod:`pipeline.lake.segments`)
+                                   (see :mod:`pipeline.lake.segments`), and episode_ids.idx, their
+                                   ids sorted (see :mod:`pipeline.lake.segment_index`), and
+                                   footers.json (see :mod:`pipeline.lake.footer_map`)
 
 An ingest writes everything under ``_staging/<token>/episode`` and publishes it with a single
 ``rename`` to ``environment=<name>/episode_id=<id>``. A reader sees the whole episode or none
@@ -36,6 +38,8 @@ STAGING = "_staging"
 ENVIRONMENT_PREFIX = "environment="
 EPISODE_PREFIX = "episode_id="
 SEGMENT_PREFIX = "segment="
+SEGMENT_INDEX = "episode_ids.idx"  # in a segment folder, beside its five tables
+FOOTER_MAP = "footers.json"  # in a segment folder: where each row group lies in its step tables' footers
 OWNER_LOCK = "owner.lock"
 LOCKS = "_locks"
 GENERATION = "_generation"

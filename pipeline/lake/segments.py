@@ -24,14 +24,18 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DamagedFile
+from . import damage
 from .damage import open_verified, page_problem, reading
-from .layout import SEGMENT_PREFIX, EpisodeLocation
+from .footer_map import footer_map_problem, open_groups, write_footer_map
+from .layout import FOOTER_MAP, SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
+from .segment_index import index_count, index_holds, index_ids, index_problem, write_index
 from .tables import SCHEMAS, TABLES
 from .writer import COMPRESSION, fsync_path, image_group_rows
 
@@ -83,13 +87,18 @@ def _cache_key(path: Path) -> tuple[str, int, int]:
 
 
 def segment_ids(folder: Path) -> list[str]:
-    """The ids of the episodes a segment holds, sorted (cached: a segment never changes)."""
+    """The ids of the episodes a segment holds, sorted (cached: a segment never changes).
+
+    From its id index when it has one (:mod:`.segment_index`), else from its ``episodes.parquet``.
+    """
     path = folder / "episodes.parquet"
     key = _cache_key(path)
     ids = _ids_cache.get(key)
     if ids is None:
-        with _reading_ids(path):
-            ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
+        ids = index_ids(folder)
+        if ids is None:
+            with _reading_ids(path):
+                ids = pq.ParquetFile(path).read(columns=[ID]).column(ID).to_pylist()
         if len(_ids_cache) > 4096:
             _ids_cache.clear()
         _ids_cache[key] = ids
@@ -97,12 +106,15 @@ def segment_ids(folder: Path) -> list[str]:
 
 
 def segment_count(folder: Path) -> int:
-    """How many episodes a segment holds, from its ``episodes.parquet`` footer (one row each)."""
+    """How many episodes a segment holds: from its id index's header, else its ``episodes.parquet`` footer."""
     path = folder / "episodes.parquet"
     key = _cache_key(path)
     ids = _ids_cache.get(key)
     if ids is not None:
         return len(ids)
+    count = index_count(folder)
+    if count is not None:
+        return count
     with _reading_ids(path):
         return pq.read_metadata(path).num_rows
 
@@ -110,7 +122,8 @@ def segment_count(folder: Path) -> int:
 def segment_holds(folder: Path, episode_id: str) -> bool:
     """Whether a segment holds ``episode_id`` (exactly), reading as little as it can.
 
-    Its ids if already read; else the ``episode_id`` statistics of each row group of its
+    Its ids if already read; else a bisection of its id index (:mod:`.segment_index`); else, for a
+    segment written before the index, the ``episode_id`` statistics of each row group of its
     ``episodes.parquet`` (the footer) rule out the row groups that cannot hold it, and only the
     id column of the one (rows are sorted) whose range covers it is read and bisected.
     """
@@ -118,6 +131,9 @@ def segment_holds(folder: Path, episode_id: str) -> bool:
     key = _cache_key(path)
     ids = _ids_cache.get(key)
     if ids is None:
+        held = index_holds(folder, episode_id)
+        if held is not None:
+            return held
         with _reading_ids(path):
             file = pq.ParquetFile(path)
             groups = episode_row_groups(file.metadata, episode_id)
@@ -135,8 +151,21 @@ def segment_holds(folder: Path, episode_id: str) -> bool:
     return at < len(ids) and ids[at] == episode_id
 
 
+def statistics_columns(table: str) -> list[str] | bool:
+    """The columns whose row-group statistics a segment's file keeps.
+
+    The step tables keep only their keys' (``episode_id``, ``step``, ``agent``, ``unit``): those are
+    what readers prune row groups by, and statistics of every column of hundreds of row groups were
+    15% of a footer each trajectory parses (406 KB for 1M agent steps; BENCHMARKS.md). The small
+    summary tables keep all of theirs, for filters such as ``total_reward >= 100``.
+    """
+    if table not in _STEP_TABLES:
+        return True
+    return [ID, *(key for key in ("step", "agent", "unit") if key in SCHEMAS[table].names)]
+
+
 def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
-    """Write five tables (each with ``episode_id``) as a segment in ``folder``, sorted, fsynced."""
+    """Write five tables (each with ``episode_id``) and the id index as a segment in ``folder``, sorted, fsynced."""
     folder.mkdir(parents=True)
     for table in TABLES:
         rows = tables[table].cast(segment_schema(table))
@@ -148,10 +177,18 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
             group_rows = min(group_rows, image_group_rows(rows) or group_rows)
         # Dictionary encoding for every column: a segment's many episodes repeat names, and often
         # values (quantised observations, actions); pyarrow falls back to plain pages for a column
-        # whose dictionary outgrows its page limit, so random floats cost nothing extra.
+        # whose dictionary outgrows its page limit, so random floats cost nothing extra. Page
+        # checksums as in an episode folder, so readers and `check --deep` find a damaged page.
         pq.write_table(rows, path, row_group_size=group_rows, compression=COMPRESSION,
-                       use_dictionary=True, write_statistics=True)
+                       use_dictionary=True, write_statistics=statistics_columns(table),
+                       write_page_checksum=True)
         fsync_path(path)
+        if table == "episodes":  # one row per episode, sorted: the index lists the same ids
+            write_index(folder, rows.column(ID).to_pylist())
+    write_footer_map(folder, list(_STEP_TABLES), ID)
+    for name in (SEGMENT_INDEX, FOOTER_MAP):
+        if (folder / name).exists():
+            fsync_path(folder / name)
     fsync_path(folder)
 
 
@@ -183,10 +220,9 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
     """
     path = location.table(table)
     with reading(path):  # page checksums verified; damage is DamagedFile naming the file
-        file = open_verified(path)
         if not location.segment:
-            return file.read(columns=columns)
-        groups = episode_row_groups(file.metadata, location.episode_id)
+            return open_verified(path).read(columns=columns)
+        file, groups = open_episode_groups(location.path, table, location.episode_id)
         wanted = None if columns is None else list(dict.fromkeys([ID, *columns]))
         rows = file.read_row_groups(groups, columns=wanted, use_threads=False)  # no pool start-up (~5 ms)
     # Rows are sorted by id, so the episode's are one run: found by bisection, taken by a slice
@@ -195,6 +231,20 @@ def episode_rows(location: EpisodeLocation, table: str, columns: list[str] | Non
     first = bisect.bisect_left(ids, location.episode_id)
     rows = rows.slice(first, bisect.bisect_right(ids, location.episode_id) - first)
     return rows.drop_columns([ID]) if columns is None or ID not in columns else rows
+
+
+def open_episode_groups(folder: Path, table: str, episode_id: str,
+                        **options: Any) -> tuple[pq.ParquetFile, list[int]]:
+    """A segment's ``table`` (page checksums verified) and its row groups that can hold ``episode_id``.
+
+    Through the footer map when the segment has one (:mod:`.footer_map`: the file is opened with
+    a footer of just those groups), else by parsing the whole footer and bisecting its statistics.
+    """
+    file = open_groups(folder, table, episode_id, ID, page_checksum_verification=damage.VERIFY_PAGES, **options)
+    if file is not None:
+        return file, list(range(file.metadata.num_row_groups))
+    file = open_verified(folder / f"{table}.parquet", **options)
+    return file, episode_row_groups(file.metadata, episode_id)
 
 
 def episode_row_groups(metadata: pq.FileMetaData, episode_id: str) -> list[int]:
@@ -249,7 +299,7 @@ _COUNTS = {"steps": "length", "agent_steps": "agent_steps", "unit_steps": "unit_
 def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     """Problems of one segment: (path, message) pairs; none for what compaction and group commits write."""
     problems: list[tuple[Path, str]] = []
-    expected = {f"{t}.parquet" for t in TABLES}
+    expected = {f"{t}.parquet" for t in TABLES} | {SEGMENT_INDEX, FOOTER_MAP}
     for entry in folder.iterdir():
         if entry.name not in expected:
             problems.append((entry, "unexpected file in a segment"))
@@ -281,6 +331,12 @@ def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     ids = episodes.column(ID)
     if pc.count_distinct(ids).as_py() != len(ids):
         problems.append((folder / "episodes.parquet", "an episode appears twice"))
+    indexed = index_problem(folder, ids.to_pylist())
+    if indexed is not None:
+        problems.append((folder / SEGMENT_INDEX, indexed))
+    mapped = footer_map_problem(folder, list(_STEP_TABLES), ID)
+    if mapped is not None:
+        problems.append((folder / FOOTER_MAP, mapped))
     for table, rows in files.items():
         column = rows.column(ID)
         if len(column) > 1 and not pc.all(pc.less_equal(column[:-1], column[1:])).as_py():

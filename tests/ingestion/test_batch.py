@@ -41,7 +41,7 @@ from pipeline.errors import (
 )
 from pipeline.ingestion.batch import BatchSummary, expand_sources
 from pipeline.ingestion.run import IngestResult
-from pipeline.lake.layout import ENV_VAR, list_episodes
+from pipeline.lake.layout import ENV_VAR, FOOTER_MAP, SEGMENT_INDEX, list_episodes
 from pipeline.lake.segments import episode_rows
 from pipeline.lake.tables import TABLES
 from tests.helpers import episode, lake_snapshot, staging_leftovers, write_json
@@ -148,7 +148,8 @@ def assert_lake_holds(lake: Path, inbox: Inbox) -> None:
         f"environment={inbox.environment[cid].replace('/', '%2F')}/episode_id={cid}" for cid in inbox.distinct
     }
     for location in list_episodes(lake):
-        assert sorted(p.name for p in location.path.iterdir()) == sorted(f"{t}.parquet" for t in TABLES)
+        extra = [SEGMENT_INDEX, FOOTER_MAP] if location.segment else []  # a segment's id index and footer map
+        assert sorted(p.name for p in location.path.iterdir()) == sorted([*(f"{t}.parquet" for t in TABLES), *extra])
         cid = location.episode_id
         row = episode_rows(location, "episodes").to_pylist()
         assert len(row) == 1

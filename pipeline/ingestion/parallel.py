@@ -50,7 +50,7 @@ from .nopandas import keep_pandas_out
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from .builder import Built
+    from .builder import Built, EpisodeChecks
     from .source import Source
 
 # builder, source and multiprocessing are imported when a file is split, not with this module:
@@ -173,7 +173,7 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
         for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
-                    checks = EpisodeChecks() if checks_here(value) else None
+                    checks = EpisodeChecks(check_frames=False) if checks_here(value) else None
                     for name, header in headers:
                         _send_part(conn, checks, name, header)
                     headers.clear()
@@ -181,7 +181,7 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
                 if checks is None:
                     _send(conn, ("check", value))
                 else:
-                    _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
+                    _send(conn, ("steps", value, _checked_here(checks, value, steps)))
                 before, steps = steps, steps + len(value)
                 if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
@@ -202,6 +202,21 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
     if reply[0] == "error":
         raise reply[1]
     return reply[1]
+
+
+def _checked_here(checks: EpisodeChecks, steps: list[Any], first: int) -> int:
+    """``checks.steps_batch(steps)``, its frames decoded but not yet checked (the child checks them).
+
+    If a rule is broken in the batch, which then never reaches the child, a damaged frame decoded
+    before the error (so earlier in file order) is the error to report.
+    """
+    try:
+        return checks.steps_batch(steps, defer_schema=True)
+    except PipelineError:
+        from .rules import check_frames
+
+        check_frames(steps, first)
+        raise
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
@@ -284,6 +299,7 @@ def _stop(conn: _Channel) -> PipelineError | None:
 
 def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     from .builder import EpisodeChecks, EpisodeTabulator, Facts
+    from .rules import check_frames
 
     for fd in close_in_child:
         os.close(fd)
@@ -298,6 +314,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             if kind == "check":
                 tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
             elif kind == "steps":
+                check_frames(message[1], tabulator.steps)  # decoded by the reader, not checked
                 tabulator.steps_batch(message[1], message[2])
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))

@@ -11,8 +11,8 @@ the checks in the reader, it was the bottleneck on small steps and short numbers
 file are the exception, chosen on the first batch (:func:`checks_here`): integer observations
 (pixels), which checked and flattened here cross the pipe as one byte a value, where nested
 lists of integers take longer to marshal than to check; and frames, whose base64 text is decoded
-and its image checked here, so that 3 bytes cross the pipe for every 4 of text, while the child
-has the Arrow conversion, the writer and importing pyarrow to do. Either way the reader leaves the
+here, so that 3 bytes cross the pipe for every 4 of text; the child checks the images (see
+:func:`_checked_here` for the order of errors). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
 reader imports neither pyarrow nor the tables: the child imports them while the reader parses.
 
@@ -243,7 +243,8 @@ def checks_here(steps: list[Any]) -> bool:
     checked here, they cross the pipe as one byte a value (see :func:`pipeline.ingestion.rules.flatten_observation`)
     instead of nested lists of integers, which take longer to send and to receive than to check.
     Nor for steps with frames: decoded here, an image crosses as its bytes, a quarter fewer than its
-    base64 text (frames, frames64, random at 100 MB: 3-8% less CPU in all, measured).
+    base64 text (frames, frames64, random at 100 MB: 3-8% less CPU in all, measured); the child
+    checks the image.
     Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
     """
     try:

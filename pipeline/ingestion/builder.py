@@ -56,8 +56,8 @@ class EpisodeChecks:
     ingest it runs in the reading process, so every rule error is raised there, in file order.
     """
 
-    def __init__(self) -> None:
-        self._checker = EpisodeChecker()
+    def __init__(self, *, check_frames: bool = True) -> None:
+        self._checker = EpisodeChecker(check_frames=check_frames)
         self.steps = 0
 
     def part(self, name: str, value: Any) -> dict[str, Any]:

@@ -7,12 +7,14 @@ through a pipe to a forked child that runs :class:`~pipeline.ingestion.builder.E
 :class:`~pipeline.ingestion.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
 Parsing alone is the slower half on most files, so the reader does nothing else (issue 15: with
-the checks in the reader, it was the bottleneck on small steps and short numbers). Integer
-observations (pixels) are the exception, chosen on the first batch (:func:`checks_here`): checked
-and flattened here, they cross the pipe as one byte a value, where nested lists of integers take
-longer to marshal than to check. Either way the reader leaves the schema check of plain batches
-(1-D float observations, no image, no metrics) to the child. The reader imports neither pyarrow
-nor the tables: the child imports them while the reader parses.
+the checks in the reader, it was the bottleneck on small steps and short numbers). Two kinds of
+file are the exception, chosen on the first batch (:func:`checks_here`): integer observations
+(pixels), which checked and flattened here cross the pipe as one byte a value, where nested
+lists of integers take longer to marshal than to check; and frames, whose base64 text is decoded
+here, so that 3 bytes cross the pipe for every 4 of text; the child checks the images (see
+:func:`_checked_here` for the order of errors). Either way the reader leaves the
+schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
+reader imports neither pyarrow nor the tables: the child imports them while the reader parses.
 
 Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
 (~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
@@ -48,7 +50,7 @@ from .nopandas import keep_pandas_out
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from .builder import Built
+    from .builder import Built, EpisodeChecks
     from .source import Source
 
 # builder, source and multiprocessing are imported when a file is split, not with this module:
@@ -59,6 +61,14 @@ if TYPE_CHECKING:
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # Steps travel in the batches the parser hands over (pipeline.ingestion.source.read_batches: up to 256 steps
 # or ~64 KiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
+
+
+# The pipe that carries the parts holds this many bytes (Linux's limit for a user, by default): a
+# batch is ~256 KiB of the file, and in the default 64 KiB pipe the reader could not get ahead of
+# the child by a single one. Each then waited for the other, and the two processes took turns
+# instead of running side by side (frames, 100 MB: 0.75 s of the reader's 1.6 s spent waiting in
+# write, 0.75 s of the child's in read, measured). With room for four batches they overlap.
+PIPE_BYTES = 1024 * 1024
 
 
 def split_pays(size: int | None) -> bool:
@@ -87,9 +97,12 @@ def build_in_two_processes(src: Source, folder: Path | None,
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    ours, theirs = context.Pipe()
-    # The child inherits our end of the pipe too; unless it closes it, it never sees us hang up.
-    close_in_child = (*close_in_child, ours.fileno())
+    down_out, down_in = context.Pipe(duplex=False)  # parts, to the child
+    up_out, up_in = context.Pipe(duplex=False)  # its replies
+    _widen(down_in.fileno())
+    ours, theirs = _Channel(up_out, down_in), _Channel(down_out, up_in)
+    # The child inherits our ends of the pipes too; unless it closes them, it never sees us hang up.
+    close_in_child = (*close_in_child, *ours.filenos())
     child = context.Process(target=_child, args=(theirs, folder, close_in_child), name="ingest-builder",
                             daemon=True)
     child.start()
@@ -104,7 +117,51 @@ def build_in_two_processes(src: Source, folder: Path | None,
             child.join()
 
 
-def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+def _widen(fd: int) -> None:
+    """Give the pipe ``fd`` :data:`PIPE_BYTES` of buffer, when the system allows (Linux only)."""
+    import fcntl
+
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above the user's limit: the default buffer stays
+            fcntl.fcntl(fd, set_size, PIPE_BYTES)
+
+
+class _Channel:
+    """One end of the two-way link: two one-way pipes, so that the one carrying parts can be widened.
+
+    (``multiprocessing.Pipe()`` is a socket pair, whose buffer an unprivileged process can only
+    grow up to ``net.core.wmem_max``, 208 KiB on most systems.) It offers what ``_feed``,
+    ``_child`` and their helpers use of a duplex ``Connection``.
+    """
+
+    def __init__(self, incoming: Connection, outgoing: Connection) -> None:
+        self._in, self._out = incoming, outgoing
+
+    def filenos(self) -> tuple[int, int]:
+        return self._in.fileno(), self._out.fileno()
+
+    def send_bytes(self, data: bytes) -> None:
+        self._out.send_bytes(data)
+
+    def send(self, value: Any) -> None:
+        self._out.send(value)
+
+    def recv_bytes(self) -> bytes:
+        return self._in.recv_bytes()
+
+    def recv(self) -> Any:
+        return self._in.recv()
+
+    def poll(self) -> bool:
+        return self._in.poll()
+
+    def close(self) -> None:
+        self._in.close()
+        self._out.close()
+
+
+def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
     from .source import PROGRESS_EVERY, STEPS, read_batches
 
@@ -116,7 +173,7 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
         for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
-                    checks = EpisodeChecks() if checks_here(value) else None
+                    checks = EpisodeChecks(check_frames=False) if checks_here(value) else None
                     for name, header in headers:
                         _send_part(conn, checks, name, header)
                     headers.clear()
@@ -124,7 +181,7 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
                 if checks is None:
                     _send(conn, ("check", value))
                 else:
-                    _send(conn, ("steps", value, checks.steps_batch(value, defer_schema=True)))
+                    _send(conn, ("steps", value, _checked_here(checks, value, steps)))
                 before, steps = steps, steps + len(value)
                 if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
@@ -145,6 +202,21 @@ def _feed(conn: Connection, src: Source, progress: Callable[[int, int | None], N
     if reply[0] == "error":
         raise reply[1]
     return reply[1]
+
+
+def _checked_here(checks: EpisodeChecks, steps: list[Any], first: int) -> int:
+    """``checks.steps_batch(steps)``, its frames decoded but not yet checked (the child checks them).
+
+    If a rule is broken in the batch, which then never reaches the child, a damaged frame decoded
+    before the error (so earlier in file order) is the error to report.
+    """
+    try:
+        return checks.steps_batch(steps, defer_schema=True)
+    except PipelineError:
+        from .rules import check_frames
+
+        check_frames(steps, first)
+        raise
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
@@ -170,9 +242,14 @@ def checks_here(steps: list[Any]) -> bool:
     to the writer, which gets each part as the parser made it. Not for integer observations (pixels):
     checked here, they cross the pipe as one byte a value (see :func:`pipeline.ingestion.rules.flatten_observation`)
     instead of nested lists of integers, which take longer to send and to receive than to check.
+    Nor for steps with frames: decoded here, an image crosses as its bytes, a quarter fewer than its
+    base64 text (frames, frames64, random at 100 MB: 3-8% less CPU in all, measured); the child
+    checks the image.
     Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
     """
     try:
+        if [step.get("image") for step in steps].count(None) != len(steps):
+            return True
         for step in steps:
             for agent_step in step.get("agent_steps") or ():
                 obs = agent_step["observation_space"]
@@ -183,7 +260,7 @@ def checks_here(steps: list[Any]) -> bool:
     return False
 
 
-def _send_part(conn: Connection, checks: Any, name: str, value: Any) -> None:
+def _send_part(conn: _Channel, checks: Any, name: str, value: Any) -> None:
     """A header part: checked here (``checks``), or sent as it is for the writer to check."""
     if checks is None:
         _send(conn, ("part", name, value))
@@ -196,7 +273,7 @@ class _ChildReported(Exception):
         self.error = error
 
 
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+def _send(conn: _Channel, message: tuple[Any, ...]) -> None:
     if conn.poll():  # the child stopped at an error: nothing after it matters
         reply = _receive(conn)
         raise _ChildReported(reply[1])
@@ -206,14 +283,14 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
         raise _ChildReported(_receive(conn)[1]) from None
 
 
-def _receive(conn: Connection) -> tuple[Any, ...]:
+def _receive(conn: _Channel) -> tuple[Any, ...]:
     try:
         return conn.recv()
     except (EOFError, ConnectionResetError):
         return ("error", LakeError("the process checking and writing the episode died"))
 
 
-def _stop(conn: Connection) -> PipelineError | None:
+def _stop(conn: _Channel) -> PipelineError | None:
     """Ask the child to stop; return the error it found first, if any."""
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         conn.send_bytes(marshal.dumps(("stop",)))
@@ -221,8 +298,9 @@ def _stop(conn: Connection) -> PipelineError | None:
     return reply[1] if reply[0] == "error" and reply[1] is not None else None
 
 
-def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
+def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     from .builder import EpisodeChecks, EpisodeTabulator, Facts
+    from .rules import check_frames
 
     for fd in close_in_child:
         os.close(fd)
@@ -237,6 +315,7 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
             if kind == "check":
                 tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
             elif kind == "steps":
+                check_frames(message[1], tabulator.steps)  # decoded by the reader, not checked
                 tabulator.steps_batch(message[1], message[2])
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
@@ -262,7 +341,7 @@ def _child(conn: Connection, folder: Path | None, close_in_child: tuple[int, ...
         conn.close()
 
 
-def _report(conn: Connection, error: PipelineError) -> None:
+def _report(conn: _Channel, error: PipelineError) -> None:
     """Send the error, then drain the pipe until the reader hangs up (so it never blocks on us)."""
     try:
         conn.send(("error", error))

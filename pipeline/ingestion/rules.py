@@ -260,8 +260,11 @@ def json_text(value: Any, *, path: str, step: int | None = None) -> str | None:
         ) from None
 
 
-def decode_image(text: str, *, path: str, step: int) -> bytes:
-    """Decode a frame's base64 text and check it is a whole, undamaged image (see ``images.py``)."""
+def decode_image(text: str, *, path: str, step: int, check: bool = True) -> bytes:
+    """Decode a frame's base64 text and check it is a whole, undamaged image (see ``images.py``).
+
+    ``check=False`` leaves the image check to :func:`check_frames` (the two-process ingest's writer).
+    """
     try:
         data = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -269,11 +272,29 @@ def decode_image(text: str, *, path: str, step: int) -> bytes:
             "image.base64", "is not valid standard base64 (A-Z a-z 0-9 + / with = padding)",
             path=path, step=step,
         ) from None
+    if check:
+        _check_frame(data, path=path, step=step)
+    return data
+
+
+def _check_frame(data: bytes, *, path: str, step: int) -> None:
     try:
         check_image(data, max_pixels=MAX_IMAGE_PIXELS)
     except ImageDamaged as exc:
         raise InvalidEpisode("image.decodable", str(exc), path=path, step=step) from None
-    return data
+
+
+def check_frames(steps: list[Any], first: int) -> None:
+    """The image check of each frame that :func:`decode_image` decoded with ``check=False``, in order.
+
+    ``steps`` are consecutive steps from index ``first``; a frame still in base64 (a step not
+    reached by the checks) is skipped. A frame is checked right after its decoding in file order,
+    so a damaged one here comes before any other error of its step or of a later one.
+    """
+    for i, step in enumerate(steps):
+        data = step.get("image") if type(step) is dict else None
+        if type(data) is bytes:
+            _check_frame(data, path=f"{STEPS_PATH}[{first + i}].image", step=step["number"])
 
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:
@@ -326,7 +347,9 @@ def _is_rectangular(obs: list[Any]) -> bool:
 class EpisodeChecker:
     """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, check_frames: bool = True) -> None:
+        # False: frames are only decoded; their image check is left to check_frames (see there).
+        self._check_frames = check_frames
         self._numbers = array("q")
         self._numbers_sorted = True
         self._number_index: dict[int, int] | None = None
@@ -354,7 +377,7 @@ class EpisodeChecker:
         self._check_number(number, index)
         image = step.get("image")
         if image is not None:
-            step["image"] = decode_image(image, path=f"{base}.image", step=number)
+            step["image"] = decode_image(image, path=f"{base}.image", step=number, check=self._check_frames)
         agent_steps = step.get("agent_steps")
         if not agent_steps:
             return
@@ -494,7 +517,7 @@ class EpisodeChecker:
             number = step["number"]
             image = step.get("image")
             if image is not None:
-                step["image"] = decode_image(image, path=f"{base}.image", step=number)
+                step["image"] = decode_image(image, path=f"{base}.image", step=number, check=self._check_frames)
             if not metrics:
                 continue
             for j, agent_step in enumerate(step.get("agent_steps") or ()):

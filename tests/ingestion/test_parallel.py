@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ from pipeline import ingest, validate
 from pipeline.lake.check import check
 from pipeline.lake.layout import list_episodes
 from pipeline.lake.maintenance import gc
-from tests.helpers import full_episode, write_json
+from tests.helpers import PNG, PNG_B64, episode, full_episode, write_json
 from tests.ingestion.test_bad_input import BUGS as KNOWN_LIMITATIONS
 from tests.ingestion.test_roundtrip import pixel_episode
 from tests.lake.test_reliability import big_episode, episode_is_whole
@@ -140,3 +141,30 @@ def test_the_writer_process_works_without_importing_pandas(tmp_path):
     one, two = _tables(tmp_path / "single"), _tables(tmp_path / "split")
     for table in TABLES:
         assert one[table].equals(two[table]), table
+
+
+# Frames are decoded and checked by the reading process (parallel.checks_here), the rest of a step
+# by the child: whichever finds it, the first broken rule in file order is the one reported.
+_BREAKS = {
+    "base64": lambda step: step.update(image=PNG_B64[:-3] + "!=="),
+    "damaged": lambda step: step.update(image=base64.b64encode(PNG[:-5] + b"\0" * 5).decode()),
+    "schema": lambda step: step["agent_steps"][0].update(reward="high"),
+    "number": lambda step: step.update(number=3),
+}
+
+
+@pytest.mark.parametrize("first,second", [(10, 700), (700, 10), (300, 301), (301, 300), (0, 899)])
+@pytest.mark.parametrize("kinds", [("base64", "schema"), ("schema", "damaged"), ("damaged", "number"),
+                                   ("number", "base64")], ids="-then-".join)
+def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, kinds, first, second):
+    document = episode(900)
+    for step in document["inference"]["steps"]:
+        step["image"] = PNG_B64
+    for kind, at in zip(kinds, (first, second), strict=True):
+        _BREAKS[kind](document["inference"]["steps"][at])
+    path = write_json(tmp_path / "frames.json", document)
+    single, split = validate(path, parallel=False), validate(path, parallel=True)
+    assert single.status == split.status == "invalid"
+    assert single.error.step is not None
+    assert (split.error.rule, split.error.path, str(split.error)) == \
+        (single.error.rule, single.error.path, str(single.error))

@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, rows_to_batch
+from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, _binary, rows_to_batch
 from pipeline.lake.tables import AGENT_STEPS, EPISODE_AGENTS, STEPS, UNIT_STEPS
 
 
@@ -98,3 +98,16 @@ def test_every_reward_comes_back_in_order_whatever_the_batch_size(steps: list[li
     totals = {r["agent"]: r["total_reward"] for r in tables.episode_agents().to_pylist()}
     for agent, total in totals.items():  # summed in file order, as a reader of the JSON would
         assert total == sum((r for _, a, r in expected if a == agent), 0.0)
+
+
+@given(st.lists(st.one_of(st.binary(max_size=300), st.none()), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_image_column_holds_every_frame_byte_for_byte(images):
+    column = _binary(images)
+    assert column.type == pa.binary()
+    assert column.to_pylist() == images
+    # Written and read back as the steps table is (the frame bytes are the lake's to keep).
+    batch = pa.RecordBatch.from_arrays([pa.array(range(len(images)), pa.int64()),
+                                        pa.array(range(len(images)), pa.int64()), column], schema=STEPS)
+    assert batch.validate(full=True) is None
+    assert batch.column("image").to_pylist() == images

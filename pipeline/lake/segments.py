@@ -37,7 +37,7 @@ from .footer_map import footer_map_problem, open_groups, write_footer_map
 from .layout import FOOTER_MAP, SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
 from .segment_index import index_count, index_holds, index_ids, index_problem, write_index
 from .tables import SCHEMAS, TABLES
-from .writer import COMPRESSION, fsync_path, image_group_rows
+from .writer import COMPRESSION, fsync_path, image_group_rows, images_compress
 
 ID = "episode_id"
 # Rows per row group: one small episode's rows are found by the episode_id statistics while a
@@ -179,7 +179,10 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
         # values (quantised observations, actions); pyarrow falls back to plain pages for a column
         # whose dictionary outgrows its page limit, so random floats cost nothing extra. Page
         # checksums as in an episode folder, so readers and `check --deep` find a damaged page.
-        pq.write_table(rows, path, row_group_size=group_rows, compression=COMPRESSION,
+        compression: str | dict[str, str] = COMPRESSION
+        if table == "steps" and not images_compress(rows):  # as in an episode folder (lake/writer.py)
+            compression = {name: "none" if name == "image" else COMPRESSION for name in rows.schema.names}
+        pq.write_table(rows, path, row_group_size=group_rows, compression=compression,
                        use_dictionary=True, write_statistics=statistics_columns(table),
                        write_page_checksum=True)
         fsync_path(path)

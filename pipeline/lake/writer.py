@@ -32,11 +32,15 @@ IMAGE_GROUP_BYTES = 128 * 1024
 MIN_IMAGE_GROUP_ROWS = 16
 # Dictionary encoding pays for names that repeat on every row, not for measurements.
 _DICTIONARY_COLUMNS = ["agent", "unit", "algorithm", "source"]
-# Image files (PNG, JPEG) are compressed already: zstd over them found ~0% in frames64's and random's
-# 64x64 PNGs, 21% in frames' 600x400 ones, for ~0.15 s of CPU per 100 MB of frames (measured,
-# pyarrow 26) in an ingest that spends ~1 s in all; and min/max statistics of image bytes only
-# add a copy of two images per row group to the footer (~7% of frames' steps.parquet), for no reader.
-_STORED_AS_THEY_ARE = frozenset({"image"})
+# Image files (PNG, JPEG) are compressed already, but not always well: zstd over them found ~0% in
+# frames64's and random's 64x64 PNGs and 21-26% in frames' 600x400 ones (Pillow's default PNG
+# level), for ~0.14 s of CPU per 100 MB of frames (measured, pyarrow 26). So the image column is
+# zstd-compressed only when a sample of the episode's first images shrinks by :data:`IMAGE_GAIN`
+# (:func:`images_compress`), else stored as it is. Its min/max statistics would only add a copy of
+# two images per row group to the footer (~7% of frames' steps.parquet), for no reader.
+_IMAGE_COLUMNS = frozenset({"image"})
+IMAGE_GAIN = 0.9
+_IMAGE_SAMPLE_BYTES = 256 * 1024
 
 
 def fsync_path(path: Path) -> None:
@@ -46,6 +50,26 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def images_compress(rows: pa.RecordBatch | pa.Table) -> bool:
+    """Whether zstd shrinks the images of ``rows`` (their first :data:`_IMAGE_SAMPLE_BYTES`) to
+    :data:`IMAGE_GAIN` of their size or less; False without images."""
+    import pyarrow as pa
+
+    if "image" not in rows.schema.names:
+        return False
+    sample, size = [], 0
+    for value in rows.column("image").slice(0, 64).to_pylist():  # a batch's first images, not all of them
+        if value:
+            sample.append(value)
+            size += len(value)
+            if size >= _IMAGE_SAMPLE_BYTES:
+                break
+    if not size:
+        return False
+    data = b"".join(sample)
+    return len(pa.Codec("zstd", 1).compress(data, asbytes=True)) <= IMAGE_GAIN * size
 
 
 def image_group_rows(rows: pa.RecordBatch | pa.Table) -> int | None:
@@ -82,14 +106,14 @@ class EpisodeWriter:
 
         writer = self._writers.get(table)
         if writer is None:
-            writer = self._writers[table] = self._open(table)
+            writer = self._writers[table] = self._open(table, compress_images=images_compress(batch))
         group_rows = image_group_rows(batch) if table == "steps" else None
         if isinstance(batch, pa.RecordBatch):
             writer.write_batch(batch, row_group_size=group_rows)
         else:
             writer.write_table(batch, row_group_size=group_rows)
 
-    def _open(self, table: str) -> pq.ParquetWriter:
+    def _open(self, table: str, *, compress_images: bool = False) -> pq.ParquetWriter:
         import pyarrow.parquet as pq
 
         from .tables import SCHEMAS
@@ -98,9 +122,10 @@ class EpisodeWriter:
         names = schema.names
         compression: str | dict[str, str] = COMPRESSION
         statistics: bool | list[str] = True
-        if _STORED_AS_THEY_ARE.intersection(names):  # flat tables only: a nested column's name is its path
-            compression = {name: "none" if name in _STORED_AS_THEY_ARE else COMPRESSION for name in names}
-            statistics = [name for name in names if name not in _STORED_AS_THEY_ARE]
+        if _IMAGE_COLUMNS.intersection(names):  # flat tables only: a nested column's name is its path
+            if not compress_images:
+                compression = {name: "none" if name in _IMAGE_COLUMNS else COMPRESSION for name in names}
+            statistics = [name for name in names if name not in _IMAGE_COLUMNS]
         return pq.ParquetWriter(
             self.path(table), schema, compression=compression,
             use_dictionary=_DICTIONARY_COLUMNS, write_statistics=statistics,

@@ -58,3 +58,34 @@ def test_abort_after_a_failure_raises_nothing_more(tmp_path: Path) -> None:
     writer.write("steps", _steps([0]))
     writer.abort()
     writer.abort()  # twice is harmless: the caller's cleanup may run more than once
+
+
+def _image_steps(images: list[bytes]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(range(len(images)), pa.int64()), pa.array(range(len(images)), pa.int64()),
+         pa.array(images, pa.binary())], schema=STEPS)
+
+
+def _image_compression(folder: Path) -> set[str]:
+    meta = pq.ParquetFile(folder / "steps.parquet").metadata
+    column = meta.schema.names.index("image")
+    return {meta.row_group(g).column(column).compression for g in range(meta.num_row_groups)}
+
+
+def test_images_are_compressed_only_when_zstd_shrinks_them(tmp_path: Path) -> None:
+    """Frames that zstd shrinks (a poorly compressed image file) take less disk; already dense ones are
+    stored as they are (no CPU spent for nothing); either way they read back byte for byte."""
+    import random
+
+    rng = random.Random(7)
+    redundant = [bytes([i % 7]) * 3000 + rng.randbytes(100) for i in range(40)]
+    dense = [rng.randbytes(3000) for _ in range(40)]
+    for name, images, expected in (("redundant", redundant, {"ZSTD"}), ("dense", dense, {"UNCOMPRESSED"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        writer = EpisodeWriter(folder)
+        writer.write("steps", _image_steps(images))
+        writer.close()
+        assert _image_compression(folder) == expected, name
+        assert pq.read_table(folder / "steps.parquet").column("image").to_pylist() == images
+    assert (tmp_path / "redundant" / "steps.parquet").stat().st_size < sum(map(len, redundant)) // 2

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DamagedFile
@@ -34,6 +33,9 @@ from .damage import open_verified, page_problem, reading
 from .layout import SEGMENT_PREFIX, EpisodeLocation
 from .tables import SCHEMAS, TABLES
 from .writer import COMPRESSION, fsync_path, image_group_rows
+
+# pyarrow.compute (~30 ms to import: it builds a Python wrapper for each of its ~280 kernels) is imported
+# by the functions that sort or filter, not with this module: every commit imports it (commit.py).
 
 ID = "episode_id"
 # Rows per row group: one small episode's rows are found by the episode_id statistics while a
@@ -137,6 +139,8 @@ def segment_holds(folder: Path, episode_id: str) -> bool:
 
 def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
     """Write five tables (each with ``episode_id``) as a segment in ``folder``, sorted, fsynced."""
+    import pyarrow.compute as pc
+
     folder.mkdir(parents=True)
     for table in TABLES:
         rows = tables[table].cast(segment_schema(table))
@@ -157,6 +161,8 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
 
 def read_tables(locations: Iterable[EpisodeLocation]) -> dict[str, pa.Table]:
     """The rows of some episodes (folders or segments), every table with ``episode_id``."""
+    import pyarrow.compute as pc
+
     by_segment: dict[Path, set[str]] = {}
     parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
     for location in locations:
@@ -248,6 +254,8 @@ _COUNTS = {"steps": "length", "agent_steps": "agent_steps", "unit_steps": "unit_
 
 def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     """Problems of one segment: (path, message) pairs; none for what compaction and group commits write."""
+    import pyarrow.compute as pc
+
     problems: list[tuple[Path, str]] = []
     expected = {f"{t}.parquet" for t in TABLES}
     for entry in folder.iterdir():

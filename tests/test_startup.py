@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import episode, png_bytes, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,27 @@ def test_run_into_a_lake_with_segments_still_ingests(tmp_path: Path) -> None:
     status, _, modules = _run(tmp_path, episode(steps=3, iterations=99), lake=lake)
     assert status == ["ingested"]
     assert "pyarrow.compute" not in modules  # reading a segment's ids needs no compute kernels
+
+
+SPLIT_RUN = RUN.replace("import pipeline\n", "import pipeline\nimport pipeline.ingestion.parallel as parallel\n"
+                        "parallel.SPLIT_MIN_BYTES = 0  # split even this small file\n")
+
+
+def test_the_reading_process_of_a_split_ingest_never_imports_pyarrow(tmp_path: Path) -> None:
+    """It parses and commits; the forked writer converts and writes. Nor does the batch's check for
+    compaction after the commit (pyarrow would cost every split ingest ~60 ms at its end)."""
+    from pipeline.cores import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("a file is split only with two cores to use")
+    path = write_json(tmp_path / "tiny.json", episode(steps=20))
+    out = subprocess.run([sys.executable, "-c", SPLIT_RUN, str(path), str(tmp_path / "lake")], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    top = {name.partition(".")[0] for name in found["modules"]}
+    assert found["status"] == ["ingested"]
+    assert "multiprocessing" in top and "ijson" in top  # it was split, and parsed here
+    assert "pyarrow" not in top
 
 
 def test_png_frames_need_no_pillow(tmp_path: Path) -> None:

@@ -33,11 +33,13 @@ import pyarrow as pa
 from ..errors import EpisodeNotFound, LakeError
 from .commit import Staging, environment_lock, live_ids
 from .layout import (
+    AUTO_COMPACT_ENTRIES,
     ENVIRONMENT_PREFIX,
     EPISODE_PREFIX,
     GENERATION,
     SEGMENT_PREFIX,
     EpisodeLocation,
+    entry_count,
     environment_folder,
     list_lake,
     locations_of,
@@ -251,21 +253,12 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
     return True
 
 
-# Compact an environment by itself once it holds this many episode folders and small segments.
-AUTO_COMPACT_ENTRIES = 16
-
-
 def compact_if_fragmented(lake: Path, environments: set[str], *,
                           entries: int = AUTO_COMPACT_ENTRIES) -> CompactReport | None:
     """Compact the environments among ``environments`` that hold ``entries`` or more small entries."""
     report = None
     for environment in sorted(environments):
-        env_dir = lake / environment_folder(environment)
-        try:
-            names = [e.name for e in os.scandir(env_dir) if e.name.startswith((EPISODE_PREFIX, SEGMENT_PREFIX))]
-        except FileNotFoundError:
-            continue
-        if len(names) >= entries:
+        if entry_count(lake, environment) >= entries:
             report = compact(lake, environment=environment, min_entries=entries)
     return report
 

@@ -8,6 +8,7 @@ where a user reads them (a test keeps every command's Examples block true).
 from __future__ import annotations
 
 import contextlib
+import gc as _gc  # `gc` is a command below
 import json
 import sys
 from collections.abc import Iterator
@@ -528,7 +529,13 @@ def import_minari(dataset: str, lake: str | None, environment: str | None, as_js
 def main() -> None:
     global _PROCESS_IS_OURS
     _PROCESS_IS_OURS = True
-    cli(prog_name="ingest-pipeline")
+    try:
+        cli(prog_name="ingest-pipeline")
+    finally:
+        # The interpreter's exit runs the cyclic collector over every object pyarrow, click and the
+        # rest allocated (~13 ms of `run` on a tiny file, measured); frozen, they are left to the
+        # module teardown's reference counting, and the process ends anyway.
+        _gc.freeze()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import episode, png_bytes, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # own unless kept out, see pipeline/nopandas.py), fsspec (only for URLs and compressed files),
 # Pillow (only for frames that are not PNG), zstandard (only for .zst).
 NOT_ON_RUN = ("polars", "pandas", "numpy", "fsspec", "PIL", "zstandard", "multiprocessing")
+# Nor these parts of packages it does import: pyarrow.compute (~30 ms: only compaction, segments and
+# checks sort or filter), pyarrow.dataset, ctypes (only compaction's folder swap).
+NOT_ON_RUN_MODULES = ("pyarrow.compute", "pyarrow.dataset", "ctypes")
 # Not even that: --help needs click and the package's light modules.
 NOT_ON_HELP = (*NOT_ON_RUN, "pyarrow", "ijson", "jsonschema_rs", "orjson", "pybase64")
 
@@ -35,19 +40,58 @@ print(json.dumps({"status": [r.status for r in results], "modules": sorted(sys.m
 """
 
 
-def _run(tmp_path: Path, document: dict) -> tuple[list[str], set[str]]:
+def _run(tmp_path: Path, document: dict, lake: Path | None = None) -> tuple[list[str], set[str], set[str]]:
     path = write_json(tmp_path / "tiny.json", document)
-    out = subprocess.run([sys.executable, "-c", RUN, str(path), str(tmp_path / "lake")], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", RUN, str(path), str(lake or tmp_path / "lake")], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    return found["status"], {name.partition(".")[0] for name in found["modules"]}
+    return found["status"], {name.partition(".")[0] for name in found["modules"]}, set(found["modules"])
 
 
 def test_run_on_a_tiny_file_imports_only_what_an_ingest_needs(tmp_path: Path) -> None:
-    status, top = _run(tmp_path, episode(steps=20))
+    status, top, modules = _run(tmp_path, episode(steps=20))
     assert status == ["ingested"]
     assert {"pyarrow", "ijson", "jsonschema_rs"} <= top  # it did ingest
     assert not top & set(NOT_ON_RUN), sorted(top & set(NOT_ON_RUN))
+    assert not modules & set(NOT_ON_RUN_MODULES), sorted(modules & set(NOT_ON_RUN_MODULES))
+
+
+def test_run_into_a_lake_with_segments_still_ingests(tmp_path: Path) -> None:
+    """The lazy imports on the commit's way: a lake whose environment holds a segment (compacted),
+    then the same content again ("exists", found in the segment) and a new episode."""
+    import pipeline
+
+    lake = tmp_path / "lake"
+    for seed in range(3):
+        pipeline.ingest(write_json(tmp_path / f"ep{seed}.json", episode(steps=3, iterations=10 + seed)), lake=lake)
+    pipeline.compact(lake, min_entries=2)
+    assert any(p.name.startswith("segment=") for p in lake.glob("environment=*/*"))
+    status, _, _ = _run(tmp_path, episode(steps=3, iterations=10), lake=lake)
+    assert status == ["exists"]
+    status, _, modules = _run(tmp_path, episode(steps=3, iterations=99), lake=lake)
+    assert status == ["ingested"]
+    assert "pyarrow.compute" not in modules  # reading a segment's ids needs no compute kernels
+
+
+SPLIT_RUN = RUN.replace("import pipeline\n", "import pipeline\nimport pipeline.ingestion.parallel as parallel\n"
+                        "parallel.SPLIT_MIN_BYTES = 0  # split even this small file\n")
+
+
+def test_the_reading_process_of_a_split_ingest_never_imports_pyarrow(tmp_path: Path) -> None:
+    """It parses and commits; the forked writer converts and writes. Nor does the batch's check for
+    compaction after the commit (pyarrow would cost every split ingest ~60 ms at its end)."""
+    from pipeline.cores import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("a file is split only with two cores to use")
+    path = write_json(tmp_path / "tiny.json", episode(steps=20))
+    out = subprocess.run([sys.executable, "-c", SPLIT_RUN, str(path), str(tmp_path / "lake")], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    top = {name.partition(".")[0] for name in found["modules"]}
+    assert found["status"] == ["ingested"]
+    assert "multiprocessing" in top and "ijson" in top  # it was split, and parsed here
+    assert "pyarrow" not in top
 
 
 def test_png_frames_need_no_pillow(tmp_path: Path) -> None:
@@ -56,7 +100,7 @@ def test_png_frames_need_no_pillow(tmp_path: Path) -> None:
     document = episode(steps=5)
     for step in document["inference"]["steps"]:
         step["image"] = base64.b64encode(png_bytes(8, 6)).decode()
-    status, top = _run(tmp_path, document)
+    status, top, _ = _run(tmp_path, document)
     assert status == ["ingested"]
     assert "PIL" not in top
 

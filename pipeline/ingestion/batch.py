@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from ..cores import usable_cores
 from ..errors import LakeError, PipelineError, SourceError
-from ..lake.layout import resolve_lake
+from ..lake.layout import AUTO_COMPACT_ENTRIES, entry_count, resolve_lake
 from .nopandas import keep_pandas_out
 from .run import IngestResult, ingest, tabulate_file
 
@@ -308,12 +308,16 @@ class Batch(Iterator[IngestResult]):
             if result.status == "ingested" and result.environment is not None:
                 touched.add(result.environment)
             yield result
-        if touched and self._compact:
-            # A batch is when many small entries appear at once (see the README's "The lake").
+        # A batch is when many small entries appear at once (see the README's "The lake"). They are
+        # counted before the compaction module is imported: it imports pyarrow, which the reading
+        # process of a two-process ingest does without (~60 ms at the end of every such ingest).
+        due = {env for env in touched if entry_count(self.lake, env) >= AUTO_COMPACT_ENTRIES} \
+            if self._compact else set()
+        if due:
             from ..lake.compact import compact_if_fragmented
 
             try:
-                compact_if_fragmented(self.lake, touched)
+                compact_if_fragmented(self.lake, due)
             except PipelineError as exc:  # the ingests are committed; compaction can wait
                 log.warning("automatic compaction of %s skipped: %s", self.lake, exc)
         self._report()

@@ -31,7 +31,6 @@ from .layout import (
     STAGING,
     episode_path,
 )
-from .segments import segment_holds, segment_ids
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -137,6 +136,8 @@ def live_ids(env_dir: Path) -> set[str]:
         if entry.name.startswith(EPISODE_PREFIX):
             ids.add(entry.name[len(EPISODE_PREFIX):])
         elif entry.name.startswith(SEGMENT_PREFIX):
+            from .segments import segment_ids  # pyarrow: only for a lake that has segments
+
             ids.update(segment_ids(Path(entry.path)))
     return ids
 
@@ -147,6 +148,10 @@ def in_segments(env_dir: Path, episode_id: str) -> bool:
         entries = [e for e in os.scandir(env_dir) if e.name.startswith(SEGMENT_PREFIX)]
     except FileNotFoundError:
         return False
+    if not entries:
+        return False
+    from .segments import segment_holds  # pyarrow: only for a lake that has segments
+
     return any(segment_holds(Path(e.path), episode_id) for e in entries)
 
 

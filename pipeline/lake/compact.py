@@ -20,25 +20,26 @@ The protocol (the README's "Commit and retire protocol" states it for readers):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import EpisodeNotFound, LakeError
 from .commit import Staging, environment_lock, live_ids
 from .layout import (
+    AUTO_COMPACT_ENTRIES,
     ENVIRONMENT_PREFIX,
     EPISODE_PREFIX,
     GENERATION,
     SEGMENT_PREFIX,
     EpisodeLocation,
+    entry_count,
     environment_folder,
     list_lake,
     locations_of,
@@ -58,11 +59,13 @@ _ATTEMPTS = 5
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-_libc: ctypes.CDLL | None = None
+_libc: Any = None  # ctypes.CDLL, loaded (with ctypes) by the first exchange
 
 
 def exchange(a: Path, b: Path) -> None:
     """Swap two folders' names in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``)."""
+    import ctypes
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -114,6 +117,8 @@ def publish_segment(lake: Path, environment: str, tables: dict[str, pa.Table]) -
 def _only(tables: dict[str, pa.Table], keep: set[str], ids: set[str]) -> dict[str, pa.Table]:
     if keep == ids:
         return tables
+    import pyarrow.compute as pc  # ~30 ms to import: not on the way of an ingest that compacts nothing
+
     wanted = pa.array(sorted(keep), pa.string())
     return {name: rows.filter(pc.is_in(rows.column(ID), value_set=wanted)) for name, rows in tables.items()}
 
@@ -248,21 +253,12 @@ def _compact_environment(root: Path, env_dir: Path, target_bytes: int, min_entri
     return True
 
 
-# Compact an environment by itself once it holds this many episode folders and small segments.
-AUTO_COMPACT_ENTRIES = 16
-
-
 def compact_if_fragmented(lake: Path, environments: set[str], *,
                           entries: int = AUTO_COMPACT_ENTRIES) -> CompactReport | None:
     """Compact the environments among ``environments`` that hold ``entries`` or more small entries."""
     report = None
     for environment in sorted(environments):
-        env_dir = lake / environment_folder(environment)
-        try:
-            names = [e.name for e in os.scandir(env_dir) if e.name.startswith((EPISODE_PREFIX, SEGMENT_PREFIX))]
-        except FileNotFoundError:
-            continue
-        if len(names) >= entries:
+        if entry_count(lake, environment) >= entries:
             report = compact(lake, environment=environment, min_entries=entries)
     return report
 

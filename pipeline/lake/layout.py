@@ -76,6 +76,23 @@ def environment_name(folder: str) -> str:
     return unquote(folder[len(ENVIRONMENT_PREFIX):])
 
 
+# A batch compacts an environment by itself once it holds this many episode folders and segments
+# (pipeline.lake.compact.compact_if_fragmented; small ones are merged, see the README's "The lake").
+AUTO_COMPACT_ENTRIES = 16
+
+
+def entry_count(lake: Path, environment: str) -> int:
+    """How many episode folders and segments the environment's folder holds (0 if it has none).
+
+    Cheap (one listing, no pyarrow): whether a batch should compact is asked after every ingest.
+    """
+    try:
+        with os.scandir(lake / environment_folder(environment)) as entries:
+            return sum(1 for e in entries if e.name.startswith((EPISODE_PREFIX, SEGMENT_PREFIX)))
+    except FileNotFoundError:
+        return 0
+
+
 @dataclass(frozen=True)
 class EpisodeLocation:
     """Where one committed episode lives: its own folder, or a segment (``segment`` is then True).

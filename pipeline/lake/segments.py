@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DamagedFile
@@ -38,6 +37,9 @@ from .layout import FOOTER_MAP, SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
 from .segment_index import index_count, index_holds, index_ids, index_problem, write_index
 from .tables import SCHEMAS, TABLES
 from .writer import COMPRESSION, fsync_path, image_group_rows, images_compress
+
+# pyarrow.compute (~30 ms to import: it builds a Python wrapper for each of its ~280 kernels) is imported
+# by the functions that sort or filter, not with this module: every commit imports it (commit.py).
 
 ID = "episode_id"
 # Rows per row group: one small episode's rows are found by the episode_id statistics while a
@@ -166,6 +168,8 @@ def statistics_columns(table: str) -> list[str] | bool:
 
 def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
     """Write five tables (each with ``episode_id``) and the id index as a segment in ``folder``, sorted, fsynced."""
+    import pyarrow.compute as pc
+
     folder.mkdir(parents=True)
     for table in TABLES:
         rows = tables[table].cast(segment_schema(table))
@@ -197,6 +201,8 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
 
 def read_tables(locations: Iterable[EpisodeLocation]) -> dict[str, pa.Table]:
     """The rows of some episodes (folders or segments), every table with ``episode_id``."""
+    import pyarrow.compute as pc
+
     by_segment: dict[Path, set[str]] = {}
     parts: dict[str, list[pa.Table]] = {table: [] for table in TABLES}
     for location in locations:
@@ -301,6 +307,8 @@ _COUNTS = {"steps": "length", "agent_steps": "agent_steps", "unit_steps": "unit_
 
 def check_segment(folder: Path, deep: bool) -> list[tuple[Path, str]]:
     """Problems of one segment: (path, message) pairs; none for what compaction and group commits write."""
+    import pyarrow.compute as pc
+
     problems: list[tuple[Path, str]] = []
     expected = {f"{t}.parquet" for t in TABLES} | {SEGMENT_INDEX, FOOTER_MAP}
     for entry in folder.iterdir():

@@ -168,3 +168,68 @@ def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, kin
     assert single.error.step is not None
     assert (split.error.rule, split.error.path, str(split.error)) == \
         (single.error.rule, single.error.path, str(single.error))
+
+
+class _Pipe:
+    """A stand-in for the reader's end of the pipe: records what is written; can block or break."""
+
+    def __init__(self, *, break_after: int | None = None) -> None:
+        import threading
+
+        self.written: list[bytes] = []
+        self.open = threading.Event()
+        self.open.set()
+        self.break_after = break_after
+
+    def send_bytes(self, data: bytes) -> None:
+        self.open.wait()
+        if self.break_after is not None and len(self.written) >= self.break_after:
+            raise BrokenPipeError
+        self.written.append(data)
+
+
+def test_the_sender_writes_every_message_in_order():
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe()
+    sender = _Sender(pipe)
+    messages = [bytes([i % 256]) * (i * 997) for i in range(150)]  # ~11 MB: more than it queues at once
+    assert all(sender.send(m) for m in messages)
+    assert sender.flush()
+    sender.close()
+    assert pipe.written == messages
+
+
+def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read():
+    import threading
+
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe()
+    pipe.open.clear()  # the writer is busy: nothing gets through
+    sender = _Sender(pipe)
+    chunk = b"x" * (256 * 1024)
+    sent = []
+    feeder = threading.Thread(target=lambda: sent.extend(sender.send(chunk) for _ in range(64)))  # 16 MiB
+    feeder.start()
+    feeder.join(timeout=1.0)
+    assert feeder.is_alive()  # it waits for room: the queue never holds the whole 16 MiB
+    assert sender._pending <= _Sender.MAX_PENDING_BYTES + len(chunk)
+    pipe.open.set()
+    feeder.join()
+    assert sender.flush()
+    sender.close()
+    assert sent == [True] * 64 and len(pipe.written) == 64
+
+
+def test_the_sender_reports_a_broken_pipe():
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe(break_after=3)
+    sender = _Sender(pipe)
+    for _ in range(5):
+        sender.send(b"m")
+    assert not sender.flush()  # the writer is gone: the reader asks it for its error instead
+    assert not sender.send(b"later")
+    sender.close()
+    assert pipe.written == [b"m"] * 3

@@ -13,7 +13,8 @@ def test_write_measures_the_command_and_the_call(tmp_path: Path) -> None:
     ids = build_lake(tmp_path, ["lander"])
     figures = report._write(tmp_path / "lake", ids["lander"], tmp_path / "r.html")
     assert set(figures) == {"write_seconds", "in_process_seconds", "megabytes"}
-    assert figures["write_seconds"] > figures["in_process_seconds"] > 0
+    # Two separate runs, each timed: both are measured, but their order is the machine's (no timing assertion).
+    assert figures["write_seconds"] > 0 and figures["in_process_seconds"] > 0
     assert figures["megabytes"] == (tmp_path / "r.html").stat().st_size / 1e6
 
 

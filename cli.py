@@ -433,7 +433,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--older-than", metavar="DURATION", callback=_duration,
               help="Only remove leftovers older than this (90s, 30m, 12h, 2d). [default: any age]")
 def gc(lake: str | None, older_than: float) -> None:
-    """Remove the staging folders of ingests that are no longer running.
+    """Remove the staging folders of ingests that are no longer running (and stale prepared frames).
 
     A crashed or killed ingest leaves its folder in LAKE/_staging; one that is still running
     holds a lock on it and is never touched. Locks are per machine: on a lake shared by several
@@ -449,6 +449,8 @@ def gc(lake: str | None, older_than: float) -> None:
     for folder in report.removed:
         click.echo(f"removed {folder}")
     kept = len(report.running) + len(report.recent)
+    if report.frames:
+        click.echo(f"{len(report.frames)} prepared frame file(s) removed (episodes no longer in the lake)")
     click.echo(f"{console.plural(len(report.removed), 'staging folder')} removed, "
                f"{len(report.running)} still running, {len(report.recent)} too recent"
                if report.removed or kept else "nothing to remove")

@@ -132,7 +132,35 @@ def _rate(make_batch: Any, seconds: float) -> tuple[float, int]:
     return done / (time.perf_counter() - started), j
 
 
-def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[str, Any]:
+def _options(mode: str) -> Any:
+    from pipeline import FrameOptions
+
+    return {"frames": FrameOptions.atari(),
+            "frames-plain": FrameOptions(grayscale=True, resize=(84, 84), stack_n=4)}.get(mode, False)
+
+
+def prepare(mode: str, lake_path: str, codec: str) -> dict[str, Any]:
+    """Prepare the frame store ``mode``'s sampler reads (only what is missing), timed: wall and CPU of
+    this process and its worker processes."""
+    import resource
+
+    from pipeline import Lake
+
+    lake = Lake(lake_path)
+    started, cpu = time.perf_counter(), time.process_time()
+    report = lake.prepare_frames(_options(mode), codec=codec)  # type: ignore[arg-type]
+    wall = time.perf_counter() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = time.process_time() - cpu + children.ru_utime + children.ru_stime
+    return {"prepare": mode, "store": report.key, "codec": codec, "entries_written": report.prepared,
+            "entries_present": report.present, "frames": report.frames, "seconds": round(wall, 1),
+            "cpu_seconds": round(cpu_s, 1), "frames_per_second": round(report.frames / wall) if report.frames else None,
+            "store_mb": round(report.bytes / 1e6, 1), "png_mb": round(report.image_bytes / 1e6, 1),
+            "bytes_per_frame": round(report.bytes / report.frames) if report.frames else None,
+            "load_average": round(os.getloadavg()[0], 2), "peak_rss_mib": round(_peak_rss_mib(), 1)}
+
+
+def measure(mode: str, lake_path: str, cache_mb: int, seconds: float, prepared: str = "auto") -> dict[str, Any]:
     from pipeline import FrameOptions, Lake
 
     lake = Lake(lake_path)
@@ -177,7 +205,9 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         frame_options: bool | FrameOptions = choices.get(mode, False)
         started = time.perf_counter()
         sampler = lake.sampler(batch_size=BATCH, observation="vector" if mode == "vector" else "frames",
-                               frames=frame_options, seed=0, cache_bytes=cache)
+                               frames=frame_options, seed=0, cache_bytes=cache,
+                               prepared={"auto": None, "yes": True, "no": False}[prepared])
+        result["prepared"] = getattr(sampler, "prepared", None)
         result["index_seconds"] = round(time.perf_counter() - started, 3)
         result["transitions"] = sampler.transitions
         started = time.perf_counter()
@@ -209,11 +239,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="bench-data")
     parser.add_argument("--cache-mb", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--prepare", action="store_true",
+                        help="first prepare the frame store of each frames mode (timed; only what is missing)")
+    parser.add_argument("--codec", choices=["zstd", "raw"], default="zstd", help="the frame store's codec")
+    parser.add_argument("--prepared", choices=["auto", "yes", "no"], default="auto",
+                        help="frames from a prepared store: when it covers the lake, required, or never (decode PNGs)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare-only", help=argparse.SUPPRESS)
     parser.add_argument("--lake", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.lake, args.cache_mb, args.seconds)), flush=True)
+        print(json.dumps(measure(args.measure, args.lake, args.cache_mb, args.seconds, args.prepared)), flush=True)
+        return
+    if args.prepare_only:
+        print(json.dumps(prepare(args.prepare_only, args.lake, args.codec)), flush=True)
         return
     root = Path(args.data)
     root.mkdir(parents=True, exist_ok=True)
@@ -227,10 +266,15 @@ def main(argv: list[str] | None = None) -> None:
     modes = [m for m, on in (("numpy", args.numpy or args.vector), ("numpy-frames", args.numpy and framed),
                              ("vector", args.vector),
                              ("frames", args.frames), ("frames-plain", args.frames_plain)) if on]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    if args.prepare:
+        for mode in [m for m in modes if m in ("frames", "frames-plain")]:
+            subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--prepare-only", mode, "--lake", str(lake),
+                            "--codec", args.codec], check=True, env=env)
     for mode in modes:
         subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--measure", mode, "--lake", str(lake),
-                        "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds)], check=True,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+                        "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds),
+                        "--prepared", args.prepared], check=True, env=env)
 
 
 if __name__ == "__main__":

@@ -177,9 +177,9 @@ def _run(tasks: list[_Task], workers: int) -> Iterator[tuple[int, list[tuple[str
             done = next(as_completed(pending))
             pending.remove(done)
             yield done.result()
-            task = next(queue, None)
-            if task is not None:
-                pending.add(pool.submit(_prepare_task, task))
+            following = next(queue, None)
+            if following is not None:
+                pending.add(pool.submit(_prepare_task, following))
 
 
 def _prepare_task(task: _Task) -> tuple[int, list[tuple[str, str, str]], int, int, int]:

@@ -192,7 +192,7 @@ def remove_stale_entries(lake: Path, live: set[str], listed_at: float) -> list[P
     An entry written after the listing is kept whatever its id: its episode may have been ingested
     after the listing. Stray temporary files of a killed ``write_options`` go too.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         folders = [p for p in (lake / FRAMES).iterdir() if p.is_dir()]
     except FileNotFoundError:

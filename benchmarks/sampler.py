@@ -227,6 +227,81 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float, prepared: 
     return result
 
 
+def _child(args: list[str]) -> dict[str, Any]:
+    """One measurement in a fresh interpreter (its peak RSS its own): the JSON line it prints."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.sampler", *args], check=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+FRAME_MODES = ("frames", "frames-plain")
+
+
+def run(sizes: list[int], *, data: Path, cache_mb: int = 1024, seconds: float = 8.0, repeat: int = 3,
+        log: Any = print) -> dict[str, Any]:
+    """The sampler section of ``make bench``: for each lake size, prepare the frame stores (once: the
+    figures of the run that prepared them are kept next to the lake), then sample frames from the store
+    and by decoding PNGs, and vectors, ``repeat`` times each, interleaved; medians."""
+    import statistics
+
+    results: dict[str, Any] = {"cache_mb": cache_mb, "seconds": seconds, "repeat": repeat, "sizes": {}}
+    for size in sizes:
+        log(f"sampler: lake of {size:,} transitions")
+        lake = build_lake(data, size)
+        png = sum(f.stat().st_size for f in lake.rglob("steps.parquet"))
+        entry: dict[str, Any] = {"lake": str(lake), "steps_parquet_mb": round(png / 1e6), "prepare": {}, "runs": {}}
+        for mode in FRAME_MODES:
+            cached = data / f"sampler-prepare-v1-{size}-{mode}.json"
+            if cached.exists():
+                figures = json.loads(cached.read_text())
+            else:
+                log(f"sampler: preparing {mode} ({size:,} transitions)")
+                figures = _child(["--prepare-only", mode, "--lake", str(lake)])
+                if figures["entries_written"] and not figures["entries_present"]:  # a whole prepare: keep it
+                    cached.write_text(json.dumps(figures))
+            entry["prepare"][mode] = figures
+        plan = [("vector", "auto"), *[(m, how) for m in FRAME_MODES for how in ("yes", "no")]]
+        runs: dict[str, list[dict[str, Any]]] = {f"{m}/{how}": [] for m, how in plan}
+        for _ in range(repeat):
+            for mode, how in plan:
+                runs[f"{mode}/{how}"].append(_child(["--measure", mode, "--lake", str(lake), "--cache-mb",
+                                                     str(cache_mb), "--seconds", str(seconds), "--prepared", how]))
+        for name, measured in runs.items():
+            entry["runs"][name] = {
+                "transitions_per_second": statistics.median(r["transitions_per_second"] for r in measured),
+                "cpu_us_per_transition": statistics.median(r["cpu_us_per_transition"] for r in measured),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in measured),
+                "load": [r["load_average"] for r in measured],
+                "prepared": measured[0].get("prepared"),
+            }
+        results["sizes"][str(size)] = entry
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """The sampler section of BENCHMARKS.md."""
+    lines = [f"## Sampler (issue 16): batches of {BATCH}, cache {results['cache_mb']} MB, "
+             f"median of {results['repeat']} fresh processes, {results['seconds']} s each", "",
+             "| transitions | sampling | frames from | transitions/s | CPU us/transition | peak RSS MiB | load |",
+             "|---:|---|---|---:|---:|---:|---|"]
+    for size, entry in results["sizes"].items():
+        for name, r in entry["runs"].items():
+            mode, how = name.split("/")
+            source = "-" if mode == "vector" else ("prepared store" if how == "yes" else "PNG decode")
+            loads = ", ".join(f"{x:.1f}" for x in r["load"])
+            lines.append(f"| {int(size):,} | {mode} | {source} | {r['transitions_per_second']:,.0f} | "
+                         f"{r['cpu_us_per_transition']} | {r['peak_rss_mib']:.0f} | {loads} |")
+    lines += ["", "Preparing the frame stores (`Lake.prepare_frames`, 2 worker processes):", "",
+              "| transitions | store | frames/s | wall s | CPU s | store MB | PNG MB | bytes/frame | load |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for size, entry in results["sizes"].items():
+        for p in entry["prepare"].values():
+            lines.append(f"| {int(size):,} | `{p['store']}` | {p['frames_per_second'] or 0:,} | {p['seconds']} | "
+                         f"{p['cpu_seconds']} | {p['store_mb']:,} | {p['png_mb']:,} | {p['bytes_per_frame']} | "
+                         f"{p['load_average']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transitions", type=int, default=200_000)

@@ -140,18 +140,15 @@ def _options(mode: str) -> Any:
 
 
 def prepare(mode: str, lake_path: str, codec: str) -> dict[str, Any]:
-    """Prepare the frame store ``mode``'s sampler reads (only what is missing), timed: wall and CPU of
-    this process and its worker processes."""
-    import resource
-
+    """Prepare the frame store ``mode``'s sampler reads (only what is missing), timed: wall, and CPU of
+    this process and of the work in its worker processes."""
     from pipeline import Lake
 
     lake = Lake(lake_path)
     started, cpu = time.perf_counter(), time.process_time()
     report = lake.prepare_frames(_options(mode), codec=codec)  # type: ignore[arg-type]
     wall = time.perf_counter() - started
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = time.process_time() - cpu + children.ru_utime + children.ru_stime
+    cpu_s = time.process_time() - cpu + report.cpu_seconds  # this process's, and the workers' own
     return {"prepare": mode, "store": report.key, "codec": codec, "entries_written": report.prepared,
             "entries_present": report.present, "frames": report.frames, "seconds": round(wall, 1),
             "cpu_seconds": round(cpu_s, 1), "frames_per_second": round(report.frames / wall) if report.frames else None,

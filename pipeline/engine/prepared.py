@@ -97,6 +97,7 @@ class PrepareReport:
     bytes: int = 0  # bytes written
     image_bytes: int = 0  # the PNG bytes they were made from
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the work, in whichever processes did it
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def prepare_frames(lake: Lake, options: FrameOptions, episodes: Selection = None
              for i in range(0, len(todo), _ENTRIES_PER_TASK)]
     workers = max(1, min(workers or usable_cores(), len(tasks)))
     for result in _run(tasks, workers):
-        prepared, skipped, frames, written, image_bytes = result
+        prepared, skipped, frames, written, image_bytes, cpu = result
+        report.cpu_seconds += cpu
         report.prepared += prepared
         assert report.skipped is not None
         report.skipped.extend(skipped)
@@ -157,7 +159,10 @@ def prepare_frames(lake: Lake, options: FrameOptions, episodes: Selection = None
     return report
 
 
-def _run(tasks: list[_Task], workers: int) -> Iterator[tuple[int, list[tuple[str, str, str]], int, int, int]]:
+_Result = tuple[int, list[tuple[str, str, str]], int, int, int, float]
+
+
+def _run(tasks: list[_Task], workers: int) -> Iterator[_Result]:
     if workers == 1:
         yield from map(_prepare_task, tasks)
         return
@@ -182,10 +187,13 @@ def _run(tasks: list[_Task], workers: int) -> Iterator[tuple[int, list[tuple[str
                 pending.add(pool.submit(_prepare_task, following))
 
 
-def _prepare_task(task: _Task) -> tuple[int, list[tuple[str, str, str]], int, int, int]:
+def _prepare_task(task: _Task) -> _Result:
     """Prepare a few entries into one staging folder, then publish each with one rename."""
+    import time
+
     import zstandard
 
+    cpu = time.process_time()
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     skipped: list[tuple[str, str, str]] = []
     frames = written = image_bytes = 0
@@ -202,7 +210,7 @@ def _prepare_task(task: _Task) -> tuple[int, list[tuple[str, str, str]], int, in
             written += outcome[1]
             image_bytes += outcome[2]
         publish(task.lake, task.key, staged)
-    return len(staged), skipped, frames, written, image_bytes
+    return len(staged), skipped, frames, written, image_bytes, time.process_time() - cpu
 
 
 def _prepare_entry(path: Path, location: EpisodeLocation, agent: str, options: FrameOptions, key: str, codec: str,

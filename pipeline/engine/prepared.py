@@ -294,6 +294,7 @@ class PreparedFrames:
     def __init__(self, lake_path: Path, key: str, entries: list[tuple[str, str]], options: FrameOptions,
                  index_budget: int, on_missing: Callable[[int, BaseException], None]) -> None:
         self.store = frame_store_path(lake_path, key)
+        self._folder = str(self.store)
         self.key = key
         self.entries = entries
         self.options = options
@@ -331,7 +332,7 @@ class PreparedFrames:
             self._files.move_to_end(e)
             return fd
         episode_id, agent = self.entries[e]
-        path = self.store / frame_entry_name(episode_id, agent)
+        path = os.path.join(self._folder, frame_entry_name(episode_id, agent))
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as exc:

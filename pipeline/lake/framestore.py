@@ -90,15 +90,16 @@ def write_entry(path: Path, *, episode_id: str, agent: str, key: str, shape: Cal
     with open(path, "wb") as out:
         out.write(MAGIC)
         at = len(MAGIC)
-        i = 0
-        for i, blob in enumerate(blobs):
-            if i >= count:
+        written = 0
+        for blob in blobs:
+            if written >= count:
                 raise LakeError(f"{path}: more elements than the {count} steps")
-            offsets[i] = at
+            offsets[written] = at
             out.write(blob)
             at += len(blob)
-        if count and i != count - 1:
-            raise LakeError(f"{path}: {i + 1} elements for {count} steps")
+            written += 1
+        if written != count:
+            raise LakeError(f"{path}: {written} elements for {count} steps")
         offsets[count] = at
         header = json.dumps({"episode_id": episode_id, "agent": agent, "key": key, "count": count,
                              "shape": list(shape()), "codec": codec}).encode()

@@ -23,6 +23,9 @@ images it needs once (:mod:`.frameread`), decodes on two threads (:mod:`.pngdeco
 entry at once; image bytes (by row group) and decoded raw frames are kept in two LRUs bounded by
 bytes (with ``missing="previous"``, finished stacks per entry, the earlier path). ``epochs=`` mode
 also holds one permutation of the selection's transition indices (8 bytes each).
+
+When a prepared frame store (:mod:`.prepared`) holds every selected entry for the frame options, the
+stacks are made from its stored elements instead (``pread`` and zstd, no PNG decoding): the same values.
 """
 
 from __future__ import annotations

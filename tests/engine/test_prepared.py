@@ -294,3 +294,16 @@ def test_the_frames_commands(tmp_path: Path) -> None:
     lake.remove([lake.locations[0].episode_id])
     gone = runner.invoke(cli, ["gc", "--lake", path]).output
     assert gone.splitlines()[0] == "1 prepared frame file(s) removed (episodes no longer in the lake)"
+
+
+def test_an_episode_removed_and_collected_while_sampling_asks_for_a_refresh(tmp_path: Path) -> None:
+    lake = _lake(tmp_path, [_episode(n, 5) for n in range(2)])
+    options = FrameOptions(grayscale=True, stack_n=2)
+    lake.prepare_frames(options, workers=1)
+    sampler = lake.sampler(observation="frames", frames=options, batch_size=64, prepared=True)
+    gone = lake.locations[0].episode_id
+    Lake(lake.path).remove([gone])
+    assert len(gc(lake.path).frames) == 1
+    with pytest.raises(DatasetError, match=f"episode {gone} was removed from the lake after this sampler's "
+                                           f"snapshot was taken: call lake.refresh\\(\\) and make a new sampler"):
+        sampler.batch(0)

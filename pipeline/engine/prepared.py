@@ -279,6 +279,52 @@ class _Unstorable(Exception):
 # -- sampling --------------------------------------------------------------------------------
 
 
+class _Slab:
+    """Decoded elements in one array of slots bounded by bytes; slot 0 is black. Slots are reused in
+    turn: with uniform sampling no replacement order keeps more hits than another, and this one costs
+    no bookkeeping per hit. Pages of the array are touched (count toward RSS) only as slots fill."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.array: np.ndarray | None = None
+        self.owner = np.zeros(0, dtype=np.int64)  # slot -> key held (-1: none)
+        self.where: dict[int, int] = {}  # key -> slot
+        self.hand = 1
+
+    def reset(self, shape: tuple[int, ...], needed: int) -> None:
+        """An empty slab for elements of ``shape``, with room for at least twice ``needed`` of them."""
+        size = max(1, int(np.prod(shape)))
+        count = max(self.budget // size, 2 * needed + 1)
+        self.array = np.empty((count, *shape), dtype=np.uint8)
+        self.array[0] = 0
+        self.owner = np.full(count, -1, dtype=np.int64)
+        self.where = {}
+        self.hand = 1
+
+    def take(self, count: int, protected: set[int], keys: np.ndarray) -> np.ndarray:
+        """``count`` slots for ``keys``, none of them ``protected`` (held by this batch's other elements)."""
+        slots = np.empty(count, dtype=np.int64)
+        size = len(self.owner)
+        hand, taken = self.hand, 0
+        where, owner = self.where, self.owner
+        while taken < count:
+            slot = hand
+            hand = hand + 1 if hand + 1 < size else 1
+            if slot in protected:
+                continue
+            old = int(owner[slot])
+            if old >= 0:
+                del where[old]
+            slots[taken] = slot
+            taken += 1
+        self.hand = hand
+        owner[slots] = keys
+        where.update(zip(keys.tolist(), slots.tolist(), strict=True))
+        return slots
+
+
+
+
 def covering_store(lake_path: Path, options: FrameOptions, entries: list[tuple[str, str]]) -> str | None:
     """The key of the store holding every one of ``entries`` (episode id, agent), else None."""
     key = store_key(options)
@@ -292,24 +338,26 @@ class PreparedFrames:
     """A batch's stacks from a prepared frame store (what ``Sampler._batch_frames`` makes from PNGs)."""
 
     def __init__(self, lake_path: Path, key: str, entries: list[tuple[str, str]], options: FrameOptions,
-                 index_budget: int, on_missing: Callable[[int, BaseException], None]) -> None:
+                 index_budget: int, element_budget: int, on_missing: Callable[[int, BaseException], None]) -> None:
         self.store = frame_store_path(lake_path, key)
         self._folder = str(self.store)
         self.key = key
         self.entries = entries
         self.options = options
         self.index_budget = index_budget
+        self.element_budget = element_budget
         self._on_missing = on_missing
         self._reset()
 
     def _reset(self) -> None:
         self._indexes = ByteLRU(self.index_budget)
+        self._slab = _Slab(self.element_budget)
         self._files: OrderedDict[int, int] = OrderedDict()  # entry -> open descriptor
         self._decompressor: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_indexes", "_files", "_decompressor"):
+        for name in ("_indexes", "_slab", "_files", "_decompressor"):
             state.pop(name)
         return state
 
@@ -362,11 +410,11 @@ class PreparedFrames:
         unique, inverse = np.unique(keys, return_inverse=True)
         inverse = inverse.reshape(keys.shape)
         real = unique[unique >= 0]
-        black = len(real)
-        slot = np.where(valid, inverse - (len(unique) - len(real)), black)
-        elements = self._elements(real >> 32, real & 0xFFFFFFFF)
+        slots = self._slots(real, int(entry[0]))
+        by_row = np.where(valid, slots[np.maximum(inverse - (len(unique) - len(real)), 0)], 0)
+        elements = self._slab.array
+        assert elements is not None
         count = options.stack_n or 1
-        by_row = slot.reshape(len(kept), count)
         if options.stack_n is None:
             return elements[by_row[:, 0]]
         if options.framestack_axis_first:
@@ -376,31 +424,51 @@ class PreparedFrames:
             stacked[..., s] = elements[by_row[:, s]]
         return stacked
 
-    def _elements(self, entry: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """``[n + 1, *F]``: the stored elements of (entry, raw step) pairs (sorted by entry), black last."""
+    def _slots(self, keys: np.ndarray, first_entry: int) -> np.ndarray:
+        """The slab slot of each element ``(entry << 32) | raw step`` (sorted), reading the ones not held."""
+        slab = self._slab
+        get = slab.where.get
+        slots = np.fromiter((get(key, -1) for key in keys.tolist()), dtype=np.int64, count=len(keys))
+        absent = slots < 0
+        if not bool(absent.any()):
+            if slab.array is None:  # no element at all (cannot happen with a stack ending at its step)
+                slab.reset(self._index(first_entry).shape, 1)
+            return slots
+        missing = keys[absent]
+        entry, raw = missing >> 32, missing & 0xFFFFFFFF
         starts, stops, shape, codec = self._locate(entry, raw)
-        blobs = self._read(entry, starts, stops)
-        n = len(raw)
-        if shape is None:  # nothing but black
-            return np.zeros((1, 1, 1), dtype=np.uint8)
-        out = np.empty((n + 1, *shape), dtype=np.uint8)
-        out[n] = 0
+        assert shape is not None
+        if slab.array is None or slab.array.shape[1:] != shape:
+            if slab.array is not None and not bool(absent.all()):  # this batch holds elements of both shapes
+                episode_id = self.entries[int(entry[0])][0]
+                raise DatasetError(f"episode {episode_id}: frames of shape {list(shape)}, other sampled episodes "
+                                   f"have {list(slab.array.shape[1:])}; pass resize=(height, width)",
+                                   episode_id=episode_id)
+            slab.reset(shape, len(keys))
+        fresh = slab.take(len(missing), protected=set(slots[~absent].tolist()), keys=missing)
+        slots[absent] = fresh
+        self._fill(slab, fresh, self._read(entry, starts, stops), codec)
+        return slots
+
+    def _fill(self, slab: _Slab, slots: np.ndarray, blobs: list[memoryview], codec: str) -> None:
+        """Decode stored elements into their slots."""
+        array = slab.array
+        assert array is not None
+        shape = array.shape[1:]
         if codec == "raw":
-            for i, blob in enumerate(blobs):
-                out[i] = np.frombuffer(blob, dtype=np.uint8).reshape(shape)
-            return out
+            for slot, blob in zip(slots.tolist(), blobs, strict=True):
+                array[slot] = np.frombuffer(blob, dtype=np.uint8).reshape(shape)
+            return
         if self._decompressor is None:
             import zstandard
 
             self._decompressor = zstandard.ZstdDecompressor()
-        size = int(np.prod(shape))
-        sizes = np.full(n, size, dtype=np.uint64)
-        if n:
-            decoded = self._decompressor.multi_decompress_to_buffer(blobs, decompressed_sizes=sizes.tobytes(),
-                                                                   threads=_THREADS if n >= 64 else 1)
-            for i in range(n):
-                out[i] = np.frombuffer(decoded[i], dtype=np.uint8).reshape(shape)
-        return out
+        n = len(blobs)
+        sizes = np.full(n, int(np.prod(shape)), dtype=np.uint64)
+        decoded = self._decompressor.multi_decompress_to_buffer(blobs, decompressed_sizes=sizes.tobytes(),
+                                                               threads=_THREADS if n >= 64 else 1)
+        for i, slot in enumerate(slots.tolist()):
+            array[slot] = np.frombuffer(decoded[i], dtype=np.uint8).reshape(shape)
 
     def _locate(self, entry: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None,
                                                                     str]:

@@ -268,7 +268,7 @@ class Sampler:
             assert self.frame_options is not None
             self._prepared = PreparedFrames(self.lake_path, self.prepared, self.episodes, self.frame_options,
                                             index_budget=max(array_budget // 4, 1 << 20),
-                                            on_missing=self._check_present)
+                                            element_budget=frame_budget, on_missing=self._check_present)
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
         self._complete = False  # every episode resident

@@ -83,17 +83,18 @@ def _equal_batches(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: store_key(o) + f"-stack{o.stack_n}")
 @pytest.mark.parametrize(("frequency", "offset"), [(1, 0), (2, 1), (4, 0)])
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 200_000])  # every element kept / slots reused each batch
 def test_batches_from_the_store_equal_decoded_batches(lake: Lake, options: FrameOptions, frequency: int,
-                                                      offset: int) -> None:
+                                                      offset: int, cache_bytes: int) -> None:
     report = lake.prepare_frames(options, workers=1)
     assert report.key == store_key(options) and not report.skipped
     common = {"batch_size": 64, "observation": "frames", "frames": options, "seed": 5,
               "downsample_frequency": frequency, "downsample_offset": offset}
-    stored = lake.sampler(**common, prepared=True)
+    stored = lake.sampler(**common, prepared=True, cache_bytes=cache_bytes)
     decoded = lake.sampler(**common, prepared=False)
     assert stored.prepared == store_key(options) and decoded.prepared is None
     starts = 0
-    for j in range(4):
+    for j in (0, 1, 2, 1, 3, 0):
         a, b = stored.batch(j), decoded.batch(j)
         _equal_batches(a, b)
         starts += int((a.positions * frequency + offset < 12).sum())

@@ -168,6 +168,8 @@ class Sampler:
                                    f"{store_key(self.frame_options)}); run lake.prepare_frames(options, ...) or "
                                    f"`ingest-pipeline frames prepare`, or pass prepared=None to decode the PNGs")
         self.lengths = lengths  # transitions (kept steps) per entry of ``episodes``
+        # At most this many raw steps behind the kept ones: the most frame elements there are to keep
+        self.raw_steps = int(lengths.sum()) * downsample_frequency + len(lengths) * downsample_offset
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.transitions = int(self.offsets[-1])
         if self.transitions == 0:
@@ -268,7 +270,8 @@ class Sampler:
             assert self.frame_options is not None
             self._prepared = PreparedFrames(self.lake_path, self.prepared, self.episodes, self.frame_options,
                                             index_budget=max(array_budget // 4, 1 << 20),
-                                            element_budget=frame_budget, on_missing=self._check_present)
+                                            element_budget=frame_budget, elements=self.raw_steps,
+                                            on_missing=self._check_present)
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
         self._complete = False  # every episode resident

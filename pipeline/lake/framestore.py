@@ -29,6 +29,7 @@ import json
 import os
 import struct
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ def write_options(lake: Path, key: str, description: dict[str, Any]) -> None:
     target = store / OPTIONS_FILE
     if target.exists():
         return
-    temporary = store / f".{OPTIONS_FILE}.{os.getpid()}.tmp"
+    temporary = store / f".{OPTIONS_FILE}.{uuid.uuid4().hex}.tmp"  # one per writer, threads included
     temporary.write_text(json.dumps(description, indent=1) + "\n")
     os.replace(temporary, target)
 

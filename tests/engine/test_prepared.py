@@ -202,7 +202,7 @@ def test_concurrent_prepares_leave_one_whole_store(tmp_path: Path) -> None:
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
+    threads = [threading.Thread(target=run) for _ in range(6)]  # the same options file, the same entries
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -308,3 +308,16 @@ def test_an_episode_removed_and_collected_while_sampling_asks_for_a_refresh(tmp_
     with pytest.raises(DatasetError, match=f"episode {gone} was removed from the lake after this sampler's "
                                            f"snapshot was taken: call lake.refresh\\(\\) and make a new sampler"):
         sampler.batch(0)
+
+
+def test_the_store_still_serves_episodes_after_compaction(tmp_path: Path) -> None:
+    lake = _lake(tmp_path, [_episode(n, 6) for n in range(3)])
+    options = FrameOptions.atari()
+    lake.prepare_frames(options, workers=1)
+    lake.compact()
+    lake = Lake(lake.path)
+    assert all(location.segment for location in lake.locations)  # ids unchanged: the entries still apply
+    common = {"batch_size": 48, "observation": "frames", "frames": options, "seed": 6}
+    stored = lake.sampler(**common)
+    assert stored.prepared == store_key(options)
+    _equal_batches(stored.batch(2), lake.sampler(**common, prepared=False).batch(2))

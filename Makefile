@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 LAKE ?= lake
 EXAMPLE ?= examples/lunar_lander.json
 BENCH_DATA ?= bench-data
+# Transitions in the sampler section's lakes (built and prepared once into BENCH_DATA; 2000000 takes ~45 min)
+SAMPLER ?= 200000
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install run test lint typecheck bench bench-quick bench-clean clean
@@ -76,12 +78,12 @@ lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check pipeline cli.py tests benchmarks
 	$(VENV)/bin/mypy pipeline cli.py benchmarks
 
-bench: install ## Benchmark ingest and reads at ~100 MB and ~1 GB per profile; writes BENCHMARKS.md (long)
-	$(PY) -m benchmarks.run --data $(BENCH_DATA)
+bench: install ## Benchmark ingest, reads (~100 MB, ~1 GB) and the sampler (SAMPLER=200000,2000000); writes BENCHMARKS.md (long)
+	$(PY) -m benchmarks.run --data $(BENCH_DATA) --sampler $(SAMPLER)
 	$(PY) -m benchmarks.report --data $(BENCH_DATA) --append BENCHMARKS.md
 
 bench-quick: install ## Benchmark the ~100 MB files only (a few minutes); writes BENCHMARKS.md
-	$(PY) -m benchmarks.run --quick --data $(BENCH_DATA)
+	$(PY) -m benchmarks.run --quick --data $(BENCH_DATA) --sampler 0
 
 bench-clean: ## Remove the generated benchmark files and lakes (bench-data/)
 	rm -rf $(BENCH_DATA)

@@ -434,7 +434,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--older-than", metavar="DURATION", callback=_duration,
               help="Only remove leftovers older than this (90s, 30m, 12h, 2d). [default: any age]")
 def gc(lake: str | None, older_than: float) -> None:
-    """Remove the staging folders of ingests that are no longer running.
+    """Remove the staging folders of ingests that are no longer running (and stale prepared frames).
 
     A crashed or killed ingest leaves its folder in LAKE/_staging; one that is still running
     holds a lock on it and is never touched. Locks are per machine: on a lake shared by several
@@ -450,9 +450,13 @@ def gc(lake: str | None, older_than: float) -> None:
     for folder in report.removed:
         click.echo(f"removed {folder}")
     kept = len(report.running) + len(report.recent)
-    click.echo(f"{console.plural(len(report.removed), 'staging folder')} removed, "
-               f"{len(report.running)} still running, {len(report.recent)} too recent"
-               if report.removed or kept else "nothing to remove")
+    if report.frames:
+        click.echo(f"{len(report.frames)} prepared frame file(s) removed (episodes no longer in the lake)")
+    if report.removed or kept:
+        click.echo(f"{console.plural(len(report.removed), 'staging folder')} removed, "
+                   f"{len(report.running)} still running, {len(report.recent)} too recent")
+    elif not report.frames:
+        click.echo("nothing to remove")
 
 
 @cli.command()
@@ -524,6 +528,96 @@ def import_minari(dataset: str, lake: str | None, environment: str | None, as_js
                f"{counts['exists']} already present, {counts['invalid']} invalid, {counts['failed']} failed", err=True)
     if counts["invalid"] or counts["failed"]:
         sys.exit(1)
+
+
+@cli.group("frames")
+def frames_group() -> None:
+    """Prepared frame stores: frames decoded and processed once, so that the sampler need not decode PNGs.
+
+    \b
+    Examples:
+      ingest-pipeline frames prepare --atari
+      ingest-pipeline frames ls
+    """
+
+
+@frames_group.command("prepare")
+@click.argument("episode_ids", nargs=-1, metavar="[EPISODE_ID]...")
+@click.option("--atari", is_flag=True, help="CrowdPlay's processing (FrameOptions.atari()); other options refused.")
+@click.option("--resize", metavar="HxW", callback=_size, help="Resize frames, e.g. 84x84.")
+@click.option("--grayscale", is_flag=True, help="Grayscale frames.")
+@click.option("--max-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Each element is the pixel-wise max of this many consecutive raw frames.")
+@click.option("--resample", type=click.Choice(["bilinear", "area"]), default="bilinear", show_default=True)
+@click.option("--luma", type=click.Choice(["pillow", "opencv"]), default="pillow", show_default=True)
+@click.option("--missing-frames", type=click.Choice(["error", "previous"]), default="error", show_default=True,
+              help="A step without an image: none stored (sampling it fails), or the latest image before it.")
+@click.option("--agent", help="The agent whose frames to prepare. [default: each episode's first agent]")
+@click.option("--codec", type=click.Choice(["zstd", "raw"]), default="zstd", show_default=True,
+              help="zstd: about the PNGs' size on disk; raw: ~5x larger, less CPU to read.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Worker processes. [default: the cores]")
+@lake_option
+def frames_prepare(episode_ids: tuple[str, ...], atari: bool, resize: tuple[int, int] | None, grayscale: bool,
+                   max_n: int, resample: str, luma: str, missing_frames: str, agent: str | None, codec: str,
+                   jobs: int | None, lake: str | None) -> None:
+    """Decode and process the frames of episodes (default: all) into the lake's frame store.
+
+    Only episodes not prepared yet are done, so it resumes where a stopped run left off. A sampler
+    whose FrameOptions have the same resize, grayscale, max_n, resample, luma and missing then reads
+    the store (any stacking) instead of decoding PNGs, with the same values. `gc` removes the
+    frames of episodes no longer in the lake.
+
+    \b
+    Examples:
+      ingest-pipeline frames prepare --atari
+      ingest-pipeline frames prepare 257a 3f2a --resize 84x84 --grayscale -j 2
+    """
+    if atari:
+        if resize or grayscale or max_n != 1 or resample != "bilinear" or luma != "pillow":
+            raise click.UsageError("--atari fixes the frame options; give it alone (or with --missing-frames)")
+        options = pipeline.FrameOptions.atari(missing=missing_frames)  # type: ignore[arg-type]
+    else:
+        options = pipeline.FrameOptions(resize=resize, grayscale=grayscale, max_n=max_n, resample=resample,  # type: ignore[arg-type]
+                                        luma=luma, missing=missing_frames)  # type: ignore[arg-type]
+    last = [0.0]
+
+    def progress(report: Any, total: int) -> None:
+        import time
+
+        if time.monotonic() - last[0] >= 2:
+            last[0] = time.monotonic()
+            done = report.prepared + report.present + len(report.skipped or ())
+            click.echo(f"{done}/{total} episodes, {report.frames:,} frames, "
+                       f"{report.frames / max(report.seconds, 1e-9):,.0f} frames/s", err=True)
+
+    with _library_errors():
+        report = _open_lake(lake).prepare_frames(options, list(episode_ids) or None, agent, codec=codec,  # type: ignore[arg-type]
+                                                 workers=jobs, progress=progress)
+    for episode_id, name, reason in report.skipped or ():
+        click.echo(f"not prepared: episode {episode_id} agent {name}: {reason} (the sampler decodes its PNGs)")
+    ratio = f", {report.bytes / report.image_bytes:.2f}x its PNG bytes" if report.image_bytes else ""
+    click.echo(f"{console.plural(report.prepared, 'episode')} prepared ({report.frames:,} frames, "
+               f"{report.bytes / 1e6:,.1f} MB{ratio}) in {report.seconds:.1f} s, {report.present} already prepared: "
+               f"{report.store}")
+
+
+@frames_group.command("ls")
+@lake_option
+def frames_ls(lake: str | None) -> None:
+    """List the lake's prepared frame stores: options, episodes prepared, size on disk.
+
+    \b
+    Examples:
+      ingest-pipeline frames ls --lake /data/lake
+    """
+    from pipeline.lake.framestore import list_stores
+
+    with _library_errors():
+        stores = list_stores(_open_lake(lake).path)
+    for store in stores:
+        click.echo(f"{store.key}  {store.entries} prepared  {store.bytes / 1e6:,.1f} MB")
+    if not stores:
+        click.echo("no prepared frames")
 
 
 def main() -> None:

@@ -736,6 +736,10 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pipeline", help="import pipeline from this folder instead of the working tree")
     parser.add_argument("--scale", type=int, default=100_000,
                         help="small episodes in the scale section (benchmarks/scale.py; 0 skips it)")
+    parser.add_argument("--sampler", default="200000",
+                        help="transitions in the sampler section's lakes, e.g. 200000,2000000 (benchmarks/sampler.py; "
+                             "0 skips it; lakes and prepared frame stores are cached in the data folder)")
+    parser.add_argument("--sampler-seconds", type=float, default=8.0, help="seconds of sampling per run")
     args = parser.parse_args(list(argv) if argv is not None else None)
     global pipeline_root
     pipeline_root = Path(args.pipeline).absolute() if args.pipeline else REPO
@@ -782,12 +786,22 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
         log(f"scale: {args.scale} small episodes")
         report["scale"] = scale.run(args.scale, data=data, seed=args.seed, repeat=max(args.read_repeat, 3),
                                     jobs=os.cpu_count() or 1)
+    sampler_sizes = [int(n) for n in _parse_list(args.sampler) if int(n) > 0]
+    if sampler_sizes:
+        from benchmarks import sampler
+
+        report["sampler"] = sampler.run(sampler_sizes, data=data, repeat=args.repeat, log=log,
+                                        seconds=args.sampler_seconds)
     report["load_end"] = load_average()
     text = render(report)
     if report.get("scale"):
         from benchmarks import scale
 
         text += "\n" + scale.render(report["scale"])
+    if report.get("sampler"):
+        from benchmarks import sampler
+
+        text += "\n" + sampler.render(report["sampler"])
     Path(args.output).write_text(text, encoding="utf-8")
     (data / "last-run.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     print(text)

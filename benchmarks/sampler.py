@@ -132,7 +132,32 @@ def _rate(make_batch: Any, seconds: float) -> tuple[float, int]:
     return done / (time.perf_counter() - started), j
 
 
-def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[str, Any]:
+def _options(mode: str) -> Any:
+    from pipeline import FrameOptions
+
+    return {"frames": FrameOptions.atari(),
+            "frames-plain": FrameOptions(grayscale=True, resize=(84, 84), stack_n=4)}.get(mode, False)
+
+
+def prepare(mode: str, lake_path: str, codec: str) -> dict[str, Any]:
+    """Prepare the frame store ``mode``'s sampler reads (only what is missing), timed: wall, and CPU of
+    this process and of the work in its worker processes."""
+    from pipeline import Lake
+
+    lake = Lake(lake_path)
+    started, cpu = time.perf_counter(), time.process_time()
+    report = lake.prepare_frames(_options(mode), codec=codec)  # type: ignore[arg-type]
+    wall = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu + report.cpu_seconds  # this process's, and the workers' own
+    return {"prepare": mode, "store": report.key, "codec": codec, "entries_written": report.prepared,
+            "entries_present": report.present, "frames": report.frames, "seconds": round(wall, 1),
+            "cpu_seconds": round(cpu_s, 1), "frames_per_second": round(report.frames / wall) if report.frames else None,
+            "store_mb": round(report.bytes / 1e6, 1), "png_mb": round(report.image_bytes / 1e6, 1),
+            "bytes_per_frame": round(report.bytes / report.frames) if report.frames else None,
+            "load_average": round(os.getloadavg()[0], 2), "peak_rss_mib": round(_peak_rss_mib(), 1)}
+
+
+def measure(mode: str, lake_path: str, cache_mb: int, seconds: float, prepared: str = "auto") -> dict[str, Any]:
     from pipeline import FrameOptions, Lake
 
     lake = Lake(lake_path)
@@ -177,7 +202,9 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
         frame_options: bool | FrameOptions = choices.get(mode, False)
         started = time.perf_counter()
         sampler = lake.sampler(batch_size=BATCH, observation="vector" if mode == "vector" else "frames",
-                               frames=frame_options, seed=0, cache_bytes=cache)
+                               frames=frame_options, seed=0, cache_bytes=cache,
+                               prepared={"auto": None, "yes": True, "no": False}[prepared])
+        result["prepared"] = getattr(sampler, "prepared", None)
         result["index_seconds"] = round(time.perf_counter() - started, 3)
         result["transitions"] = sampler.transitions
         started = time.perf_counter()
@@ -197,6 +224,81 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float) -> dict[st
     return result
 
 
+def _child(args: list[str]) -> dict[str, Any]:
+    """One measurement in a fresh interpreter (its peak RSS its own): the JSON line it prints."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.sampler", *args], check=True, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+FRAME_MODES = ("frames", "frames-plain")
+
+
+def run(sizes: list[int], *, data: Path, cache_mb: int = 1024, seconds: float = 8.0, repeat: int = 3,
+        log: Any = print) -> dict[str, Any]:
+    """The sampler section of ``make bench``: for each lake size, prepare the frame stores (once: the
+    figures of the run that prepared them are kept next to the lake), then sample frames from the store
+    and by decoding PNGs, and vectors, ``repeat`` times each, interleaved; medians."""
+    import statistics
+
+    results: dict[str, Any] = {"cache_mb": cache_mb, "seconds": seconds, "repeat": repeat, "sizes": {}}
+    for size in sizes:
+        log(f"sampler: lake of {size:,} transitions")
+        lake = build_lake(data, size)
+        png = sum(f.stat().st_size for f in lake.rglob("steps.parquet"))
+        entry: dict[str, Any] = {"lake": str(lake), "steps_parquet_mb": round(png / 1e6), "prepare": {}, "runs": {}}
+        for mode in FRAME_MODES:
+            cached = data / f"sampler-prepare-v1-{size}-{mode}.json"
+            if cached.exists():
+                figures = json.loads(cached.read_text())
+            else:
+                log(f"sampler: preparing {mode} ({size:,} transitions)")
+                figures = _child(["--prepare-only", mode, "--lake", str(lake)])
+                if figures["entries_written"] and not figures["entries_present"]:  # a whole prepare: keep it
+                    cached.write_text(json.dumps(figures))
+            entry["prepare"][mode] = figures
+        plan = [("vector", "auto"), *[(m, how) for m in FRAME_MODES for how in ("yes", "no")]]
+        runs: dict[str, list[dict[str, Any]]] = {f"{m}/{how}": [] for m, how in plan}
+        for _ in range(repeat):
+            for mode, how in plan:
+                runs[f"{mode}/{how}"].append(_child(["--measure", mode, "--lake", str(lake), "--cache-mb",
+                                                     str(cache_mb), "--seconds", str(seconds), "--prepared", how]))
+        for name, measured in runs.items():
+            entry["runs"][name] = {
+                "transitions_per_second": statistics.median(r["transitions_per_second"] for r in measured),
+                "cpu_us_per_transition": statistics.median(r["cpu_us_per_transition"] for r in measured),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in measured),
+                "load": [r["load_average"] for r in measured],
+                "prepared": measured[0].get("prepared"),
+            }
+        results["sizes"][str(size)] = entry
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """The sampler section of BENCHMARKS.md."""
+    lines = [f"## Sampler (issue 16): batches of {BATCH}, cache {results['cache_mb']} MB, "
+             f"median of {results['repeat']} fresh processes, {results['seconds']} s each", "",
+             "| transitions | sampling | frames from | transitions/s | CPU us/transition | peak RSS MiB | load |",
+             "|---:|---|---|---:|---:|---:|---|"]
+    for size, entry in results["sizes"].items():
+        for name, r in entry["runs"].items():
+            mode, how = name.split("/")
+            source = "-" if mode == "vector" else ("prepared store" if how == "yes" else "PNG decode")
+            loads = ", ".join(f"{x:.1f}" for x in r["load"])
+            lines.append(f"| {int(size):,} | {mode} | {source} | {r['transitions_per_second']:,.0f} | "
+                         f"{r['cpu_us_per_transition']} | {r['peak_rss_mib']:.0f} | {loads} |")
+    lines += ["", "Preparing the frame stores (`Lake.prepare_frames`, 2 worker processes):", "",
+              "| transitions | store | frames/s | wall s | CPU s | store MB | PNG MB | bytes/frame | load |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for size, entry in results["sizes"].items():
+        for p in entry["prepare"].values():
+            lines.append(f"| {int(size):,} | `{p['store']}` | {p['frames_per_second'] or 0:,} | {p['seconds']} | "
+                         f"{p['cpu_seconds']} | {p['store_mb']:,} | {p['png_mb']:,} | {p['bytes_per_frame']} | "
+                         f"{p['load_average']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transitions", type=int, default=200_000)
@@ -209,11 +311,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="bench-data")
     parser.add_argument("--cache-mb", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--prepare", action="store_true",
+                        help="first prepare the frame store of each frames mode (timed; only what is missing)")
+    parser.add_argument("--codec", choices=["zstd", "raw"], default="zstd", help="the frame store's codec")
+    parser.add_argument("--prepared", choices=["auto", "yes", "no"], default="auto",
+                        help="frames from a prepared store: when it covers the lake, required, or never (decode PNGs)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare-only", help=argparse.SUPPRESS)
     parser.add_argument("--lake", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.lake, args.cache_mb, args.seconds)), flush=True)
+        print(json.dumps(measure(args.measure, args.lake, args.cache_mb, args.seconds, args.prepared)), flush=True)
+        return
+    if args.prepare_only:
+        print(json.dumps(prepare(args.prepare_only, args.lake, args.codec)), flush=True)
         return
     root = Path(args.data)
     root.mkdir(parents=True, exist_ok=True)
@@ -227,10 +338,15 @@ def main(argv: list[str] | None = None) -> None:
     modes = [m for m, on in (("numpy", args.numpy or args.vector), ("numpy-frames", args.numpy and framed),
                              ("vector", args.vector),
                              ("frames", args.frames), ("frames-plain", args.frames_plain)) if on]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    if args.prepare:
+        for mode in [m for m in modes if m in ("frames", "frames-plain")]:
+            subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--prepare-only", mode, "--lake", str(lake),
+                            "--codec", args.codec], check=True, env=env)
     for mode in modes:
         subprocess.run([sys.executable, "-m", "benchmarks.sampler", "--measure", mode, "--lake", str(lake),
-                        "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds)], check=True,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+                        "--cache-mb", str(args.cache_mb), "--seconds", str(args.seconds),
+                        "--prepared", args.prepared], check=True, env=env)
 
 
 if __name__ == "__main__":

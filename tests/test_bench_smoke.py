@@ -126,14 +126,18 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     """``benchmarks.run`` end to end (about ten fresh processes), down to the report's sections."""
     output = tmp_path / "BENCHMARKS.md"
     report = run.main(["--sizes", "100KB", "--profiles", "pixels", "--repeat", "1", "--lake-sizes", "3",
-                       "--trajectory-steps", "300", "--scale", "40", "--data", str(tmp_path / "data"),
+                       "--trajectory-steps", "300", "--scale", "40", "--sampler", "2100", "--sampler-seconds", "0.2",
+                       "--data", str(tmp_path / "data"),
                        "--output", str(output)])
     summary = report["files"][0]["summary"]
     assert {kind: s["status"] for kind, s in summary.items()} == {
         "ingest": "ok", "parse_floor": "ok", "baseline": "ok"}
     assert report["reads"]["query 3 polars"]["episodes"] == 3
     assert report["reads"]["trajectory numpy"]["shape"] == [300, 8]
+    sampled = report["sampler"]["sizes"]["2100"]["runs"]
+    assert sampled["frames/yes"]["prepared"] == "v1-84x84-gray-max2-area-opencv-error"
+    assert sampled["frames/no"]["prepared"] is None and sampled["frames/yes"]["transitions_per_second"] > 0
     text = output.read_text()
     for heading in ("## Machine", "## Ingest and its references", "### Ratios", "## Targets (issue 5)",
-                    "## Read side", "## Scale"):
+                    "## Read side", "## Scale", "## Sampler (issue 16)"):
         assert heading in text

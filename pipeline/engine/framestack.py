@@ -115,6 +115,14 @@ def stacked_frames(
     return stacked if options.framestack_axis_first else np.moveaxis(stacked, 1, -1)
 
 
+def processed_elements(frame_at: Callable[[int], np.ndarray], ends: list[int], options: FrameOptions,
+                       episode_id: str | None = None) -> np.ndarray:
+    """``[len(ends), *F]``: the stacked elements ending at raw steps ``ends`` (sorted), as
+    :func:`stacked_frames` makes them: what a prepared frame store keeps (:mod:`pipeline.engine.prepared`)."""
+    check_options(options)
+    return _elements(frame_at, ends, options, episode_id)
+
+
 def _elements(frame_at: Callable[[int], np.ndarray], ends: list[int], options: FrameOptions,
               episode_id: str | None) -> np.ndarray:
     """``[len(ends), *F]``: each element (max over its raw frames) in grayscale and resized."""

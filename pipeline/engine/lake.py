@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +50,7 @@ from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 if TYPE_CHECKING:
+    from .prepared import PrepareReport
     from .sampler import Sampler
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
@@ -530,17 +531,40 @@ class Lake:
         seed: int = 0,
         epochs: int | None = None,
         cache_bytes: int = 1 << 30,
+        prepared: bool | None = None,
     ) -> Sampler:
         """Batches of transitions drawn uniformly at random from the selection, in bounded memory.
 
         See :class:`pipeline.engine.sampler.Sampler`: endless (or ``epochs`` passes), deterministic
         for a ``seed``, aligned as :meth:`trajectory` is, within ``cache_bytes`` of cached arrays.
+        Frames come from a prepared frame store (:meth:`prepare_frames`) when one holds the whole
+        selection, with the same values; ``prepared=True`` requires one, ``False`` decodes the PNGs.
         """
         from .sampler import Sampler
 
         return Sampler(self, episodes, agent, batch_size=batch_size, observation=observation, frames=frames,
                        downsample_frequency=downsample_frequency, downsample_offset=downsample_offset,
-                       seed=seed, epochs=epochs, cache_bytes=cache_bytes)
+                       seed=seed, epochs=epochs, cache_bytes=cache_bytes, prepared=prepared)
+
+    def prepare_frames(
+        self,
+        options: FrameOptions,
+        episodes: Selection = None,
+        agent: str | None = None,
+        *,
+        codec: Literal["zstd", "raw"] = "zstd",
+        workers: int | None = None,
+        progress: Callable[[PrepareReport, int], None] | None = None,
+    ) -> PrepareReport:
+        """Decode and process the selection's frames once into the lake's frame store for ``options``.
+
+        Only entries not prepared yet are written (``workers`` processes; default: the usable cores);
+        a sampler with the same element options then reads them instead of decoding PNGs. See
+        :mod:`pipeline.engine.prepared`; ``gc`` removes entries of episodes no longer in the lake.
+        """
+        from .prepared import prepare_frames
+
+        return prepare_frames(self, options, episodes, agent, codec=codec, workers=workers, progress=progress)
 
     # -- reports ------------------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ images it needs once (:mod:`.frameread`), decodes on two threads (:mod:`.pngdeco
 entry at once; image bytes (by row group) and decoded raw frames are kept in two LRUs bounded by
 bytes (with ``missing="previous"``, finished stacks per entry, the earlier path). ``epochs=`` mode
 also holds one permutation of the selection's transition indices (8 bytes each).
+
+When a prepared frame store (:mod:`.prepared`) holds every selected entry for the frame options, the
+stacks are made from its stored elements instead (``pread`` and zstd, no PNG decoding): the same values.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .frameread import ByteLRU as _LRU
 from .frameread import ImageReader, check_images
 from .framestack import element_ends, grayscale, raw_indices, resize, stacked_frames
 from .pngdecode import raw_frame
+from .prepared import PreparedFrames, covering_store, store_key
 from .trajectory import FrameOptions, agent_step_numbers, frame_layout, load_frames, load_trajectory
 
 if TYPE_CHECKING:
@@ -124,6 +128,7 @@ class Sampler:
         seed: int = 0,
         epochs: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        prepared: bool | None = None,
     ) -> None:
         if observation not in ("vector", "frames"):
             raise DatasetError(f"observation must be 'vector' or 'frames', not {observation!r}")
@@ -154,7 +159,17 @@ class Sampler:
         self.episodes: list[tuple[str, str]] = [(loc.episode_id, a) for loc, a in zip(self._locations, agents,
                                                                                        strict=True)]
         self._steps_paths = [location.table("steps") for location in self._locations]
+        # A prepared frame store that holds every entry serves the frames (None: auto; False: decode PNGs)
+        self.prepared: str | None = None
+        if self.frame_options is not None and prepared is not False:
+            self.prepared = covering_store(lake.path, self.frame_options, self.episodes)
+            if self.prepared is None and prepared:
+                raise DatasetError(f"no prepared frames for every selected episode with these options (store "
+                                   f"{store_key(self.frame_options)}); run lake.prepare_frames(options, ...) or "
+                                   f"`ingest-pipeline frames prepare`, or pass prepared=None to decode the PNGs")
         self.lengths = lengths  # transitions (kept steps) per entry of ``episodes``
+        # At most this many raw steps behind the kept ones: the most frame elements there are to keep
+        self.raw_steps = int(lengths.sum()) * downsample_frequency + len(lengths) * downsample_offset
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.transitions = int(self.offsets[-1])
         if self.transitions == 0:
@@ -250,6 +265,13 @@ class Sampler:
         self._decoded = _LRU(frame_budget // 2)  # (entry, raw index) -> raw frame as decoded
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self._prepared: PreparedFrames | None = None
+        if self.prepared is not None:
+            assert self.frame_options is not None
+            self._prepared = PreparedFrames(self.lake_path, self.prepared, self.episodes, self.frame_options,
+                                            index_budget=max(array_budget // 4, 1 << 20),
+                                            element_budget=frame_budget, elements=self.raw_steps,
+                                            on_missing=self._check_present)
         self._resident: _Arrays | None = None
         self._loaded: np.ndarray | None = None
         self._complete = False  # every episode resident
@@ -259,7 +281,7 @@ class Sampler:
         # Caches stay behind: each process (a DataLoader worker) fills its own.
         state = self.__dict__.copy()
         for name in ("_permutation", "_block", "_lru", "_frames_lru", "_raw_steps", "_frame_rows", "_images",
-                     "_decoded", "_pool", "_pool_pid", "_resident", "_loaded", "_complete", "_decided"):
+                     "_decoded", "_pool", "_pool_pid", "_prepared", "_resident", "_loaded", "_complete", "_decided"):
             state.pop(name)
         return state
 
@@ -381,6 +403,10 @@ class Sampler:
         k = len(position)
         both_episode = np.concatenate([episode, episode])
         both_position = np.concatenate([position, np.where(terminal, position, position + 1)])
+        if self._prepared is not None:  # elements decoded and processed ahead of time (.prepared)
+            kept = self.downsample_offset + both_position * self.downsample_frequency
+            stacks = self._prepared.stacks(both_episode, kept, skip=self.downsample_frequency)
+            return stacks[:k], stacks[k:]
         if self.frame_options is not None and self.frame_options.missing == "error":
             return self._batch_frames(both_episode, both_position, k)
         out: np.ndarray | None = None

@@ -5,6 +5,8 @@
     lake/
       _staging/<token>/            one in-flight ingest: owner.lock (held while it runs), episode/
       _locks/environment=<name>    one lock file per environment (see :mod:`pipeline.lake.compact`)
+      _frames/<options-key>/       a prepared frame store (:mod:`pipeline.lake.framestore`): derived,
+        <id>-<agent>.frames        rebuildable, one file per (episode, agent); never read as episodes
       environment=<name>/          the name percent-encoded, so "ALE/Pong-v5" is one folder
         _generation                a token, new each time the folder is swapped for a rebuilt one
         episode_id=<id>/           one committed episode: its five tables, published by one rename
@@ -22,6 +24,7 @@ committed by another process right now): the rename fails and the ingest reports
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -43,6 +46,8 @@ FOOTER_MAP = "footers.json"  # in a segment folder: where each row group lies in
 OWNER_LOCK = "owner.lock"
 LOCKS = "_locks"
 GENERATION = "_generation"
+FRAMES = "_frames"
+FRAMES_SUFFIX = ".frames"
 # An episode id is this many hex digits (of the SHA-256 of its file); a shorter one is a prefix.
 ID_LENGTH = 32
 # How often a listing is retried when a compaction swaps an environment folder while it lists.
@@ -183,6 +188,24 @@ def locations_of(entries: list[Entry]) -> list[EpisodeLocation]:
 
 def episode_path(lake: Path, environment: str, episode_id: str) -> Path:
     return lake / environment_folder(environment) / (EPISODE_PREFIX + episode_id)
+
+
+def frame_store_path(lake: Path, key: str) -> Path:
+    """The folder of the prepared frame store ``key`` (one per set of frame-element options)."""
+    return lake / FRAMES / key
+
+
+def frame_entry_name(episode_id: str, agent: str) -> str:
+    """The file name of one (episode, agent) in a frame store: the id, then a hash of the agent's name
+    (any string, so not itself a safe file name)."""
+    return f"{episode_id}-{hashlib.sha256(agent.encode()).hexdigest()[:16]}{FRAMES_SUFFIX}"
+
+
+def frame_entry_episode(name: str) -> str | None:
+    """The episode id a frame store file belongs to (None: not an entry's name)."""
+    if not name.endswith(FRAMES_SUFFIX) or len(name) < ID_LENGTH + 1 or name[ID_LENGTH] != "-":
+        return None
+    return name[:ID_LENGTH]
 
 
 def list_episodes(lake: Path) -> list[EpisodeLocation]:

@@ -7,12 +7,13 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LakeError
 from .commit import Staging, environment_lock
-from .layout import OWNER_LOCK, STAGING, EpisodeLocation, resolve_lake
+from .framestore import remove_stale_entries
+from .layout import FRAMES, OWNER_LOCK, STAGING, EpisodeLocation, list_episodes, resolve_lake
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class GcReport:
     removed: list[Path]
     running: list[Path]  # still locked by a live ingest
     recent: list[Path]  # younger than ``older_than``
+    frames: list[Path] = field(default_factory=list)  # frame store entries of episodes no longer in the lake
 
 
 # A staging folder without a lock file is either being created right now or was left by a crash
@@ -75,7 +77,8 @@ _UNLOCKED_GRACE_SECONDS = 60.0
 
 
 def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -> GcReport:
-    """Remove staging folders of ingests that are no longer running (crashed or killed).
+    """Remove staging folders of ingests that are no longer running (crashed or killed), and prepared
+    frame store entries (:mod:`pipeline.lake.framestore`) of episodes no longer in the lake.
 
     An ingest holds an exclusive ``flock`` on its ``owner.lock`` while it runs; a folder whose
     lock can be taken belongs to a dead process. ``older_than`` (seconds) spares recent folders.
@@ -84,6 +87,10 @@ def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -
     """
     lake = resolve_lake(lake)
     report = GcReport([], [], [])
+    if (lake / FRAMES).is_dir():
+        listed_at = time.time()
+        live = {location.episode_id for location in list_episodes(lake)}
+        report.frames = remove_stale_entries(lake, live, listed_at)
     staging = lake / STAGING
     try:
         entries = sorted(staging.iterdir())

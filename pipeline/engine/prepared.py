@@ -18,6 +18,11 @@ without the store (``tests/engine/test_prepared.py``).
 Memory: a reader keeps each touched entry's index (17 bytes a step) in an LRU bounded by bytes and
 a bounded number of open files; element bytes are read with ``pread`` (the page cache holds them,
 outside the process's RSS) and the batch's elements are the only frames held.
+
+Longer than our ~400-line guide: it holds both halves of the store's use, preparing (``prepare_frames``
+to ``_prepare_entry``, with the process pool) and reading (``_Slab``, ``covering_store``,
+``PreparedFrames``), which share the element options and the store key; the cut is a ``prepare``
+module beside this one, once the reading side stops changing with the sampling-speed work.
 """
 
 from __future__ import annotations

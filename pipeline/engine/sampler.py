@@ -378,12 +378,9 @@ class Sampler:
             r = self._resident
             return (r.steps[indices], r.actions[indices], r.rewards[indices],
                     None if r.observations is None else r.observations[indices])
-        order = np.argsort(episode, kind="stable")
-        ordered = episode[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        ends = np.r_[starts[1:], len(order)]
+        order, ordered, runs = _runs(episode)
         parts = []
-        for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        for first, end in runs:
             rows = order[first:end]
             arrays = self._episode_arrays(int(ordered[first]))
             at = position[rows]
@@ -434,12 +431,9 @@ class Sampler:
         options = self.frame_options
         assert options is not None
         frequency, offset = self.downsample_frequency, self.downsample_offset
-        order = np.argsort(both_episode, kind="stable")
-        ordered = both_episode[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        ends = np.r_[starts[1:], len(order)]
+        order, ordered, runs = _runs(both_episode)
         plans = []
-        for first, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        for first, end in runs:
             e = int(ordered[first])
             kept = offset + both_position[order[first:end]] * frequency
             needed = raw_indices(kept, options, skip=frequency)
@@ -581,6 +575,15 @@ class Sampler:
                 frame = found[p] = view.copy()  # a view would keep the whole decoded batch alive
                 self._frames_lru.put((e, p), frame, frame.nbytes)
         return np.stack([found[p] for p in positions.tolist()])
+
+
+def _runs(episode: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The batch rows grouped by episode: a stable ``order``, ``episode[order]``, and each episode's
+    ``(first, end)`` run in it."""
+    order = np.argsort(episode, kind="stable")
+    ordered = episode[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]).tolist()
+    return order, ordered, list(zip(starts, [*starts[1:], len(order)], strict=True))
 
 
 def _stack_batch(decoded: list[np.ndarray], plans: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], rows: int,

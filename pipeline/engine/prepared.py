@@ -5,8 +5,8 @@ so a lake larger than the cache samples at ~1,000 transitions/s. :func:`prepare_
 each selected (episode, agent), every *element* a stack can hold (the pixel-wise max over ``max_n``
 raw frames, in grayscale and resized as the options say) into a frame store inside the lake
 (:mod:`pipeline.lake.framestore`); :class:`PreparedFrames` then makes a batch's stacks from those
-elements with a few ``pread`` calls and a zstd decompression of ~10 us per element, in C on two
-threads. Stacking itself (``stack_n``, ``skip_n``, padding, the stack axis, downsampling) happens at
+elements with one ``preadv`` per run of nearby elements and a zstd decompression of ~10 us per
+element, many per call and on two threads (:mod:`.storeread`). Stacking itself (``stack_n``, ``skip_n``, padding, the stack axis, downsampling) happens at
 sampling time, so one store serves every stacking of the same elements.
 
 The store is keyed by what decides an element (:func:`store_key`): ``resize``, ``grayscale``,
@@ -16,13 +16,13 @@ path (:func:`~pipeline.engine.framestack.processed_elements` over
 without the store (``tests/engine/test_prepared.py``).
 
 Memory: a reader keeps each touched entry's index (17 bytes a step) in an LRU bounded by bytes and
-a bounded number of open files; element bytes are read with ``pread`` (the page cache holds them,
-outside the process's RSS) and the batch's elements are the only frames held.
+a bounded number of open files; element bytes are read with ``preadv`` (the page cache holds them,
+outside the process's RSS) into two buffers kept between batches, and decoded elements live in one
+ring bounded by the frames' share of the cache.
 
-Longer than our ~400-line guide: it holds both halves of the store's use, preparing (``prepare_frames``
-to ``_prepare_entry``, with the process pool) and reading (``_Slab``, ``covering_store``,
-``PreparedFrames``), which share the element options and the store key; the cut is a ``prepare``
-module beside this one, once the reading side stops changing with the sampling-speed work.
+It holds both halves of the store's use, preparing (``prepare_frames`` to ``_prepare_entry``, with
+the process pool) and reading (``covering_store``, ``PreparedFrames``), which share the element
+options and the store key; the per-element machinery of reading is :mod:`.storeread`.
 """
 
 from __future__ import annotations

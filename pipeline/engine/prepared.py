@@ -6,8 +6,9 @@ each selected (episode, agent), every *element* a stack can hold (the pixel-wise
 raw frames, in grayscale and resized as the options say) into a frame store inside the lake
 (:mod:`pipeline.lake.framestore`); :class:`PreparedFrames` then makes a batch's stacks from those
 elements with one ``preadv`` per run of nearby elements and a zstd decompression of ~10 us per
-element, many per call and on two threads (:mod:`.storeread`). Stacking itself (``stack_n``, ``skip_n``, padding, the stack axis, downsampling) happens at
-sampling time, so one store serves every stacking of the same elements.
+element, many per call and on two threads (:mod:`.storeread`). Stacking itself (``stack_n``,
+``skip_n``, padding, the stack axis, downsampling) happens at sampling time, so one store serves
+every stacking of the same elements.
 
 The store is keyed by what decides an element (:func:`store_key`): ``resize``, ``grayscale``,
 ``max_n``, ``resample``, ``luma`` and ``missing``. Elements are made by the same code as the decode
@@ -28,7 +29,6 @@ options and the store key; the per-element machinery of reading is :mod:`.storer
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -465,30 +465,30 @@ class PreparedFrames:
         entry, raw = keys >> 32, keys & 0xFFFFFFFF
         starts = np.empty(len(raw), dtype=np.int64)
         stops = np.empty(len(raw), dtype=np.int64)
-        shape: tuple[int, ...] | None = None
-        codec = "zstd"
         bounds = np.flatnonzero(np.r_[True, entry[1:] != entry[:-1], True]).tolist()
-        for first, end in itertools.pairwise(bounds):
-            e = int(entry[first])
+        entries = entry[bounds[:-1]].tolist()
+        indexes = []
+        following = raw + 1
+        for e, first, end in zip(entries, bounds[:-1], bounds[1:], strict=True):  # the one loop per entry
             index = self._index(e)
-            wanted = raw[first:end]
-            if len(index.steps) <= int(wanted[-1]):
-                self._no_frame(e, index, wanted)
-            if shape is None:
-                shape, codec = index.shape, index.codec
-            elif index.shape != shape:
+            indexes.append(index)
+            offsets = index.offsets
+            if len(offsets) <= int(following[end - 1]):  # more steps than the store's entry holds
+                self._no_frame(e, index, raw[first:end])
+            np.take(offsets, raw[first:end], out=starts[first:end])
+            np.take(offsets, following[first:end], out=stops[first:end])
+        shape, codec = indexes[0].shape, indexes[0].codec
+        for e, index in zip(entries, indexes, strict=True):
+            if index.shape != shape:
                 episode_id = self.entries[e][0]
                 raise DatasetError(f"episode {episode_id}: frames of shape {list(index.shape)}, other sampled "
                                    f"episodes have {list(shape)}; pass resize=(height, width)", episode_id=episode_id)
-            starts[first:end] = index.offsets[wanted]
-            stops[first:end] = index.offsets[wanted + 1]
         empty = stops == starts
         if bool(empty.any()):
             e = int(entry[np.argmax(empty)])
             wanted = raw[entry == e]
             spans = (wanted[:, None] - np.arange(self.options.max_n)[None, :]).ravel()
             self._no_frame(e, self._index(e), spans[spans >= 0])
-        assert shape is not None
         return starts, stops, shape, codec
 
     def _no_frame(self, e: int, index: EntryIndex, spans: np.ndarray) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cores import usable_cores
 from ..errors import DatasetError
 
 MERGE_GAP = 16 * 1024  # elements of one file closer than this are read by one preadv (the gap read and dropped)
@@ -198,10 +199,16 @@ class Filler:
             self.pair(lambda half: run(half, half * (count // 2), count if half else count // 2))
 
     def pair(self, work: Callable[[int], Any]) -> None:
-        """``work(0)`` on the calling thread while ``work(1)`` runs on the other one."""
-        if self._pool is None or self._pid != os.getpid():  # a forked worker has no threads of its own
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store")
+        """``work(0)`` on the calling thread while ``work(1)`` runs on the other one (one after the other
+        when this process may use only one core)."""
+        if self._pid != os.getpid():  # first use, or a forked worker, which has no threads of its own
             self._pid = os.getpid()
+            single = usable_cores() < 2
+            self._pool = None if single else ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-store")
+        if self._pool is None:
+            work(0)
+            work(1)
+            return
         pending = self._pool.submit(work, 1)
         try:
             work(0)

@@ -205,3 +205,15 @@ def test_fill_in_a_forked_process_makes_its_own_thread(tmp_path: Path) -> None:
     assert os.waitpid(pid, 0)[1] == 0
     assert storeread._SPLIT_MIN <= 100  # the two-thread path was the one taken
     os.close(fds[0])
+
+
+def test_fill_on_one_core_stays_on_the_calling_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storeread, "usable_cores", lambda: 1)
+    elements = [_element(k) for k in range(100)]
+    fds, starts, stops = _store(tmp_path, elements, "zstd")
+    filler = Filler()
+    flat = np.zeros(101 * SIZE, dtype=np.uint8)
+    filler.fill(flat, SIZE, np.arange(1, 101), fds, np.zeros(100, dtype=np.int64), starts, stops, "zstd", str)
+    assert np.array_equal(flat[SIZE:].reshape(100, *SHAPE), np.stack(elements))
+    assert filler._pool is None
+    os.close(fds[0])

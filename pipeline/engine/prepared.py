@@ -426,6 +426,7 @@ class PreparedFrames:
     def _slots(self, keys: np.ndarray, first_entry: int) -> np.ndarray:
         """The ring slot of each element ``(entry << 32) | raw step`` (sorted), decoding the ones not held."""
         ring = self._ring
+        self._close_spare()  # files a failed batch left open
         if ring.array is not None and 2 * len(keys) + 1 > len(ring.owner):  # a larger batch than it was made for
             ring.reset(ring.array.shape[1:], len(keys))
         slots = ring.lookup(keys)

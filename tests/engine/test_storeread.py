@@ -116,10 +116,10 @@ def test_scatter_read_puts_each_range_back_to_back(tmp_path: Path, spans: list[l
     with pytest.MonkeyPatch.context() as patch:
         if not use_preadv:
             patch.delattr(os, "preadv", raising=False)
-        at = scatter_read(lambda e: files[e][0], np.asarray(entry, dtype=np.int64), np.asarray(starts, dtype=np.int64),
-                          np.asarray(stops, dtype=np.int64), into, str)
-    assert bytes(into[:at[-1]]) == b"".join(expected)
-    assert [bytes(into[a:b]) for a, b in itertools.pairwise(at.tolist())] == expected
+        placed = scatter_read(lambda e: files[e][0], np.asarray(entry, dtype=np.int64),
+                              np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64), into, str)
+    assert bytes(into[:placed[-1]]) == b"".join(expected)
+    assert [bytes(into[a:b]) for a, b in itertools.pairwise(placed.tolist())] == expected
     for fd, _ in files.values():
         os.close(fd)
 

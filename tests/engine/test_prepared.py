@@ -116,7 +116,7 @@ def test_any_sequence_of_batches_equals_the_decoded_one(lake: Lake, option: int,
     lake.prepare_frames(options, workers=1)
     element = 84 * 84 if options.resize else SIZE[0] * SIZE[1] * (1 if options.grayscale else 3)
     cache = 1 << 30 if slots is None else int(slots * element / 0.75) + 1  # the elements get 3/4 of the cache
-    common = {"batch_size": batch_size, "observation": "frames", "frames": options, "seed": seed}
+    common: dict[str, Any] = {"batch_size": batch_size, "observation": "frames", "frames": options, "seed": seed}
     stored = lake.sampler(**common, prepared=True, cache_bytes=cache)
     decoded = lake.sampler(**common, prepared=False)
     for j in batches:

@@ -8,7 +8,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, _binary, rows_to_batch
+from pipeline.ingestion.arrowrows import _binary, rows_to_batch
+from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn
 from pipeline.lake.tables import AGENT_STEPS, EPISODE_AGENTS, STEPS, UNIT_STEPS
 
 

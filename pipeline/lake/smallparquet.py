@@ -26,7 +26,7 @@ import math
 import struct
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .smallparquet_schemas import ARROW_SCHEMAS, COLUMNS
@@ -39,7 +39,7 @@ _REQUIRED, _OPTIONAL, _REPEATED = 0, 1, 2
 _UTF8, _LIST, _TIMESTAMP_MICROS = 0, 3, 10
 _PLAIN, _RLE = 0, 3
 # Compact protocol types.
-_T_TRUE, _T_FALSE, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 2, 5, 6, 8, 9, 12
+_T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 5, 6, 8, 9, 12
 # parquet-cpp's default max_statistics_size: larger min/max values are not written.
 _MAX_STATISTICS = 4096
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -83,15 +83,12 @@ class _Out:
             self.varint((fid << 1) ^ (fid >> 63))
         self.last[-1] = fid
 
-    def int(self, fid: int, value: int, kind: int = _T_I32) -> None:
+    def i32(self, fid: int, value: int, kind: int = _T_I32) -> None:
         self.field(fid, kind)
         self.varint((value << 1) ^ (value >> 63))
 
     def i64(self, fid: int, value: int) -> None:
-        self.int(fid, value, _T_I64)
-
-    def bool(self, fid: int, value: bool) -> None:
-        self.field(fid, _T_TRUE if value else _T_FALSE)
+        self.i32(fid, value, _T_I64)
 
     def binary(self, fid: int, value: bytes | str) -> None:
         data = value.encode() if isinstance(value, str) else value
@@ -114,7 +111,7 @@ class _Out:
         self.buf.append(0)
         self.last.pop()
 
-    def list(self, fid: int, kind: int, size: int) -> None:
+    def list_of(self, fid: int, kind: int, size: int) -> None:
         self.field(fid, _T_LIST)
         if size < 15:
             self.buf.append(size << 4 | kind)
@@ -244,11 +241,11 @@ def _list_page(kind: str, nullable: bool, values: Sequence[Any]) -> tuple[bytes,
 def _leaf_schema(out: _Out, name: str, kind: str, repetition: int) -> None:
     physical, converted, logical = _PHYSICAL[kind]
     out.begin(None)
-    out.int(1, physical)
-    out.int(3, repetition)
+    out.i32(1, physical)
+    out.i32(3, repetition)
     out.binary(4, name)
     if converted is not None:
-        out.int(6, converted)
+        out.i32(6, converted)
     if logical:
         out.raw(10, _T_STRUCT, logical)
     out.end()
@@ -258,25 +255,25 @@ def _schema(out: _Out, columns: Sequence[tuple[str, str, bool]]) -> int:
     """The ``FileMetaData.schema`` list (field 2); returns the number of leaf columns (one a field:
     lists are one level deep)."""
     lists = sum(1 for _, kind, _ in columns if kind.startswith("list<"))
-    out.list(2, _T_STRUCT, 1 + len(columns) + 2 * lists)
+    out.list_of(2, _T_STRUCT, 1 + len(columns) + 2 * lists)
     out.begin(None)
     out.binary(4, "schema")
-    out.int(5, len(columns))
+    out.i32(5, len(columns))
     out.end()
     for name, kind, nullable in columns:
         repetition = _OPTIONAL if nullable else _REQUIRED
         if kind.startswith("list<"):
             out.begin(None)
-            out.int(3, repetition)
+            out.i32(3, repetition)
             out.binary(4, name)
-            out.int(5, 1)
-            out.int(6, _LIST)
+            out.i32(5, 1)
+            out.i32(6, _LIST)
             out.raw(10, _T_STRUCT, _LIST_LOGICAL)
             out.end()
             out.begin(None)
-            out.int(3, _REPEATED)
+            out.i32(3, _REPEATED)
             out.binary(4, "list")
-            out.int(5, 1)
+            out.i32(5, 1)
             out.end()
             _leaf_schema(out, "element", kind[5:-1], _OPTIONAL)
         else:
@@ -286,21 +283,21 @@ def _schema(out: _Out, columns: Sequence[tuple[str, str, bool]]) -> int:
 
 def _page_header(size: int, levels: int, crc: int) -> bytes:
     out = _Out()
-    out.int(1, 0)  # DATA_PAGE
-    out.int(2, size)
-    out.int(3, size)
-    out.int(4, crc - (1 << 32) if crc >= 1 << 31 else crc)  # the CRC32 as a signed i32
+    out.i32(1, 0)  # DATA_PAGE
+    out.i32(2, size)
+    out.i32(3, size)
+    out.i32(4, crc - (1 << 32) if crc >= 1 << 31 else crc)  # the CRC32 as a signed i32
     out.begin(5)  # DataPageHeader
-    out.int(1, levels)
-    out.int(2, _PLAIN)
-    out.int(3, _RLE)
-    out.int(4, _RLE)
+    out.i32(1, levels)
+    out.i32(2, _PLAIN)
+    out.i32(3, _RLE)
+    out.i32(4, _RLE)
     out.end()
     out.buf.append(0)
     return bytes(out.buf)
 
 
-def encode(table: str, columns: dict[str, Sequence[Any]], num_rows: int) -> bytes:
+def encode(table: str, columns: Mapping[str, Sequence[Any]], num_rows: int) -> bytes:
     """The Parquet file of ``table`` (one of :data:`pipeline.lake.tables.TABLES`) holding ``columns``.
 
     ``columns`` maps every field of the table to its ``num_rows`` Python values (None for null; a list
@@ -331,13 +328,13 @@ def encode(table: str, columns: dict[str, Sequence[Any]], num_rows: int) -> byte
 def _footer(table: str, spec: Sequence[tuple[str, str, bool]],
             chunks: list[tuple[str, str, int, int, int, bytes | None]], num_rows: int) -> bytes:
     out = _Out()
-    out.int(1, 2)  # version
+    out.i32(1, 2)  # version
     leaves = _schema(out, spec)
     out.i64(3, num_rows)
-    out.list(4, _T_STRUCT, 1 if chunks else 0)
+    out.list_of(4, _T_STRUCT, 1 if chunks else 0)
     if chunks:
         out.begin(None)  # RowGroup
-        out.list(1, _T_STRUCT, len(chunks))
+        out.list_of(1, _T_STRUCT, len(chunks))
         total = 0
         for name, kind, offset, size, levels, stats in chunks:
             is_list = kind.startswith("list<")
@@ -345,17 +342,17 @@ def _footer(table: str, spec: Sequence[tuple[str, str, bool]],
             out.begin(None)  # ColumnChunk
             out.i64(2, 0)  # file_offset (deprecated; pyarrow writes 0)
             out.begin(3)  # ColumnMetaData
-            out.int(1, _PHYSICAL[leaf][0])
-            out.list(2, _T_I32, 2)
+            out.i32(1, _PHYSICAL[leaf][0])
+            out.list_of(2, _T_I32, 2)
             out.varint(_PLAIN << 1)
             out.varint(_RLE << 1)
             path = [name, "list", "element"] if is_list else [name]
-            out.list(3, _T_BINARY, len(path))
+            out.list_of(3, _T_BINARY, len(path))
             for part in path:
                 encoded = part.encode()
                 out.varint(len(encoded))
                 out.buf += encoded
-            out.int(4, 0)  # UNCOMPRESSED
+            out.i32(4, 0)  # UNCOMPRESSED
             out.i64(5, levels)
             out.i64(6, size)
             out.i64(7, size)
@@ -369,15 +366,15 @@ def _footer(table: str, spec: Sequence[tuple[str, str, bool]],
         out.i64(3, num_rows)
         out.i64(5, chunks[0][2])
         out.i64(6, total)
-        out.int(7, 0, kind=4)  # ordinal, an i16
+        out.i32(7, 0, kind=4)  # ordinal, an i16
         out.end()
-    out.list(5, _T_STRUCT, 1)
+    out.list_of(5, _T_STRUCT, 1)
     out.begin(None)  # KeyValue
     out.binary(1, "ARROW:schema")
     out.binary(2, ARROW_SCHEMAS[table])
     out.end()
     out.binary(6, CREATED_BY)
-    out.list(7, _T_STRUCT, leaves)
+    out.list_of(7, _T_STRUCT, leaves)
     for _ in range(leaves):
         out.buf += b"\x1c\x00\x00"  # ColumnOrder.TYPE_ORDER: TypeDefinedOrder {}
     out.buf.append(0)
@@ -413,8 +410,8 @@ def generate_schemas() -> str:
                 kind = kinds[field.type]
             lines.append(f"        ({field.name!r}, {kind!r}, {field.nullable}),")
         lines.append("    ),")
-    lines += ["}", "", "# The ARROW:schema key-value metadata pyarrow writes for each table (base64 of its IPC schema).",
-              "ARROW_SCHEMAS: dict[str, bytes] = {"]
+    lines += ["}", "", "# The ARROW:schema key-value metadata pyarrow writes for each table (base64 of its IPC",
+              "# schema).", "ARROW_SCHEMAS: dict[str, bytes] = {"]
     for name, schema in SCHEMAS.items():
         sink = io.BytesIO()
         pq.write_table(schema.empty_table(), sink)

@@ -79,7 +79,8 @@ COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     ),
 }
 
-# The ARROW:schema key-value metadata pyarrow writes for each table (base64 of its IPC schema).
+# The ARROW:schema key-value metadata pyarrow writes for each table (base64 of its IPC
+# schema).
 ARROW_SCHEMAS: dict[str, bytes] = {
     'episodes': (
         b'/////0AFAAAQAAAAAAAKAAwABgAFAAgACgAAAAABBAAMAAAACAAIAAAABAAIAAAABAAAABYAAADgBAAAnAQAAFgEAAAQBAAA'

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,7 @@ class EpisodeWriter:
             self._wait_oldest()
         self._in_flight.append(self._pool.submit(self._write, table, batch))
 
-    def write_columns(self, table: str, columns: dict[str, Sequence[Any]], num_rows: int) -> None:
+    def write_columns(self, table: str, columns: Mapping[str, Sequence[Any]], num_rows: int) -> None:
         """Write the whole of ``table`` from Python values, with :mod:`.smallparquet` (no pyarrow).
 
         For a small episode: every field's ``num_rows`` values (see :func:`.smallparquet.encode`).
@@ -113,7 +113,7 @@ class EpisodeWriter:
         self._small.add(table)
         self._in_flight.append(self._pool.submit(self._write_columns, table, columns, num_rows))
 
-    def _write_columns(self, table: str, columns: dict[str, Sequence[Any]], num_rows: int) -> None:
+    def _write_columns(self, table: str, columns: Mapping[str, Sequence[Any]], num_rows: int) -> None:
         from .smallparquet import encode
 
         self.path(table).write_bytes(encode(table, columns, num_rows))
@@ -177,7 +177,7 @@ class EpisodeWriter:
         for table in COLUMNS:
             if table not in self._writers and table not in self._small:
                 self._writers[table] = self._open(table)
-        for table, writer in self._writers.items():
+        for writer in self._writers.values():
             writer.close()
         for table in COLUMNS:
             fsync_path(self.path(table))

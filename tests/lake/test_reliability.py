@@ -21,10 +21,10 @@ import pipeline.lake.commit
 import pipeline.lake.maintenance
 import pipeline.lake.writer
 from pipeline import ingest
+from pipeline.ingestion.tabulate import SMALL_ROWS, SMALL_ROWS_VARIABLE
 from pipeline.lake.check import check
 from pipeline.lake.layout import OWNER_LOCK, STAGING, list_episodes
 from pipeline.lake.maintenance import gc
-from pipeline.ingestion.tabulate import SMALL_ROWS, SMALL_ROWS_VARIABLE
 from pipeline.lake.tables import STEPS
 from tests.helpers import episode, lake_snapshot, staging_leftovers, write_json
 

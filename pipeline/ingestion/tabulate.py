@@ -34,11 +34,13 @@ CONVERT_ROWS = 1024
 # An episode whose step tables never hold more than SMALL_ROWS rows each, SMALL_VALUES numbers in
 # their lists (and image bytes / 8) and IMAGE_GROUP_BYTES of images (one row group's worth) is
 # written by pipeline.lake.smallparquet, without importing pyarrow (~0.12 s a process): its rows are
-# kept until the end, then encoded in Python. Where that stops paying (CPU of the whole ingest,
-# imports included, measured on a busy machine): `vector` files, ~22 us a row small against ~8 us
-# through pyarrow, so the two meet near 13,000 rows (4,096: 0.18 s against 0.31 s); long floats,
-# 395,000 numbers: 0.31 s against 0.48 s. See BENCHMARKS.md, Start-up.
-SMALL_ROWS = 4096
+# kept until the end, then encoded in Python. CPU of the whole ingest, imports included (measured on
+# a busy machine): `vector` rows cost ~22 us small against ~8 us through pyarrow, so the two meet
+# near 13,000 rows (4,096: 0.18 s against 0.31 s); long floats, 395,000 numbers: 0.31 s against
+# 0.48 s. But rows held past CONVERT_ROWS cost a large file memory before its first conversion
+# (4,096: +10 MiB peak on a 100 MB vector file), so the limit is CONVERT_ROWS: a large file holds
+# no more than it did. See BENCHMARKS.md, Start-up.
+SMALL_ROWS = CONVERT_ROWS
 SMALL_VALUES = 400_000
 # For tests: the rows limit (0: every episode through pyarrow; at most BATCH_ROWS, and the values
 # limit scales with it, so the small path never holds more than one batch).

@@ -8,12 +8,15 @@ Times are not asserted: benchmarks/run.py measures them (see BENCHMARKS.md, Star
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline import Lake
+from pipeline.ingestion.tabulate import SMALL_ROWS, SMALL_ROWS_VARIABLE
 from tests.helpers import episode, png_bytes, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # own unless kept out, see pipeline/nopandas.py), fsspec (only for URLs and compressed files),
 # Pillow (only for frames that are not PNG), zstandard (only for .zst).
 NOT_ON_RUN = ("polars", "pandas", "numpy", "fsspec", "PIL", "zstandard", "multiprocessing")
+# Nor, for a small episode, pyarrow: pipeline/lake/smallparquet.py writes its tables (~0.12 s of imports).
+NOT_ON_SMALL_RUN = (*NOT_ON_RUN, "pyarrow")
 # Nor these parts of packages it does import: pyarrow.compute (~30 ms: only compaction, segments and
 # checks sort or filter), pyarrow.dataset, ctypes (only compaction's folder swap).
 NOT_ON_RUN_MODULES = ("pyarrow.compute", "pyarrow.dataset", "ctypes")
@@ -40,10 +45,14 @@ print(json.dumps({"status": [r.status for r in results], "modules": sorted(sys.m
 """
 
 
+# The default limits of a small episode, whatever the suite is run with (tabulate.SMALL_ROWS_VARIABLE).
+DEFAULT_ENV = {name: value for name, value in os.environ.items() if name != SMALL_ROWS_VARIABLE}
+
+
 def _run(tmp_path: Path, document: dict, lake: Path | None = None) -> tuple[list[str], set[str], set[str]]:
     path = write_json(tmp_path / "tiny.json", document)
     out = subprocess.run([sys.executable, "-c", RUN, str(path), str(lake or tmp_path / "lake")], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=DEFAULT_ENV)
     found = json.loads(out.stdout.strip().splitlines()[-1])
     return found["status"], {name.partition(".")[0] for name in found["modules"]}, set(found["modules"])
 
@@ -51,7 +60,17 @@ def _run(tmp_path: Path, document: dict, lake: Path | None = None) -> tuple[list
 def test_run_on_a_tiny_file_imports_only_what_an_ingest_needs(tmp_path: Path) -> None:
     status, top, modules = _run(tmp_path, episode(steps=20))
     assert status == ["ingested"]
-    assert {"pyarrow", "ijson", "jsonschema_rs"} <= top  # it did ingest
+    assert {"ijson", "jsonschema_rs"} <= top  # it did ingest
+    assert not top & set(NOT_ON_SMALL_RUN), sorted(top & set(NOT_ON_SMALL_RUN))
+    assert not modules & set(NOT_ON_RUN_MODULES), sorted(modules & set(NOT_ON_RUN_MODULES))
+    lake = Lake(tmp_path / "lake")
+    assert lake.agent_steps().collect().height == 20  # and what it wrote reads back
+
+
+def test_run_on_a_file_beyond_the_small_limits_writes_with_pyarrow(tmp_path: Path) -> None:
+    status, top, modules = _run(tmp_path, episode(steps=SMALL_ROWS + 1))
+    assert status == ["ingested"]
+    assert "pyarrow" in top
     assert not top & set(NOT_ON_RUN), sorted(top & set(NOT_ON_RUN))
     assert not modules & set(NOT_ON_RUN_MODULES), sorted(modules & set(NOT_ON_RUN_MODULES))
 

@@ -115,17 +115,20 @@ class EpisodeTabulator:
 
     With ``collect=True`` (and no folder) the batches are kept in memory instead, for a group
     commit of small files: :meth:`tables` returns them after :meth:`finish`.
+
+    With a folder, a small episode (``tabulate.SMALL_ROWS``) is written by the small Parquet writer
+    (:mod:`pipeline.lake.smallparquet`) from the same rows, and pyarrow is never imported.
     """
 
     def __init__(self, folder: Path | None, *, collect: bool = False) -> None:
         self._header: dict[str, Any] = {}
         from ..lake.writer import EpisodeWriter
-        from .tabulate import EpisodeTables
+        from .tabulate import EpisodeTables, small_limits
 
         self._writer = EpisodeWriter(folder) if folder is not None else None
         self._collected: dict[str, list[pa.RecordBatch | pa.Table]] | None = {} if collect else None
         sink = self._writer.write if self._writer else (self._collect if collect else _discard)
-        self._tables = EpisodeTables(sink)
+        self._tables = EpisodeTables(sink, small=small_limits() if self._writer is not None else (0, 0))
         self.steps = 0
 
     def _collect(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
@@ -169,25 +172,32 @@ class EpisodeTabulator:
 
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
-        from .tabulate import episode_table
+        from .tabulate import episode_row, episode_table, python_columns
 
         tables = self._tables
-        tables.flush()
+        small = tables.small_pieces()
+        if small is not None:
+            assert self._writer is not None  # a small episode only with a folder
+            small["episode_agents"] = tables.agent_rows()
+            small["episodes"] = episode_row(self._header, tables, **self._facts(facts))
+            for name, piece in small.items():
+                self._writer.write_columns(name, python_columns(name, piece), piece.count)
+        else:
+            tables.flush()
         write = (self._writer.write if self._writer is not None
                  else self._collect if self._collected is not None else None)
-        if write is not None:
+        if write is not None and small is None:
             write("episode_agents", tables.episode_agents())
-            write("episodes", episode_table(
-                self._header, tables,
-                source=facts.source,
-                content_hash=facts.content_hash,
-                source_bytes=facts.source_bytes,
-                ingested_at=dt.datetime.now(dt.UTC),
-                pipeline_version=__version__,
-            ))
+            write("episodes", episode_table(self._header, tables, **self._facts(facts)))
         if self._writer is not None:
             self._writer.close()
         return Built(self._header["training"]["environment"], tables.steps, tables.agent_steps, tables.unit_steps)
+
+    @staticmethod
+    def _facts(facts: Facts) -> dict[str, Any]:
+        """The ``episodes`` row's ingest facts."""
+        return {"source": facts.source, "content_hash": facts.content_hash, "source_bytes": facts.source_bytes,
+                "ingested_at": dt.datetime.now(dt.UTC), "pipeline_version": __version__}
 
     def abort(self) -> None:
         """Stop after a failure; the caller removes the folder."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LakeError
 
@@ -88,6 +89,7 @@ class EpisodeWriter:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._small: set[str] = set()  # tables written whole by write_columns
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._in_flight: deque[Future[None]] = deque()
         self._closed = False
@@ -100,6 +102,21 @@ class EpisodeWriter:
         while len(self._in_flight) >= MAX_IN_FLIGHT:
             self._wait_oldest()
         self._in_flight.append(self._pool.submit(self._write, table, batch))
+
+    def write_columns(self, table: str, columns: Mapping[str, Sequence[Any]], num_rows: int) -> None:
+        """Write the whole of ``table`` from Python values, with :mod:`.smallparquet` (no pyarrow).
+
+        For a small episode: every field's ``num_rows`` values (see :func:`.smallparquet.encode`).
+        """
+        while len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._wait_oldest()
+        self._small.add(table)
+        self._in_flight.append(self._pool.submit(self._write_columns, table, columns, num_rows))
+
+    def _write_columns(self, table: str, columns: Mapping[str, Sequence[Any]], num_rows: int) -> None:
+        from .smallparquet import encode
+
+        self.path(table).write_bytes(encode(table, columns, num_rows))
 
     def _write(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
         import pyarrow as pa
@@ -155,13 +172,14 @@ class EpisodeWriter:
             self._closed = True
 
     def _close_all(self) -> None:
-        from .tables import SCHEMAS
+        from .smallparquet_schemas import COLUMNS  # the tables' names, without importing pyarrow
 
-        for table in SCHEMAS:
-            if table not in self._writers:
+        for table in COLUMNS:
+            if table not in self._writers and table not in self._small:
                 self._writers[table] = self._open(table)
-        for table, writer in self._writers.items():
+        for writer in self._writers.values():
             writer.close()
+        for table in COLUMNS:
             fsync_path(self.path(table))
         fsync_path(self.folder)
 

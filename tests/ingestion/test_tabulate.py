@@ -8,7 +8,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, ImageColumn, _binary, rows_to_batch
+from pipeline.ingestion.arrowrows import _binary, rows_to_batch
+from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, ImageColumn
 from pipeline.lake.tables import AGENT_STEPS, EPISODE_AGENTS, STEPS, UNIT_STEPS
 
 
@@ -131,4 +132,5 @@ def test_image_column_from_frames_joined_equals_frames_one_by_one(runs):
     array = column.array()
     assert array.validate(full=True) is None
     assert array.to_pylist() == expected
+    assert column.values() == expected  # what the small writer gets
     assert column.count == len(expected) - expected.count(None) and len(column) == len(expected)

@@ -172,15 +172,17 @@ def _raise_no_space(*args: Any, **kwargs: Any) -> None:
 
 
 def _fail_writes(monkeypatch, table: str | None) -> None:
-    """Make the Parquet writer hit a full disk: on the first write, or on the first write of ``table``."""
-    original = pipeline.lake.writer.EpisodeWriter._write
+    """Make the Parquet writer hit a full disk: on the first write, or on the first write of ``table``
+    (through pyarrow, or through the small writer that writes a small episode's tables whole)."""
+    for method in ("_write", "_write_columns"):
+        original = getattr(pipeline.lake.writer.EpisodeWriter, method)
 
-    def _write(self, name, batch):
-        if table is None or name == table:
-            _raise_no_space()
-        return original(self, name, batch)
+        def _write(self, name, *args, original=original):
+            if table is None or name == table:
+                _raise_no_space()
+            return original(self, name, *args)
 
-    monkeypatch.setattr(pipeline.lake.writer.EpisodeWriter, "_write", _write)
+        monkeypatch.setattr(pipeline.lake.writer.EpisodeWriter, method, _write)
 
 
 @pytest.fixture

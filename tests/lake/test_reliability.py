@@ -21,6 +21,7 @@ import pipeline.lake.commit
 import pipeline.lake.maintenance
 import pipeline.lake.writer
 from pipeline import ingest
+from pipeline.ingestion.tabulate import SMALL_ROWS, SMALL_ROWS_VARIABLE
 from pipeline.lake.check import check
 from pipeline.lake.layout import OWNER_LOCK, STAGING, list_episodes
 from pipeline.lake.maintenance import gc
@@ -109,7 +110,8 @@ def _fail(exc_errno: int):
 # Where an ingest can hit the disk: each is made to fail with ENOSPC and with EIO.
 STAGES = {
     "staging-mkdir": (pipeline.lake.commit.Path, "mkdir"),
-    "parquet-write": (pipeline.lake.writer.EpisodeWriter, "_write"),
+    "parquet-write": (pipeline.lake.writer.EpisodeWriter, "_write"),  # through pyarrow
+    "small-parquet-write": (pipeline.lake.writer.EpisodeWriter, "_write_columns"),  # a small episode's
     "fsync": (pipeline.lake.writer, "fsync_path"),
     "rename": (pipeline.lake.commit.os, "rename"),
 }
@@ -123,6 +125,8 @@ def test_disk_failure_at_each_stage_leaves_lake_unchanged(monkeypatch, tmp_path,
     before = lake_snapshot(lake)
     target, name = STAGES[stage]
     monkeypatch.setattr(target, name, _fail(code))
+    # The episode is small: written by pyarrow only when the small writer is turned off, and the other way round.
+    monkeypatch.setenv(SMALL_ROWS_VARIABLE, "0" if stage == "parquet-write" else str(SMALL_ROWS))
     result = ingest(write_json(tmp_path / "new.json", episode(steps=30, environment="Other-v1")), lake=lake)
     monkeypatch.undo()
     assert result.status == "failed"

@@ -16,29 +16,37 @@ _CUT_ABOVE = 8
 _FREE_FORM = frozenset({"config", "custom_metrics"})  # any JSON object: no error can be inside
 
 
-def cut_down(node: Any, invalid: Callable[[], bool], shifts: dict[int, int] | None = None) -> dict[int, int]:
+def cut_down(node: Any, invalid: Callable[[], bool], shifts: dict[int, int] | None = None,
+             keep: frozenset[str] = frozenset()) -> dict[int, int]:
     """Cut every long list and object below ``node`` in place, keeping the schema's first error there.
 
     ``invalid()`` tells whether the whole value is still invalid. A list becomes its first element and
     the first element whose prefix breaks the schema (binary search); ``shifts`` maps each cut list
     (by id) to that element's index in the file, for the error's path. The value is refused anyway.
+    An object keeps every key in ``keep`` (the schema's property names: a required key is one of
+    them, so a cut never makes one missing) and is cut among its other keys the way a list is.
     """
     shifts = {} if shifts is None else shifts
     if isinstance(node, dict):
-        if len(node) > _CUT_ABOVE:
+        others = [item for item in node.items() if item[0] not in keep]
+        if len(others) > _CUT_ABOVE:
             items = list(node.items())
+
+            def kept(chosen: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+                names = {key for key, _ in chosen}
+                return [item for item in items if item[0] in keep or item[0] in names]
 
             def invalid_with(n: int) -> bool:
                 node.clear()
-                node.update(items[:n])
+                node.update(kept(others[:n]))
                 return invalid()
 
-            k = _first_invalid_prefix(len(items), invalid_with)
+            k = _first_invalid_prefix(len(others), invalid_with)
             node.clear()
-            node.update([items[0], items[k - 1]] if k > 1 else [items[0]])
+            node.update(kept([others[0], others[k - 1]]))
         for key, value in node.items():
             if key not in _FREE_FORM:
-                cut_down(value, invalid, shifts)
+                cut_down(value, invalid, shifts, keep)
     elif isinstance(node, list):
         if len(node) > _CUT_ABOVE:
             full = node[:]
@@ -52,7 +60,7 @@ def cut_down(node: Any, invalid: Callable[[], bool], shifts: dict[int, int] | No
             if k > 2:
                 shifts[id(node)] = k - 1
         for value in node:
-            cut_down(value, invalid, shifts)
+            cut_down(value, invalid, shifts, keep)
     return shifts
 
 

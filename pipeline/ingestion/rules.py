@@ -139,11 +139,32 @@ def check_part(part: str, value: Any, *, path: str | None = None, step: int | No
         if part == "training":
             value["iterations"] = whole_number(value["iterations"], f"{path or part}.iterations")
         return
-    shifts = cut_down(value, lambda: not validator.is_valid(value))
+    shifts = cut_down(value, lambda: not validator.is_valid(value), keep=_schema_keys())
     errors = list(validator.iter_errors(value))
     # The deepest error is the most specific: a wrong type inside a reward beats the oneOf above it.
     error = max(errors, key=lambda e: len(e.instance_path))
     raise _explain(error, path or part, step, value, shifts)
+
+
+@cache
+def _schema_keys() -> frozenset[str]:
+    """Every property name the schema declares, at any depth (what :func:`.cutdown.cut_down` keeps)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(properties)
+            names.update(key for key in node.get("required", ()) if isinstance(key, str))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(load_schema())
+    return frozenset(names)
 
 
 def check_step(step: Any, index: int) -> None:

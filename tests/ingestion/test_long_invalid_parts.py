@@ -105,6 +105,31 @@ def test_a_long_reward_mapping_with_one_bad_name(tmp_path):
     assert (info.value.rule, info.value.path) == ("value.type", "training.reward_mapping[2345]")
 
 
+FULL_AGENT = {"agent": "a", "action": 1, "rewards": [1, 0], "observation_space": [[0.5], [1]],
+              "action_distribution": [0.25, 0.75], "health": 90, "value_estimate": 1.25, "predicted_reward": 0.5,
+              "enemy_agent_health": [100], "enemy_unit_health": [10], "custom_metrics": {"m": {"y": [1]}},
+              "unit_steps": []}
+# A bad value for some of the agent step's keys, and the rule it breaks.
+BAD_VALUES = [("rewards", [], "value.min_items"), ("health", "x", "value.type"), ("action", None, "value.type"),
+              ("action_distribution", ["x"], "value.type"), ("value_estimate", [], "value.type")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(bad=st.sampled_from(BAD_VALUES), keys=st.permutations(sorted(FULL_AGENT)), extra=st.integers(0, 20))
+def test_an_object_with_many_keys_is_never_cut_into_a_missing_key(bad, keys, extra):
+    """Found by the text fuzzer: an agent step of 12 keys with ``"rewards": []`` was reported as
+    ``"action" is required``, because the cut kept a prefix of its keys. Whatever the keys' order, and
+    with unknown keys after them, the error is the bad value's (or the unknown key's), never a key the
+    object has reported missing."""
+    name, value, rule = bad
+    agent = {key: FULL_AGENT[key] for key in keys}
+    agent[name] = value
+    agent.update({f"extra_{i}": i for i in range(extra)})
+    error = _error({"number": 0, "agent_steps": [agent]})
+    assert error.rule != "document.required", str(error)
+    assert error.rule in (rule, "document.unknown_key") if extra else error.rule == rule, str(error)
+
+
 def test_free_form_objects_are_not_cut(tmp_path):
     """Nothing inside config or custom metrics can break the schema: the error outside them is found."""
     metrics = {"m": {"y": list(range(5000))}}

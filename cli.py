@@ -331,7 +331,7 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
         options = pipeline.FrameOptions(resize=resize, grayscale=grayscale, stack_n=stack_n,
                                         framestack_axis_first=framestack_axis_first,
                                         missing=missing_frames)  # type: ignore[arg-type]
-    sampling = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
+    sampling: dict[str, Any] = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
     with _library_errors():
         the_lake = _open_lake(lake)
         if fmt == "npz":

@@ -51,6 +51,7 @@ from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 if TYPE_CHECKING:
     from .prepared import PrepareReport
+    from .prepared_episode import StoredFrames
     from .sampler import Sampler
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
@@ -441,15 +442,18 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
     ) -> Trajectory:
         """One agent's trajectory (default: the episode's first agent) as numpy arrays.
 
-        ``frames=True`` (or a :class:`FrameOptions`) also decodes the frames of the kept steps.
+        ``frames=True`` (or a :class:`FrameOptions`) also gives the frames of the kept steps: from a
+        prepared frame store (:meth:`prepare_frames`) when one holds the episode, with the same values,
+        else decoded from the PNGs; ``prepared=True`` requires the store, ``False`` decodes.
         """
         location = self.resolve(episode_id)
         self.check_fresh([location])
-        return load_trajectory(location, agent, frames=frames,
-                               downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+        return load_trajectory(location, agent, frames=frames, downsample_frequency=downsample_frequency,
+                               downsample_offset=downsample_offset, frame_reader=self._frame_reader(frames, prepared))
 
     def trajectories(
         self,
@@ -459,19 +463,44 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
     ) -> Iterator[Trajectory]:
         """The trajectories of the selected episodes, one at a time.
 
         The agent is ``agent``, else the one a selection frame's ``agent`` column names, else each
-        episode's first agent.
+        episode's first agent. Frames come from a prepared store as for :meth:`trajectory`; with
+        ``prepared=True`` every selected episode must be prepared, checked before any is read.
         """
-        for location, selected in self.select(episodes):
+        selection = self.select(episodes)
+        reader = self._frame_reader(frames, prepared)
+        if reader is not None and prepared:
+            from .prepared_episode import missing_entries
+
+            lacking = missing_entries(self.path, reader.options, [(loc, agent or a) for loc, a in selection])
+            if lacking:
+                episode_id, name = lacking[0]
+                raise DatasetError(reader.not_prepared(f"no prepared frames for {len(lacking)} of the "
+                                                       f"{len(selection)} selected episodes (first: {episode_id}, "
+                                                       f"agent {name!r})"), episode_id=episode_id, agent=name)
+        for location, selected in selection:
             self.check_fresh([location])
-            yield load_trajectory(location, agent or selected, frames=frames,
-                                  downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+            yield load_trajectory(location, agent or selected, frames=frames, downsample_frequency=downsample_frequency,
+                                  downsample_offset=downsample_offset, frame_reader=reader)
+
+    def _frame_reader(self, frames: bool | FrameOptions, prepared: bool | None) -> StoredFrames | None:
+        """The prepared store's reader for these frame options (None: no frames, or decoding asked for)."""
+        options = FrameOptions() if frames is True else (frames or None)
+        if options is None or prepared is False:
+            return None
+        from .prepared_episode import StoredFrames
+
+        return StoredFrames(self.path, options, prepared)
 
     def to_numpy(self, episodes: Selection = None, agent: str | None = None, **options: Any) -> dict[str, Any]:
-        """The selected trajectories concatenated into arrays (see :func:`pipeline.to_numpy`)."""
+        """The selected trajectories concatenated into arrays (see :func:`pipeline.to_numpy`).
+
+        ``options`` are :meth:`trajectories`'s, ``prepared`` included.
+        """
         from ..export import arrays as export  # the facade reaches down to export only when asked
 
         return export.to_numpy(self.trajectories(episodes, agent, **options))
@@ -492,17 +521,19 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
         **dataset_options: Any,
     ) -> Any:
         """A ``d3rlpy.dataset.MDPDataset`` of the selected trajectories (needs the ``rl`` extra).
 
         ``observation="frames"`` uses the frames (``frames`` says how to process them) as
-        observations, channels first; extra keywords go to ``MDPDataset``.
+        observations, channels first, read from a prepared frame store when one holds them
+        (``prepared`` as for :meth:`trajectories`); extra keywords go to ``MDPDataset``.
         """
         if observation == "frames" and not frames:
             frames = True
         trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
-                                         downsample_offset=downsample_offset)
+                                         downsample_offset=downsample_offset, prepared=prepared)
         from ..export import arrays as export
 
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)

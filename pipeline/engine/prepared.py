@@ -46,9 +46,12 @@ from ..errors import DatasetError
 from ..lake.commit import Staging
 from ..lake.framestore import (
     CODECS,
-    ZSTD_LEVEL,
+    FORMAT_VERSION,
+    DamagedEntry,
     EntryIndex,
+    element_bytes,
     encode,
+    new_compressor,
     publish,
     read_index,
     store_entries,
@@ -64,7 +67,6 @@ from .trajectory import FrameOptions, _images, agent_step_numbers
 if TYPE_CHECKING:
     from .lake import Lake, Selection
 
-FORMAT_VERSION = 1
 _ENTRIES_PER_TASK = 8  # entries a worker prepares in one staging folder before publishing them
 _ELEMENTS_PER_CHUNK = 256  # elements processed at once while preparing: bounded memory for large frames
 _OPEN_FILES = 256
@@ -197,10 +199,8 @@ def _prepare_task(task: _Task) -> _Result:
     """Prepare a few entries into one staging folder, then publish each with one rename."""
     import time
 
-    import zstandard
-
     cpu = time.process_time()
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = new_compressor()
     skipped: list[tuple[str, str, str]] = []
     frames = written = image_bytes = 0
     with Staging(task.lake) as staging:
@@ -458,26 +458,25 @@ class PreparedFrames:
             slab.reset(shape, len(keys))
         fresh = slab.take(len(missing), protected=slots[~absent], keys=missing)
         slots[absent] = fresh
-        self._fill(slab, fresh, self._read(entry, starts, stops), codec)
+        self._fill(slab, fresh, self._read(entry, starts, stops), codec, entry)
         return slots
 
-    def _fill(self, slab: _Slab, slots: np.ndarray, blobs: list[memoryview], codec: str) -> None:
-        """Decode stored elements into their slots."""
+    def _fill(self, slab: _Slab, slots: np.ndarray, blobs: list[memoryview], codec: str, entry: np.ndarray) -> None:
+        """Decode stored elements into their slots (each verified by its checksum; ``entry``: whose each is)."""
         array = slab.array
         assert array is not None
         shape = array.shape[1:]
-        if codec == "raw":
-            for slot, blob in zip(slots.tolist(), blobs, strict=True):
-                array[slot] = np.frombuffer(blob, dtype=np.uint8).reshape(shape)
-            return
-        if self._decompressor is None:
+        if self._decompressor is None and codec == "zstd":
             import zstandard
 
             self._decompressor = zstandard.ZstdDecompressor()
         n = len(blobs)
-        sizes = np.full(n, int(np.prod(shape)), dtype=np.uint64)
-        decoded = self._decompressor.multi_decompress_to_buffer(blobs, decompressed_sizes=sizes.tobytes(),
-                                                               threads=_THREADS if n >= 64 else 1)
+        try:
+            decoded = element_bytes(blobs, int(np.prod(shape)), codec, self._decompressor,
+                                    threads=_THREADS if n >= 64 else 1)
+        except DamagedEntry as exc:  # name the file: the store is derived, deleting it is the remedy
+            e = int(entry[exc.item or 0])
+            raise DamagedEntry(self.store / frame_entry_name(*self.entries[e]), exc.detail) from exc
         for i, slot in enumerate(slots.tolist()):
             array[slot] = np.frombuffer(decoded[i], dtype=np.uint8).reshape(shape)
 

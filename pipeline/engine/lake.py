@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..lake.compact import CompactReport, compact
 from ..lake.damage import find_damaged
+from ..lake.framestore import StoreSummary, list_stores
 from ..lake.layout import (
     ID_LENGTH,
     Entry,
@@ -45,7 +46,7 @@ from ..lake.layout import (
     read_generation,
     resolve_lake,
 )
-from ..lake.maintenance import remove_episodes
+from ..lake.maintenance import remove_episodes, remove_frames
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
@@ -596,6 +597,25 @@ class Lake:
         from .prepared import prepare_frames
 
         return prepare_frames(self, options, episodes, agent, codec=codec, workers=workers, progress=progress)
+
+    def frame_stores(self) -> list[StoreSummary]:
+        """The lake's prepared frame stores: options, entries, bytes, and how many of this snapshot's
+        episodes each holds (``ingest-pipeline frames ls``)."""
+        return list_stores(self.path, {location.episode_id for location in self.locations})
+
+    def remove_frames(self, key: str, episode_ids: Iterable[str] | None = None) -> list[Path]:
+        """Delete the prepared frame store ``key``, or only its entries of ``episode_ids`` (ids or prefixes).
+
+        Stores are derived from the lake: :meth:`prepare_frames` makes them again. See
+        :func:`pipeline.lake.maintenance.remove_frames`.
+        """
+        return remove_frames(self.path, key, None if episode_ids is None else list(episode_ids))
+
+    def store_options(self, key: str) -> FrameOptions:
+        """The frame options the store ``key`` was prepared with (to prepare it again)."""
+        from .prepared_episode import store_options
+
+        return store_options(self.path, key)
 
     # -- reports ------------------------------------------------------------------------------
 

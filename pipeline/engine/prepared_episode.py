@@ -20,6 +20,7 @@ copied in by hand can be one) counts as damaged.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import warnings
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ..lake.framestore import DamagedEntry, EntryIndex, element_bytes, read_index
+from ..lake.framestore import OPTIONS_FILE, DamagedEntry, EntryIndex, element_bytes, read_index
 from ..lake.layout import EpisodeLocation, frame_entry_name, frame_store_path
 from .framestack import element_ends, stack_elements
 from .prepared import element_options, store_key
@@ -174,3 +175,23 @@ def prepare_command(options: FrameOptions) -> str:
     if options.missing != "error":
         flags.append(f"--missing-frames={options.missing}")
     return shlex.join(["ingest-pipeline", "frames", "prepare", *flags])
+
+
+def store_options(lake_path: Path, key: str) -> FrameOptions:
+    """The frame options store ``key`` was prepared with (from its options file): to prepare it again."""
+    store = frame_store_path(lake_path, key)
+    try:
+        recorded = json.loads((store / OPTIONS_FILE).read_text())
+        options = FrameOptions(**{name: recorded[name] for name in ("grayscale", "max_n", "resample", "luma",
+                                                                   "missing")},
+                               resize=None if recorded["resize"] is None else tuple(recorded["resize"]))
+    except FileNotFoundError:
+        raise DatasetError(f"no prepared frame store {key!r} in {lake_path} (or it has no {OPTIONS_FILE}); "
+                           f"`ingest-pipeline frames ls` lists them, or give the options") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{store / OPTIONS_FILE} does not say which options made the store ({exc}); "
+                           f"give the options") from exc
+    if store_key(options) != key:
+        raise DatasetError(f"store {key!r} is of another format version or its {OPTIONS_FILE} was changed (its "
+                           f"options make store {store_key(options)!r}); give the options")
+    return options

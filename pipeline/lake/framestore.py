@@ -283,16 +283,24 @@ def store_entries(lake: Path, key: str) -> set[str]:
 
 @dataclass(frozen=True)
 class StoreSummary:
-    """One prepared frame store: its key, options, entries and bytes on disk."""
+    """One prepared frame store: its key, options, entries and bytes on disk, and (given the lake's
+    episode ids) how many of them it covers and how many entries are of episodes no longer there."""
 
     key: str
     options: dict[str, Any]
     entries: int
     bytes: int
+    episodes: int | None = None  # the lake's episodes with an entry here (None: not counted)
+    stale: int | None = None  # entries of episodes not in the lake (gc removes them)
+
+    @property
+    def current(self) -> bool:
+        """Whether readers use it: stores of other format versions are never read."""
+        return self.key.startswith(f"v{FORMAT_VERSION}-")
 
 
-def list_stores(lake: Path) -> list[StoreSummary]:
-    """Every prepared frame store of the lake."""
+def list_stores(lake: Path, live: set[str] | None = None) -> list[StoreSummary]:
+    """Every prepared frame store of the lake (with coverage of the episode ids ``live``, when given)."""
     try:
         folders = sorted(p for p in (lake / FRAMES).iterdir() if p.is_dir())
     except FileNotFoundError:
@@ -304,7 +312,13 @@ def list_stores(lake: Path) -> list[StoreSummary]:
         except (FileNotFoundError, ValueError):
             options = {}
         files = [p for p in folder.iterdir() if p.name.endswith(FRAMES_SUFFIX)]
-        found.append(StoreSummary(folder.name, options, len(files), sum(p.stat().st_size for p in files)))
+        size = sum(p.stat().st_size for p in files)
+        if live is None:
+            found.append(StoreSummary(folder.name, options, len(files), size))
+            continue
+        ids = [frame_entry_episode(p.name) for p in files]
+        found.append(StoreSummary(folder.name, options, len(files), size, episodes=len(live.intersection(ids)),
+                                  stale=sum(1 for i in ids if i not in live)))
     return found
 
 

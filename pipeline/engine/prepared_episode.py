@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import warnings
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,21 @@ class StoredFrames:
     """
 
     def __init__(self, lake_path: Path, options: FrameOptions, prepared: bool | None = None) -> None:
+        self.lake_path = lake_path
         self.options = options
-        self.key = store_key(options)
-        self.store = frame_store_path(lake_path, self.key)
         self.prepared = prepared
         self.read = 0
         self.decoded = 0
         self._decompressor: Any = None
+
+    @cached_property
+    def key(self) -> str:
+        """The store's key (asked for when first needed: bad options fail where decoding would fail)."""
+        return store_key(self.options)
+
+    @property
+    def store(self) -> Path:
+        return frame_store_path(self.lake_path, self.key)
 
     def __call__(self, location: EpisodeLocation, agent: str, steps: np.ndarray, options: FrameOptions,
                  kept: np.ndarray, skip: int) -> np.ndarray | None:

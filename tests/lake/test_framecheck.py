@@ -205,3 +205,14 @@ def test_the_commands(lake: Lake) -> None:
     gone = runner.invoke(cli, ["frames", "rm", store_key(PLAIN), "--lake", path])
     assert gone.exit_code == 1 and gone.output == (f"Error: no prepared frame store '{store_key(PLAIN)}' in "
                                                    f"{lake.path}; `ingest-pipeline frames ls` lists them\n")
+
+
+def test_an_entry_of_the_older_format_is_never_read_as_this_one(lake: Lake) -> None:
+    entry = _entry(lake, ATARI, 0)
+    data = entry.read_bytes()
+    entry.write_bytes(data[:-8] + b"IPFRAME1")  # version 1's end marker (its files had no checksums)
+    assert verify_entry(entry) == "a frame store entry of another format version"
+    with pytest.warns(UserWarning, match="a frame store entry of another format version; prepared frames are derived"):
+        frames = lake.trajectory(lake.locations[0].episode_id, frames=ATARI).frames
+    assert np.array_equal(frames, lake.trajectory(lake.locations[0].episode_id, frames=ATARI,  # type: ignore[arg-type]
+                                                  prepared=False).frames)

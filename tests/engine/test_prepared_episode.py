@@ -255,3 +255,15 @@ def test_a_damaged_entry_never_gives_wrong_frames(small: tuple[Lake, dict[str, A
             assert not caught
     finally:
         path.write_bytes(original)
+
+
+def test_the_store_still_serves_trajectories_after_compaction(tmp_path: Path) -> None:
+    lake = _lake(tmp_path, [_episode(n, 6) for n in range(3)])
+    options = FrameOptions.atari()
+    lake.prepare_frames(options, workers=1)
+    lake.compact()
+    lake = Lake(lake.path)
+    assert all(location.segment for location in lake.locations)
+    for location in lake.locations:
+        _same(lake.trajectory(location.episode_id, frames=options, prepared=True).frames,
+              lake.trajectory(location.episode_id, frames=options, prepared=False).frames)

@@ -38,6 +38,7 @@ from .prepared import element_options, store_key
 from .trajectory import FrameOptions, agents
 
 _THREADS = 2  # zstd decompression threads for a large read (it runs in C, without the GIL)
+_MERGE_GAP = 1 << 16  # element ranges closer than this are read with one pread (see _read)
 
 
 class DamagedFramesWarning(UserWarning):
@@ -113,12 +114,7 @@ class StoredFrames:
         if bool((stops == starts).any()):  # an element the index says can be shown was not stored
             raise DamagedEntry(path, f"no element at step {int(index.steps[unique[stops == starts][0]])}, "
                                      f"whose frames its index says are there")
-        low, high = int(starts[0]), int(stops[-1])  # unique is sorted, so are the offsets
-        data = os.pread(fd, high - low, low)
-        if len(data) != high - low:
-            raise DamagedEntry(path, f"cut short: {low + len(data)} of {high} bytes")
-        view = memoryview(data)
-        blobs = [view[a:b] for a, b in zip((starts - low).tolist(), (stops - low).tolist(), strict=True)]
+        blobs = _read(fd, path, starts, stops)
         if self._decompressor is None and index.codec == "zstd":
             import zstandard
 
@@ -136,6 +132,23 @@ class StoredFrames:
             flat[i] = np.frombuffer(element, dtype=np.uint8)
         flat[-1] = 0
         return stack_elements(elements, unique, ends, options)
+
+
+def _read(fd: int, path: Path, starts: np.ndarray, stops: np.ndarray) -> list[memoryview]:
+    """The bytes of each range (sorted), one ``pread`` for each run of ranges less than :data:`_MERGE_GAP`
+    apart: copying a skipped element out of the page cache costs less than a system call of its own
+    (one ``pread`` per element of a 4x downsampled read cost 0.7 s of CPU for 15,000 ~2 KB elements,
+    against 0.35 s reading the whole span, on the loaded machine: measured)."""
+    breaks = np.flatnonzero(starts[1:] - stops[:-1] > _MERGE_GAP) + 1
+    blobs: list[memoryview] = []
+    for run_starts, run_stops in zip(np.split(starts, breaks), np.split(stops, breaks), strict=True):
+        low, high = int(run_starts[0]), int(run_stops[-1])
+        data = os.pread(fd, high - low, low)
+        if len(data) != high - low:
+            raise DamagedEntry(path, f"cut short: {low + len(data)} of {high} bytes")
+        view = memoryview(data)
+        blobs.extend(view[a:b] for a, b in zip((run_starts - low).tolist(), (run_stops - low).tolist(), strict=True))
+    return blobs
 
 
 def _check_present(index: EntryIndex, unique: np.ndarray, options: FrameOptions, episode_id: str) -> None:

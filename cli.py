@@ -331,7 +331,7 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
         options = pipeline.FrameOptions(resize=resize, grayscale=grayscale, stack_n=stack_n,
                                         framestack_axis_first=framestack_axis_first,
                                         missing=missing_frames)  # type: ignore[arg-type]
-    sampling = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
+    sampling: dict[str, Any] = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
     with _library_errors():
         the_lake = _open_lake(lake)
         if fmt == "npz":
@@ -468,6 +468,8 @@ def check(lake: str | None, deep: bool) -> None:
 
     Every file's footer is read, so a file cut short or not Parquet is found; --deep reads
     every page, verifying its checksum, and lists every damaged file with its episode.
+    Prepared frame files (`frames prepare`) are checked too: each one's index, and with --deep
+    every frame against its checksum; they are derived, so the remedy is to prepare them again.
     Exit status 0 when the lake is clean, 1 with one line per problem otherwise.
 
     \b
@@ -485,8 +487,13 @@ def check(lake: str | None, deep: bool) -> None:
         if report.damaged_episodes:
             click.echo(f"to take the damaged episodes out of the lake: ingest-pipeline rm "
                        f"{' '.join(report.damaged_episodes)}; then ingest their source files again", err=True)
+        for key, ids in report.damaged_frames.items():
+            click.echo(f"prepared frames are derived from the lake; to rebuild the damaged ones: ingest-pipeline "
+                       f"frames rm {key} {' '.join(ids)}; then ingest-pipeline frames prepare --store {key} "
+                       f"{' '.join(ids)}", err=True)
         sys.exit(1)
-    click.echo(f"ok: {console.plural(report.episodes, 'episode')} checked{' (deep)' if deep else ''}")
+    frames = f" and {console.plural(report.frame_files, 'prepared frame file')}" if report.frame_files else ""
+    click.echo(f"ok: {console.plural(report.episodes, 'episode')}{frames} checked{' (deep)' if deep else ''}")
 
 
 @cli.group("import")
@@ -532,18 +539,24 @@ def import_minari(dataset: str, lake: str | None, environment: str | None, as_js
 
 @cli.group("frames")
 def frames_group() -> None:
-    """Prepared frame stores: frames decoded and processed once, so that the sampler need not decode PNGs.
+    """Prepared frame stores: frames decoded and processed once, so that readers need not decode PNGs.
+
+    The sampler, trajectories, `export` and to_numpy / to_d3rlpy read a store made with their frame
+    options when it holds their episodes, with the same values as decoding the PNGs.
 
     \b
     Examples:
       ingest-pipeline frames prepare --atari
       ingest-pipeline frames ls
+      ingest-pipeline frames rm v2-84x84-gray-max2-area-opencv-error
     """
 
 
 @frames_group.command("prepare")
 @click.argument("episode_ids", nargs=-1, metavar="[EPISODE_ID]...")
 @click.option("--atari", is_flag=True, help="CrowdPlay's processing (FrameOptions.atari()); other options refused.")
+@click.option("--store", "store_key", metavar="KEY",
+              help="The options an existing store was made with (its key, as `frames ls` shows it).")
 @click.option("--resize", metavar="HxW", callback=_size, help="Resize frames, e.g. 84x84.")
 @click.option("--grayscale", is_flag=True, help="Grayscale frames.")
 @click.option("--max-n", type=click.IntRange(min=1), default=1, show_default=True,
@@ -557,23 +570,30 @@ def frames_group() -> None:
               help="zstd: about the PNGs' size on disk; raw: ~5x larger, less CPU to read.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N", help="Worker processes. [default: the cores]")
 @lake_option
-def frames_prepare(episode_ids: tuple[str, ...], atari: bool, resize: tuple[int, int] | None, grayscale: bool,
-                   max_n: int, resample: str, luma: str, missing_frames: str, agent: str | None, codec: str,
-                   jobs: int | None, lake: str | None) -> None:
+def frames_prepare(episode_ids: tuple[str, ...], atari: bool, store_key: str | None, resize: tuple[int, int] | None,
+                   grayscale: bool, max_n: int, resample: str, luma: str, missing_frames: str, agent: str | None,
+                   codec: str, jobs: int | None, lake: str | None) -> None:
     """Decode and process the frames of episodes (default: all) into the lake's frame store.
 
-    Only episodes not prepared yet are done, so it resumes where a stopped run left off. A sampler
-    whose FrameOptions have the same resize, grayscale, max_n, resample, luma and missing then reads
-    the store (any stacking) instead of decoding PNGs, with the same values. `gc` removes the
-    frames of episodes no longer in the lake.
+    Only episodes not prepared yet are done, so it resumes where a stopped run left off. A sampler,
+    trajectory or export whose FrameOptions have the same resize, grayscale, max_n, resample, luma
+    and missing then reads the store (any stacking) instead of decoding PNGs, with the same values.
+    `gc` removes the frames of episodes no longer in the lake; `check` verifies the store.
 
     \b
     Examples:
       ingest-pipeline frames prepare --atari
       ingest-pipeline frames prepare 257a 3f2a --resize 84x84 --grayscale -j 2
+      ingest-pipeline frames prepare --store v2-84x84-gray-max2-area-opencv-error 257a
     """
-    if atari:
-        if resize or grayscale or max_n != 1 or resample != "bilinear" or luma != "pillow":
+    chosen = resize or grayscale or max_n != 1 or resample != "bilinear" or luma != "pillow"
+    if store_key:
+        if atari or chosen or missing_frames != "error":
+            raise click.UsageError("--store gives the frame options; give no other")
+        with _library_errors():
+            options = _open_lake(lake).store_options(store_key)
+    elif atari:
+        if chosen:
             raise click.UsageError("--atari fixes the frame options; give it alone (or with --missing-frames)")
         options = pipeline.FrameOptions.atari(missing=missing_frames)  # type: ignore[arg-type]
     else:
@@ -594,7 +614,7 @@ def frames_prepare(episode_ids: tuple[str, ...], atari: bool, resize: tuple[int,
         report = _open_lake(lake).prepare_frames(options, list(episode_ids) or None, agent, codec=codec,  # type: ignore[arg-type]
                                                  workers=jobs, progress=progress)
     for episode_id, name, reason in report.skipped or ():
-        click.echo(f"not prepared: episode {episode_id} agent {name}: {reason} (the sampler decodes its PNGs)")
+        click.echo(f"not prepared: episode {episode_id} agent {name}: {reason} (readers decode its PNGs)")
     ratio = f", {report.bytes / report.image_bytes:.2f}x its PNG bytes" if report.image_bytes else ""
     click.echo(f"{console.plural(report.prepared, 'episode')} prepared ({report.frames:,} frames, "
                f"{report.bytes / 1e6:,.1f} MB{ratio}) in {report.seconds:.1f} s, {report.present} already prepared: "
@@ -604,20 +624,54 @@ def frames_prepare(episode_ids: tuple[str, ...], atari: bool, resize: tuple[int,
 @frames_group.command("ls")
 @lake_option
 def frames_ls(lake: str | None) -> None:
-    """List the lake's prepared frame stores: options, episodes prepared, size on disk.
+    """List the lake's prepared frame stores: entries, the lake's episodes each covers, size on disk.
+
+    Stores of an older format are never read: remove them with `frames rm`. Entries of episodes
+    no longer in the lake are counted as stale: `gc` deletes them.
 
     \b
     Examples:
       ingest-pipeline frames ls --lake /data/lake
     """
-    from pipeline.lake.framestore import list_stores
-
     with _library_errors():
-        stores = list_stores(_open_lake(lake).path)
+        the_lake = _open_lake(lake)
+        stores = the_lake.frame_stores()
+        total = len(the_lake)
     for store in stores:
-        click.echo(f"{store.key}  {store.entries} prepared  {store.bytes / 1e6:,.1f} MB")
+        size = f"{store.bytes / 1e6:,.1f} MB"
+        if not store.current:
+            click.echo(f"{store.key}  {store.entries} prepared  old format, never read: "
+                       f"ingest-pipeline frames rm {store.key}  {size}")
+            continue
+        covered = store.episodes or 0
+        share = f"{100 * covered / total:.0f}%" if total else "-"
+        stale = f"  {store.stale} stale (gc deletes them)" if store.stale else ""
+        click.echo(f"{store.key}  {store.entries} prepared  {covered:,}/{total:,} episodes ({share}){stale}  {size}")
     if not stores:
         click.echo("no prepared frames")
+
+
+@frames_group.command("rm")
+@click.argument("key")
+@click.argument("episode_ids", nargs=-1, metavar="[EPISODE_ID]...")
+@lake_option
+def frames_rm(key: str, episode_ids: tuple[str, ...], lake: str | None) -> None:
+    """Delete a prepared frame store (KEY, as `frames ls` shows it), or only its frames of some episodes.
+
+    Stores are derived from the lake: nothing is lost, and `frames prepare` makes them again.
+    Until then, readers decode the PNGs.
+
+    \b
+    Examples:
+      ingest-pipeline frames rm v1-84x84-gray-max2-area-opencv-error
+      ingest-pipeline frames rm v2-84x84-gray-max2-area-opencv-error 257a 3f2a
+    """
+    with _library_errors():
+        removed = _open_lake(lake).remove_frames(key, list(episode_ids) if episode_ids else None)
+    if episode_ids:
+        click.echo(f"removed {console.plural(len(removed), 'prepared frame file')} from {key}")
+    else:
+        click.echo(f"removed the prepared frame store {key}")
 
 
 def main() -> None:

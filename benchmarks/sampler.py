@@ -241,6 +241,8 @@ def run(sizes: list[int], *, data: Path, cache_mb: int = 1024, seconds: float = 
     and by decoding PNGs, and vectors, ``repeat`` times each, interleaved; medians."""
     import statistics
 
+    from pipeline.lake.framestore import FORMAT_VERSION
+
     results: dict[str, Any] = {"cache_mb": cache_mb, "seconds": seconds, "repeat": repeat, "sizes": {}}
     for size in sizes:
         log(f"sampler: lake of {size:,} transitions")
@@ -248,7 +250,7 @@ def run(sizes: list[int], *, data: Path, cache_mb: int = 1024, seconds: float = 
         png = sum(f.stat().st_size for f in lake.rglob("steps.parquet"))
         entry: dict[str, Any] = {"lake": str(lake), "steps_parquet_mb": round(png / 1e6), "prepare": {}, "runs": {}}
         for mode in FRAME_MODES:
-            cached = data / f"sampler-prepare-v1-{size}-{mode}.json"
+            cached = data / f"sampler-prepare-v{FORMAT_VERSION}-{size}-{mode}.json"  # a store per format version
             if cached.exists():
                 figures = json.loads(cached.read_text())
             else:

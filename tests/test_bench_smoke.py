@@ -135,7 +135,7 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     assert report["reads"]["query 3 polars"]["episodes"] == 3
     assert report["reads"]["trajectory numpy"]["shape"] == [300, 8]
     sampled = report["sampler"]["sizes"]["2100"]["runs"]
-    assert sampled["frames/yes"]["prepared"] == "v1-84x84-gray-max2-area-opencv-error"
+    assert sampled["frames/yes"]["prepared"] == "v2-84x84-gray-max2-area-opencv-error"
     assert sampled["frames/no"]["prepared"] is None and sampled["frames/yes"]["transitions_per_second"] > 0
     text = output.read_text()
     for heading in ("## Machine", "## Ingest and its references", "### Ratios", "## Targets (issue 5)",

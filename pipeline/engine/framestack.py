@@ -108,6 +108,13 @@ def stacked_frames(
     elements = _elements(frame_at, unique.tolist(), options, episode_id)
     # One black element after the real ones, for the padding (-1 -> the last row).
     elements = np.concatenate([elements, np.zeros((1, *elements.shape[1:]), dtype=np.uint8)])
+    return stack_elements(elements, unique, ends, options)
+
+
+def stack_elements(elements: np.ndarray, unique: np.ndarray, ends: np.ndarray, options: FrameOptions) -> np.ndarray:
+    """The stacks of ``ends`` (:func:`element_ends`) from ``elements`` ``[len(unique) + 1, *F]``: the
+    element ending at each of ``unique`` (sorted), then a black one for the padding. Axes as
+    :func:`stacked_frames` gives them (a prepared frame store's reader makes its stacks with this too)."""
     index = np.where(ends >= 0, np.searchsorted(unique, ends), len(unique))
     stacked = elements[index]  # [K, S, *F]
     if options.stack_n is None:

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..lake.compact import CompactReport, compact
 from ..lake.damage import find_damaged
+from ..lake.framestore import StoreSummary, list_stores
 from ..lake.layout import (
     ID_LENGTH,
     Entry,
@@ -45,12 +46,13 @@ from ..lake.layout import (
     read_generation,
     resolve_lake,
 )
-from ..lake.maintenance import remove_episodes
+from ..lake.maintenance import remove_episodes, remove_frames
 from ..lake.tables import SCHEMAS, TABLES
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 if TYPE_CHECKING:
     from .prepared import PrepareReport
+    from .prepared_episode import StoredFrames
     from .sampler import Sampler
 
 PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
@@ -441,15 +443,18 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
     ) -> Trajectory:
         """One agent's trajectory (default: the episode's first agent) as numpy arrays.
 
-        ``frames=True`` (or a :class:`FrameOptions`) also decodes the frames of the kept steps.
+        ``frames=True`` (or a :class:`FrameOptions`) also gives the frames of the kept steps: from a
+        prepared frame store (:meth:`prepare_frames`) when one holds the episode, with the same values,
+        else decoded from the PNGs; ``prepared=True`` requires the store, ``False`` decodes.
         """
         location = self.resolve(episode_id)
         self.check_fresh([location])
-        return load_trajectory(location, agent, frames=frames,
-                               downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+        return load_trajectory(location, agent, frames=frames, downsample_frequency=downsample_frequency,
+                               downsample_offset=downsample_offset, frame_reader=self._frame_reader(frames, prepared))
 
     def trajectories(
         self,
@@ -459,19 +464,44 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
     ) -> Iterator[Trajectory]:
         """The trajectories of the selected episodes, one at a time.
 
         The agent is ``agent``, else the one a selection frame's ``agent`` column names, else each
-        episode's first agent.
+        episode's first agent. Frames come from a prepared store as for :meth:`trajectory`; with
+        ``prepared=True`` every selected episode must be prepared, checked before any is read.
         """
-        for location, selected in self.select(episodes):
+        selection = self.select(episodes)
+        reader = self._frame_reader(frames, prepared)
+        if reader is not None and prepared:
+            from .prepared_episode import missing_entries
+
+            lacking = missing_entries(self.path, reader.options, [(loc, agent or a) for loc, a in selection])
+            if lacking:
+                episode_id, name = lacking[0]
+                raise DatasetError(reader.not_prepared(f"no prepared frames for {len(lacking)} of the "
+                                                       f"{len(selection)} selected episodes (first: {episode_id}, "
+                                                       f"agent {name!r})"), episode_id=episode_id, agent=name)
+        for location, selected in selection:
             self.check_fresh([location])
-            yield load_trajectory(location, agent or selected, frames=frames,
-                                  downsample_frequency=downsample_frequency, downsample_offset=downsample_offset)
+            yield load_trajectory(location, agent or selected, frames=frames, downsample_frequency=downsample_frequency,
+                                  downsample_offset=downsample_offset, frame_reader=reader)
+
+    def _frame_reader(self, frames: bool | FrameOptions, prepared: bool | None) -> StoredFrames | None:
+        """The prepared store's reader for these frame options (None: no frames, or decoding asked for)."""
+        options = FrameOptions() if frames is True else (frames or None)
+        if options is None or prepared is False:
+            return None
+        from .prepared_episode import StoredFrames
+
+        return StoredFrames(self.path, options, prepared)
 
     def to_numpy(self, episodes: Selection = None, agent: str | None = None, **options: Any) -> dict[str, Any]:
-        """The selected trajectories concatenated into arrays (see :func:`pipeline.to_numpy`)."""
+        """The selected trajectories concatenated into arrays (see :func:`pipeline.to_numpy`).
+
+        ``options`` are :meth:`trajectories`'s, ``prepared`` included.
+        """
         from ..export import arrays as export  # the facade reaches down to export only when asked
 
         return export.to_numpy(self.trajectories(episodes, agent, **options))
@@ -492,17 +522,19 @@ class Lake:
         frames: bool | FrameOptions = False,
         downsample_frequency: int = 1,
         downsample_offset: int = 0,
+        prepared: bool | None = None,
         **dataset_options: Any,
     ) -> Any:
         """A ``d3rlpy.dataset.MDPDataset`` of the selected trajectories (needs the ``rl`` extra).
 
         ``observation="frames"`` uses the frames (``frames`` says how to process them) as
-        observations, channels first; extra keywords go to ``MDPDataset``.
+        observations, channels first, read from a prepared frame store when one holds them
+        (``prepared`` as for :meth:`trajectories`); extra keywords go to ``MDPDataset``.
         """
         if observation == "frames" and not frames:
             frames = True
         trajectories = self.trajectories(episodes, agent, frames=frames, downsample_frequency=downsample_frequency,
-                                         downsample_offset=downsample_offset)
+                                         downsample_offset=downsample_offset, prepared=prepared)
         from ..export import arrays as export
 
         return export.to_d3rlpy(trajectories, observation=observation, **dataset_options)
@@ -565,6 +597,25 @@ class Lake:
         from .prepared import prepare_frames
 
         return prepare_frames(self, options, episodes, agent, codec=codec, workers=workers, progress=progress)
+
+    def frame_stores(self) -> list[StoreSummary]:
+        """The lake's prepared frame stores: options, entries, bytes, and how many of this snapshot's
+        episodes each holds (``ingest-pipeline frames ls``)."""
+        return list_stores(self.path, {location.episode_id for location in self.locations})
+
+    def remove_frames(self, key: str, episode_ids: Iterable[str] | None = None) -> list[Path]:
+        """Delete the prepared frame store ``key``, or only its entries of ``episode_ids`` (ids or prefixes).
+
+        Stores are derived from the lake: :meth:`prepare_frames` makes them again. See
+        :func:`pipeline.lake.maintenance.remove_frames`.
+        """
+        return remove_frames(self.path, key, None if episode_ids is None else list(episode_ids))
+
+    def store_options(self, key: str) -> FrameOptions:
+        """The frame options the store ``key`` was prepared with (to prepare it again)."""
+        from .prepared_episode import store_options
+
+        return store_options(self.path, key)
 
     # -- reports ------------------------------------------------------------------------------
 

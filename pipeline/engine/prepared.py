@@ -45,9 +45,10 @@ from ..errors import DatasetError
 from ..lake.commit import Staging
 from ..lake.framestore import (
     CODECS,
-    ZSTD_LEVEL,
+    FORMAT_VERSION,
     EntryIndex,
     encode,
+    new_compressor,
     publish,
     read_index,
     store_entries,
@@ -64,7 +65,6 @@ from .trajectory import FrameOptions, _images, agent_step_numbers
 if TYPE_CHECKING:
     from .lake import Lake, Selection
 
-FORMAT_VERSION = 1
 _ENTRIES_PER_TASK = 8  # entries a worker prepares in one staging folder before publishing them
 _ELEMENTS_PER_CHUNK = 256  # elements processed at once while preparing: bounded memory for large frames
 _GATHER_SPLIT = 64  # batches of fewer stacks than this are gathered on the calling thread only
@@ -196,10 +196,8 @@ def _prepare_task(task: _Task) -> _Result:
     """Prepare a few entries into one staging folder, then publish each with one rename."""
     import time
 
-    import zstandard
-
     cpu = time.process_time()
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = new_compressor()
     skipped: list[tuple[str, str, str]] = []
     frames = written = image_bytes = 0
     with Staging(task.lake) as staging:

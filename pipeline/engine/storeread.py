@@ -26,6 +26,7 @@ import numpy as np
 
 from ..cores import usable_cores
 from ..errors import DatasetError
+from ..lake.framestore import DamagedEntry, element_bytes
 
 MERGE_GAP = 16 * 1024  # elements of one file closer than this are read by one preadv (the gap read and dropped)
 _RUNS_PER_READ = 500  # at most 2 * this buffers per preadv call (IOV_MAX is 1024 on Linux)
@@ -155,6 +156,17 @@ def scatter_read(fd_of: Callable[[int], int], entry: np.ndarray, starts: np.ndar
     return at
 
 
+def _failing_item(packed: bytearray, at: np.ndarray, size: int, codec: str) -> int | None:
+    """Which of the elements read back to back into ``packed`` does not decode (None: each does alone)."""
+    view = memoryview(packed)
+    for item in range(len(at) - 1):
+        try:
+            element_bytes([view[int(at[item]):int(at[item + 1])]], size, codec)
+        except DamagedEntry:
+            return item
+    return None
+
+
 def _preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
     """``os.preadv`` where the system has it, else one ``pread`` copied into the buffers."""
     if hasattr(os, "preadv"):
@@ -191,7 +203,11 @@ class Filler:
             packed = self._buffers[half]
             at = scatter_read(fds.__getitem__, entry[low:high], starts[low:high], stops[low:high], packed,
                               describe)
-            self._decode(flat, size, slots[low:high], packed, at, codec, half)
+            try:
+                self._decode(flat, size, slots[low:high], packed, at, codec, half)
+            except DamagedEntry as exc:  # name the file (the store is derived: delete it, prepare it again)
+                item = exc.item if exc.item is not None else _failing_item(packed, at, size, codec)
+                raise DamagedEntry(describe(int(entry[low + (item or 0)])), exc.detail) from exc
 
         if count < _SPLIT_MIN:
             run(0, 0, count)
@@ -222,17 +238,22 @@ class Filler:
         for a, b in itertools.pairwise(breaks):
             slot, low, high, n = int(slots[a]), int(at[a]), int(at[b]), b - a
             destination = target[slot * size:(slot + n) * size]
-            if codec == "raw":
-                if high - low != n * size:
-                    raise DatasetError(f"stored elements of {high - low} bytes where {n} of {size} were expected; "
-                                       f"delete the store's entries and prepare them again")
-                destination[:] = source[low:high]
+            if codec == "raw":  # each element's bytes, then their CRC32 (framestore's format version 2)
+                try:
+                    payloads = element_bytes([source[at[i]:at[i + 1]] for i in range(a, b)], size, codec)
+                except DamagedEntry as exc:
+                    raise DamagedEntry("", exc.detail, a + (exc.item or 0)) from exc
+                np.frombuffer(destination, dtype=np.uint8).reshape(n, size)[:] = [
+                    np.frombuffer(p, dtype=np.uint8) for p in payloads]
                 continue
-            if self._contexts[half] is None:
-                import zstandard
+            import zstandard
 
+            if self._contexts[half] is None:
                 self._contexts[half] = zstandard.ZstdDecompressor()
             reader = self._contexts[half].stream_reader(source[low:high], read_across_frames=True)
-            if reader.readinto(destination) != n * size or reader.read(1):
-                raise DatasetError(f"stored elements decompressed to other sizes than {size} bytes each; delete the "
-                                   f"store's entries and prepare them again")
+            try:  # each zstd frame's content checksum is verified as it is read
+                whole = reader.readinto(destination) == n * size and not reader.read(1)
+            except zstandard.ZstdError as exc:
+                raise DamagedEntry("", f"an element does not decompress ({exc})") from exc
+            if not whole:
+                raise DamagedEntry("", f"stored elements decompressed to other sizes than {size} bytes each")

@@ -15,6 +15,7 @@ the options say otherwise (``FrameOptions.atari()``: CrowdPlay's frame buffer, s
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -110,6 +111,11 @@ def agents(location: EpisodeLocation) -> list[str]:
     return episode_rows(location, "episode_agents", ["agent"]).column("agent").to_pylist()
 
 
+# Frames from elsewhere than the PNGs (a prepared frame store, :mod:`.prepared_episode`), given
+# (location, agent, step numbers, options, kept raw steps, downsampling frequency); None: decode them.
+FrameReader = Callable[[EpisodeLocation, str, np.ndarray, FrameOptions, np.ndarray, int], np.ndarray | None]
+
+
 def load_trajectory(
     location: EpisodeLocation,
     agent: str | None = None,
@@ -117,8 +123,12 @@ def load_trajectory(
     frames: bool | FrameOptions = False,
     downsample_frequency: int = 1,
     downsample_offset: int = 0,
+    frame_reader: FrameReader | None = None,
 ) -> Trajectory:
-    """Read one agent's trajectory (default: the episode's first agent) from a committed episode."""
+    """Read one agent's trajectory (default: the episode's first agent) from a committed episode.
+
+    ``frame_reader`` may give the frames instead of decoding them (it must give the same values).
+    """
     episode_id = location.episode_id
     if downsample_frequency < 1 or not 0 <= downsample_offset < downsample_frequency:
         raise DatasetError(
@@ -153,8 +163,11 @@ def load_trajectory(
     terminals[-1] = True
 
     options = FrameOptions() if frames is True else (frames or None)
-    frame_array = None if options is None else load_frames(location, rows.steps, options, kept=kept,
-                                                           skip=downsample_frequency)
+    frame_array = None
+    if options is not None and frame_reader is not None:
+        frame_array = frame_reader(location, agent, rows.steps, options, kept, downsample_frequency)
+    if options is not None and frame_array is None:
+        frame_array = load_frames(location, rows.steps, options, kept=kept, skip=downsample_frequency)
     return Trajectory(
         episode_id=episode_id,
         environment=location.environment,

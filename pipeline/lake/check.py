@@ -4,7 +4,8 @@ Nothing that ``run`` writes may ever fail these checks; a problem means the lake
 from outside (a disk error, a hand edit, a copy interrupted half-way). The cheap check reads every
 file's footer (so a file cut short or not Parquet at all is found); ``deep`` also reads every page
 of every file, verifying its checksum. Each damaged file is one problem naming its episode; the
-check never stops at the first.
+check never stops at the first. Prepared frame stores are checked too (:mod:`.framecheck`): a
+damaged one is a problem of the store, derived and rebuildable, not of its episode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import LakeError
 from .damage import READ_ERRORS, describe, page_problem
+from .framecheck import DAMAGED_FRAMES, check_stores
 from .layout import (
     ENVIRONMENT_PREFIX,
     EPISODE_PREFIX,
@@ -56,6 +58,7 @@ DAMAGED = "damaged"  # the start of a damaged file's message: "damaged: <what th
 class CheckReport:
     episodes: int
     problems: list[Problem]
+    frame_files: int = 0  # prepared frame store entries checked
 
     @property
     def ok(self) -> bool:
@@ -63,19 +66,30 @@ class CheckReport:
 
     @property
     def damaged_episodes(self) -> list[str]:
-        """The episodes with a damaged file, in the order found."""
-        return list(dict.fromkeys(p.episode_id for p in self.problems
-                                  if p.episode_id and p.message.startswith(DAMAGED)))
+        """The episodes with a damaged file of their own (not a prepared frame file), in the order found."""
+        return list(dict.fromkeys(p.episode_id for p in self.problems if p.episode_id and
+                                  p.message.startswith(DAMAGED) and not p.message.startswith(DAMAGED_FRAMES)))
+
+    @property
+    def damaged_frames(self) -> dict[str, list[str]]:
+        """Store key -> the episodes whose prepared frame files in it are damaged (delete, prepare again)."""
+        found: dict[str, list[str]] = {}
+        for p in self.problems:
+            if p.episode_id and p.message.startswith(DAMAGED_FRAMES):
+                found.setdefault(p.path.parent.name, []).append(p.episode_id)
+        return found
 
 
 def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> CheckReport:
-    """Check every committed episode: tables present and readable, schemas and row counts right.
+    """Check every committed episode: tables present and readable, schemas and row counts right;
+    and every prepared frame store file: index whole, element sizes within bounds.
 
     A lake folder that does not exist or cannot be read is :class:`~pipeline.errors.LakeError`.
 
     With ``deep=True`` also read every page of every file, verifying page checksums, and the key
     columns: step numbers unique, every agent step's step in ``steps``, every unit step's (step,
-    agent) in ``agent_steps``, agents matching ``episode_agents``.
+    agent) in ``agent_steps``, agents matching ``episode_agents``; and decode every prepared frame
+    element, verifying its checksum and size.
     """
     root = resolve_lake(lake)
     try:
@@ -98,7 +112,12 @@ def check(lake: str | os.PathLike[str] | None = None, *, deep: bool = False) -> 
             except OSError as exc:  # a folder that cannot be listed, a file that cannot be opened
                 problems.append(Problem(location.path, f"cannot be read: {exc.strerror or exc}", location.episode_id))
     problems.extend(_check_segments(locations, deep))
-    return CheckReport(len(locations), problems)
+    try:
+        frame_files, frame_problems = check_stores(root, deep=deep)
+    except OSError as exc:
+        raise LakeError(f"cannot read the prepared frames of {root}: {exc.strerror or exc}") from exc
+    problems.extend(Problem(p.path, p.message, p.episode_id) for p in frame_problems)
+    return CheckReport(len(locations), problems, frame_files)
 
 
 def _check_segments(locations: list[EpisodeLocation], deep: bool) -> list[Problem]:

@@ -13,7 +13,17 @@ from pathlib import Path
 from ..errors import LakeError
 from .commit import Staging, environment_lock
 from .framestore import remove_stale_entries
-from .layout import FRAMES, OWNER_LOCK, STAGING, EpisodeLocation, list_episodes, resolve_lake
+from .layout import (
+    FRAMES,
+    FRAMES_SUFFIX,
+    OWNER_LOCK,
+    STAGING,
+    EpisodeLocation,
+    frame_entry_episode,
+    frame_store_path,
+    list_episodes,
+    resolve_lake,
+)
 from .writer import fsync_path
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,39 @@ def _remove_folder(lake: Path, location: EpisodeLocation) -> bool:
                 raise LakeError(f"could not remove episode {location.episode_id}: {exc.strerror or exc}") from exc
             fsync_path(location.path.parent)
     return True
+
+
+def remove_frames(lake: Path, key: str, episode_ids: list[str] | None = None) -> list[Path]:
+    """Delete the prepared frame store ``key`` (one rename out of the lake), or only the entries of
+    ``episode_ids`` (ids or unique prefixes; every agent's) from it. Returns what was removed.
+
+    A store is derived from the lake: nothing is lost, ``frames prepare`` makes it again. A sampler
+    reading it meanwhile keeps its open files and says an entry was removed when it opens another.
+    """
+    store = frame_store_path(lake, key)
+    if "/" in key or key.startswith(".") or not store.is_dir():
+        raise LakeError(f"no prepared frame store {key!r} in {lake}; `ingest-pipeline frames ls` lists them")
+    if episode_ids is None:
+        with Staging(lake) as staging:
+            os.rename(store, staging.root / "frames")
+            fsync_path(store.parent)
+        return [store]
+    entries = [p for p in sorted(store.iterdir()) if p.name.endswith(FRAMES_SUFFIX)]
+    chosen: list[Path] = []
+    for prefix in episode_ids:
+        wanted = prefix.strip().lower()
+        matches = [p for p in entries if wanted and (frame_entry_episode(p.name) or "").startswith(wanted)]
+        episodes = sorted({frame_entry_episode(p.name) or "" for p in matches})
+        if not matches:
+            raise LakeError(f"no prepared frames of episode {prefix!r} in store {key}")
+        if len(episodes) > 1:
+            raise LakeError(f"episode id prefix {prefix!r} is ambiguous in store {key}: it matches "
+                            f"{len(episodes)} episodes ({', '.join(episodes[:5])})")
+        chosen.extend(p for p in matches if p not in chosen)
+    for path in chosen:  # checked every id first: all or none of the asked-for removals start
+        path.unlink(missing_ok=True)
+    fsync_path(store)
+    return chosen
 
 
 @dataclass

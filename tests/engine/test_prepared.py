@@ -272,7 +272,9 @@ def test_a_damaged_entry_is_named(tmp_path: Path) -> None:
     entry = next((lake.path / FRAMES).rglob("*.frames"))
     entry.write_bytes(entry.read_bytes()[:-3])
     sampler = lake.sampler(observation="frames", frames=options, prepared=True)
-    with pytest.raises(pipeline.LakeError, match="not a frame store entry; delete it"):
+    with pytest.raises(pipeline.LakeError, match=f"damaged prepared frames {entry}: not a frame store entry "
+                                                 f".*`ingest-pipeline frames rm {entry.parent.name} "
+                                                 f"{entry.name[:32]}` deletes them"):
         sampler.batch(0)
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pipeline.engine.storeread as storeread
 from pipeline import DatasetError
 from pipeline.engine.storeread import MERGE_GAP, ElementRing, Filler, scatter_read
+from pipeline.lake.framestore import DamagedEntry, encode, new_compressor
 
 SHAPE = (3, 5)
 SIZE = 15
@@ -154,8 +154,8 @@ def test_a_file_shorter_than_its_index_is_named(tmp_path: Path) -> None:
 
 def _store(tmp_path: Path, elements: list[np.ndarray], codec: str) -> tuple[dict[int, int], np.ndarray, np.ndarray]:
     """One file holding ``elements`` back to back, compressed each on its own: its descriptor and ranges."""
-    compressor = zstandard.ZstdCompressor(level=3)
-    blobs = [e.tobytes() if codec == "raw" else compressor.compress(e.tobytes()) for e in elements]
+    compressor = new_compressor()
+    blobs = [encode(e, codec, compressor) for e in elements]  # as the store holds them (format version 2)
     offsets = np.r_[0, np.cumsum([len(b) for b in blobs])].astype(np.int64)
     path = tmp_path / f"store-{codec}"
     path.write_bytes(b"".join(blobs))
@@ -186,7 +186,9 @@ def test_fill_refuses_elements_of_another_size(tmp_path: Path) -> None:
     elements[2] = np.zeros(SIZE + 1, dtype=np.uint8)
     fds, starts, stops = _store(tmp_path, elements, "zstd")
     flat = np.zeros(10 * SIZE, dtype=np.uint8)
-    with pytest.raises(DatasetError, match=f"stored elements decompressed to other sizes than {SIZE} bytes each"):
+    with pytest.raises(DamagedEntry, match=f"damaged prepared frames 0: an element decompresses to {SIZE + 1} bytes, "
+                                           f"not {SIZE}|damaged prepared frames 0: stored elements decompressed to "
+                                           f"other sizes than {SIZE} bytes each"):
         Filler().fill(flat, SIZE, np.arange(1, 5), fds, np.zeros(4, dtype=np.int64), starts, stops, "zstd", str)
     os.close(fds[0])
 

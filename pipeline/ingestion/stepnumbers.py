@@ -21,31 +21,40 @@ _MAX_SPACING = 2**63 - 1
 class StepNumbers:
     """Increasing step numbers with the index of the step that used each, as runs."""
 
-    __slots__ = ("_firsts", "_lengths", "_spacings", "_starts", "last")
+    __slots__ = ("_firsts", "_lengths", "_next", "_spacing", "_spacings", "_starts", "last")
 
     def __init__(self) -> None:
         self._firsts = array("q")  # each run's first number (increasing from run to run)
         self._starts = array("q")  # the index of that number's step
         self._spacings = array("q")  # between the run's numbers (0 while the run has one number)
         self._lengths = array("q")
+        self._spacing = 0  # the last run's, and the index after its last step: the common case reads only these
+        self._next = 0
         self.last: int | None = None
 
     def add(self, number: int, index: int) -> None:
         """Record ``number``, used by the step at ``index``; it must be greater than :attr:`last`."""
-        if self._lengths:
-            length, start = self._lengths[-1], self._starts[-1]
-            if index == start + length:  # the next step
-                spacing = number - self._firsts[-1] if length == 1 else self._spacings[-1]
-                if number - self.last == spacing and spacing <= _MAX_SPACING:  # type: ignore[operator]
-                    self._spacings[-1] = spacing
-                    self._lengths[-1] = length + 1
-                    self.last = number
-                    return
+        if index == self._next and self._lengths:
+            spacing = number - self.last  # type: ignore[operator]
+            if spacing == self._spacing:
+                self._lengths[-1] += 1
+            elif self._lengths[-1] == 1 and spacing <= _MAX_SPACING:  # its second number sets the spacing
+                self._spacings[-1] = self._spacing = spacing
+                self._lengths[-1] = 2
+            else:
+                self._new_run(number, index)
+                return
+            self.last, self._next = number, index + 1
+            return
+        self._new_run(number, index)
+
+    def _new_run(self, number: int, index: int) -> None:
         self._firsts.append(number)
         self._starts.append(index)
         self._spacings.append(0)
         self._lengths.append(1)
-        self.last = number
+        self._spacing = 0
+        self.last, self._next = number, index + 1
 
     def extend(self, numbers: list[int], first: int) -> None:
         """:meth:`add` of ``numbers``, used by consecutive steps from index ``first``; each must be greater
@@ -53,14 +62,14 @@ class StepNumbers:
         run costs no Python loop."""
         if not numbers:
             return
-        if self._lengths and self._lengths[-1] > 1 and first == self._starts[-1] + self._lengths[-1]:
-            spacing, n = self._spacings[-1], len(numbers)
-            start = numbers[0]
-            if (start - self.last == spacing and numbers[-1] - start == spacing * (n - 1)  # type: ignore[operator]
-                    and (spacing == 1 or numbers == list(range(start, numbers[-1] + 1, spacing)))):
-                self._lengths[-1] += n
-                self.last = numbers[-1]
-                return
+        spacing, n = self._spacing, len(numbers)
+        start = numbers[0]
+        if (spacing and first == self._next and start - self.last == spacing  # type: ignore[operator]
+                and numbers[-1] - start == spacing * (n - 1)
+                and (spacing == 1 or numbers == list(range(start, numbers[-1] + 1, spacing)))):
+            self._lengths[-1] += n
+            self.last, self._next = numbers[-1], first + n
+            return
         for i, number in enumerate(numbers):
             self.add(number, first + i)
 
@@ -80,7 +89,7 @@ class StepNumbers:
     @property
     def next_index(self) -> int:
         """The index after the last recorded step's (0 before any)."""
-        return self._starts[-1] + self._lengths[-1] if self._lengths else 0
+        return self._next
 
     @property
     def runs(self) -> int:

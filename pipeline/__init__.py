@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from .engine.sampler import Sampler
     from .engine.trajectory import FrameOptions, Trajectory
     from .export.arrays import dump_d3rlpy, to_npz, to_numpy
-    from .ingestion.batch import Batch, BatchSummary, expand_sources, ingest_many
+    from .ingestion.batch import Batch, BatchSummary, ingest_many
+    from .ingestion.inputs import expand_sources
     from .ingestion.minari import import_minari
     from .ingestion.nopandas import keep_pandas_out
     from .ingestion.run import IngestResult, ingest, validate
@@ -59,7 +60,7 @@ _LAZY = {
     "validate": "ingestion.run",
     "Batch": "ingestion.batch",
     "BatchSummary": "ingestion.batch",
-    "expand_sources": "ingestion.batch",
+    "expand_sources": "ingestion.inputs",
     "ingest_many": "ingestion.batch",
     "resolve_lake": "lake.layout",
     "LAKE_ENV_VAR": "lake.layout:ENV_VAR",

@@ -5,9 +5,10 @@ so a lake larger than the cache samples at ~1,000 transitions/s. :func:`prepare_
 each selected (episode, agent), every *element* a stack can hold (the pixel-wise max over ``max_n``
 raw frames, in grayscale and resized as the options say) into a frame store inside the lake
 (:mod:`pipeline.lake.framestore`); :class:`PreparedFrames` then makes a batch's stacks from those
-elements with a few ``pread`` calls and a zstd decompression of ~10 us per element, in C on two
-threads. Stacking itself (``stack_n``, ``skip_n``, padding, the stack axis, downsampling) happens at
-sampling time, so one store serves every stacking of the same elements.
+elements with one ``preadv`` per run of nearby elements and a zstd decompression of ~10 us per
+element, many per call and on two threads (:mod:`.storeread`). Stacking itself (``stack_n``,
+``skip_n``, padding, the stack axis, downsampling) happens at sampling time, so one store serves
+every stacking of the same elements.
 
 The store is keyed by what decides an element (:func:`store_key`): ``resize``, ``grayscale``,
 ``max_n``, ``resample``, ``luma`` and ``missing``. Elements are made by the same code as the decode
@@ -16,20 +17,18 @@ path (:func:`~pipeline.engine.framestack.processed_elements` over
 without the store (``tests/engine/test_prepared.py``).
 
 Memory: a reader keeps each touched entry's index (17 bytes a step) in an LRU bounded by bytes and
-a bounded number of open files; element bytes are read with ``pread`` (the page cache holds them,
-outside the process's RSS) and the batch's elements are the only frames held.
+a bounded number of open files; element bytes are read with ``preadv`` (the page cache holds them,
+outside the process's RSS) into two buffers kept between batches, and decoded elements live in one
+ring bounded by the frames' share of the cache.
 
-Longer than our ~400-line guide: it holds both halves of the store's use, preparing (``prepare_frames``
-to ``_prepare_entry``, with the process pool) and reading (``_Slab``, ``covering_store``,
-``PreparedFrames``), which share the element options and the store key; the cut is a ``prepare``
-module beside this one, once the reading side stops changing with the sampling-speed work.
+It holds both halves of the store's use, preparing (``prepare_frames`` to ``_prepare_entry``, with
+the process pool) and reading (``covering_store``, ``PreparedFrames``), which share the element
+options and the store key; the per-element machinery of reading is :mod:`.storeread`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -59,6 +58,7 @@ from ..lake.layout import EpisodeLocation, frame_entry_name, frame_store_path
 from .frameread import ByteLRU
 from .framestack import check_options, element_ends, processed_elements
 from .pngdecode import raw_frame
+from .storeread import ElementRing, Filler
 from .trajectory import FrameOptions, _images, agent_step_numbers
 
 if TYPE_CHECKING:
@@ -67,9 +67,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 _ENTRIES_PER_TASK = 8  # entries a worker prepares in one staging folder before publishing them
 _ELEMENTS_PER_CHUNK = 256  # elements processed at once while preparing: bounded memory for large frames
-_OPEN_FILES = 256
-_MERGE_GAP = 16 * 1024  # a batch's element reads closer than this in one file become one pread
-_THREADS = 2  # zstd decompression threads (it runs in C, without the GIL)
+_GATHER_SPLIT = 64  # batches of fewer stacks than this are gathered on the calling thread only
+_OPEN_FILES = 256  # entry files kept open at least (a quarter of the process's limit, when that is more)
 
 
 def element_options(options: FrameOptions) -> dict[str, Any]:
@@ -285,53 +284,6 @@ class _Unstorable(Exception):
 # -- sampling --------------------------------------------------------------------------------
 
 
-class _Slab:
-    """Decoded elements in one array of slots bounded by bytes; slot 0 is black. Slots are reused in
-    turn: with uniform sampling no replacement order keeps more hits than another, and this one costs
-    no bookkeeping per hit. Pages of the array are touched (count toward RSS) only as slots fill."""
-
-    def __init__(self, budget: int, bound: int) -> None:
-        self.budget = budget
-        self.bound = bound  # elements there are to hold: the selection's raw steps
-        self.array: np.ndarray | None = None
-        self.owner = np.zeros(0, dtype=np.int64)  # slot -> key held (-1: none)
-        self.where: dict[int, int] = {}  # key -> slot
-        self.hand = 1
-
-    def reset(self, shape: tuple[int, ...], needed: int) -> None:
-        """An empty slab for elements of ``shape``, with room for at least twice ``needed`` of them."""
-        size = max(1, int(np.prod(shape)))
-        count = max(min(self.budget // size, self.bound + 1), 2 * needed + 1)
-        # Touched once here, as huge pages where the kernel gives them: filling fresh 4 KB pages one
-        # element at a time cost ~15 us an element while sampling (measured: it doubled the time to
-        # place a decompressed element), against ~0.4 s for 800 MB at once.
-        memory = mmap.mmap(-1, count * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            memory.madvise(mmap.MADV_HUGEPAGE)
-        flat = np.frombuffer(memory, dtype=np.uint8)
-        flat[::4096] = 0
-        self.array = flat.reshape(count, *shape)
-        self.owner = np.full(count, -1, dtype=np.int64)
-        self.where = {}
-        self.hand = 1
-
-    def take(self, count: int, protected: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """``count`` slots for ``keys``, none of them ``protected`` (held by this batch's other elements)."""
-        size = len(self.owner)
-        candidates = 1 + (self.hand - 1 + np.arange(count + len(protected))) % (size - 1)
-        if len(protected):
-            candidates = candidates[~np.isin(candidates, protected)]
-        slots = candidates[:count]
-        self.hand = int(slots[-1]) % (size - 1) + 1 if count else self.hand
-        old = self.owner[slots]
-        where = self.where
-        for key in old[old >= 0].tolist():
-            del where[key]
-        self.owner[slots] = keys
-        where.update(zip(keys.tolist(), slots.tolist(), strict=True))
-        return slots
-
-
 def covering_store(lake_path: Path, options: FrameOptions, entries: list[tuple[str, str]]) -> str | None:
     """The key of the store holding every one of ``entries`` (episode id, agent), else None."""
     key = store_key(options)
@@ -341,8 +293,24 @@ def covering_store(lake_path: Path, options: FrameOptions, entries: list[tuple[s
     return key if all(frame_entry_name(e, a) in have for e, a in entries) else None
 
 
+def _open_files_limit() -> int:
+    """How many entry files a reader keeps open: a quarter of the process's limit, at least 256."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return _OPEN_FILES
+    return _OPEN_FILES if soft == resource.RLIM_INFINITY else max(_OPEN_FILES, soft // 4)
+
+
 class PreparedFrames:
-    """A batch's stacks from a prepared frame store (what ``Sampler._batch_frames`` makes from PNGs)."""
+    """A batch's stacks from a prepared frame store (what ``Sampler._batch_frames`` makes from PNGs).
+
+    Each distinct element of the batch is found in the ring of decoded elements
+    (:class:`~pipeline.engine.storeread.ElementRing`) or read and decompressed straight into its next
+    slots (:mod:`.storeread`), then every stack is gathered from the ring by one fancy index.
+    """
 
     def __init__(self, lake_path: Path, key: str, entries: list[tuple[str, str]], options: FrameOptions,
                  index_budget: int, element_budget: int, elements: int,
@@ -360,13 +328,14 @@ class PreparedFrames:
 
     def _reset(self) -> None:
         self._indexes = ByteLRU(self.index_budget)
-        self._slab = _Slab(self.element_budget, self.elements)
+        self._ring = ElementRing(self.element_budget, self.elements)
         self._files: OrderedDict[int, int] = OrderedDict()  # entry -> open descriptor
-        self._decompressor: Any = None
+        self._open_limit = min(len(self.entries), _open_files_limit())
+        self._filler = Filler()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_indexes", "_slab", "_files", "_decompressor"):
+        for name in ("_indexes", "_ring", "_files", "_open_limit", "_filler"):
             state.pop(name)
         return state
 
@@ -383,24 +352,31 @@ class PreparedFrames:
         with contextlib.suppress(Exception):  # at interpreter shutdown os may be gone
             self.close()
 
+    def _path(self, e: int) -> str:
+        return os.path.join(self._folder, frame_entry_name(*self.entries[e]))
+
     def _fd(self, e: int) -> int:
         fd = self._files.get(e)
         if fd is not None:
             self._files.move_to_end(e)
             return fd
-        episode_id, agent = self.entries[e]
-        path = os.path.join(self._folder, frame_entry_name(episode_id, agent))
+        path = self._path(e)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError as exc:
+            episode_id = self.entries[e][0]
             self._on_missing(e, exc)  # raises when the episode left the lake
             raise DatasetError(f"episode {episode_id}: its prepared frames ({path}) were removed while sampling; "
                                f"make a new sampler (it decodes the PNGs), or run `ingest-pipeline frames prepare`",
                                episode_id=episode_id) from exc
-        self._files[e] = fd
-        if len(self._files) > _OPEN_FILES:
-            os.close(self._files.popitem(last=False)[1])
+        if hasattr(os, "posix_fadvise"):  # random reads: no readahead around them
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        self._files[e] = fd  # closed by _close_spare(), between batches: the read threads hold them meanwhile
         return fd
+
+    def _close_spare(self) -> None:
+        while len(self._files) > self._open_limit:
+            os.close(self._files.popitem(last=False)[1])
 
     def _index(self, e: int) -> EntryIndex:
         index = self._indexes.get(e)
@@ -414,98 +390,106 @@ class PreparedFrames:
         """The stacks of raw steps ``kept`` of entries ``entry`` (one row each), in ``frame_layout`` order."""
         options = self.options
         ends = element_ends(kept, options, skip=skip)  # [R, S]; -1: black
-        valid = ends >= 0
-        keys = np.where(valid, (entry[:, None].astype(np.int64) << 32) | np.maximum(ends, 0), -1)
+        keys = np.where(ends >= 0, (entry[:, None].astype(np.int64) << 32) | np.maximum(ends, 0), -1)
         unique, inverse = np.unique(keys, return_inverse=True)
-        inverse = inverse.reshape(keys.shape)
-        real = unique[unique >= 0]
-        slots = self._slots(real, int(entry[0]))
-        by_row = np.where(valid, slots[np.maximum(inverse - (len(unique) - len(real)), 0)], 0)
-        elements = self._slab.array
+        black = int(np.searchsorted(unique, 0))  # the -1 in front, if any
+        slots = np.zeros(len(unique), dtype=np.int64)  # slot 0 is black
+        slots[black:] = self._slots(unique[black:], int(entry[0]))
+        by_row = slots[inverse.reshape(keys.shape)]
+        elements = self._ring.array
         assert elements is not None
-        count = options.stack_n or 1
+        rows = len(kept)
         if options.stack_n is None:
-            return elements[by_row[:, 0]]
-        if options.framestack_axis_first:
-            return elements[by_row]
-        stacked = np.empty((len(kept), *elements.shape[1:], count), dtype=np.uint8)
-        for s in range(count):
-            stacked[..., s] = elements[by_row[:, s]]
-        return stacked
+            by_row = by_row[:, :1]
+        if options.stack_n is None or options.framestack_axis_first:
+            out = np.empty((rows, *by_row.shape[1:], *elements.shape[1:]), dtype=np.uint8)
+
+            def gather(half: int) -> None:
+                part = slice(half * (rows // 2), rows if half else rows // 2)
+                np.take(elements, by_row[part], axis=0, out=out[part], mode="clip")  # clip: unbuffered
+        else:
+            # Stack axis last: one element at a time into its strided place, 3x faster than a moveaxis copy
+            out = np.empty((rows, *elements.shape[1:], by_row.shape[1]), dtype=np.uint8)
+
+            def gather(half: int) -> None:
+                part = slice(half * (rows // 2), rows if half else rows // 2)
+                for s in range(by_row.shape[1]):
+                    out[part, ..., s] = elements[by_row[part, s]]
+
+        if rows >= _GATHER_SPLIT:  # numpy copies without the GIL: each thread half the rows
+            self._filler.pair(gather)
+        else:
+            gather(0)
+            gather(1)
+        return out[:, 0] if options.stack_n is None else out
 
     def _slots(self, keys: np.ndarray, first_entry: int) -> np.ndarray:
-        """The slab slot of each element ``(entry << 32) | raw step`` (sorted), reading the ones not held."""
-        slab = self._slab
-        if slab.array is not None and 2 * len(keys) + 1 > len(slab.owner):  # a larger batch than it was made for
-            slab.reset(slab.array.shape[1:], len(keys))
-        get = slab.where.get
-        slots = np.fromiter((get(key, -1) for key in keys.tolist()), dtype=np.int64, count=len(keys))
+        """The ring slot of each element ``(entry << 32) | raw step`` (sorted), decoding the ones not held."""
+        ring = self._ring
+        self._close_spare()  # files a failed batch left open
+        if ring.array is not None and 2 * len(keys) + 1 > len(ring.owner):  # a larger batch than it was made for
+            ring.reset(ring.array.shape[1:], len(keys))
+        slots = ring.lookup(keys)
         absent = slots < 0
         if not bool(absent.any()):
-            if slab.array is None:  # no element at all (cannot happen with a stack ending at its step)
-                slab.reset(self._index(first_entry).shape, 1)
+            if ring.array is None:  # no element at all (cannot happen with a stack ending at its step)
+                ring.reset(self._index(first_entry).shape, 1)
             return slots
-        missing = keys[absent]
-        entry, raw = missing >> 32, missing & 0xFFFFFFFF
-        starts, stops, shape, codec = self._locate(entry, raw)
-        assert shape is not None
-        if slab.array is None or slab.array.shape[1:] != shape:
-            if slab.array is not None and not bool(absent.all()):  # this batch holds elements of both shapes
-                episode_id = self.entries[int(entry[0])][0]
+        if ring.array is None:
+            ring.reset(self._index(int(keys[absent][0] >> 32)).shape, len(keys))
+        missing, fresh = ring.claim(slots)  # may turn hits in the slots it takes into misses
+        starts, stops, shape, codec = self._locate(keys[missing])
+        assert ring.array is not None
+        if ring.array.shape[1:] != shape:
+            if not bool(missing.all()):  # this batch holds elements of both shapes
+                episode_id = self.entries[int(keys[missing][0] >> 32)][0]
                 raise DatasetError(f"episode {episode_id}: frames of shape {list(shape)}, other sampled episodes "
-                                   f"have {list(slab.array.shape[1:])}; pass resize=(height, width)",
+                                   f"have {list(ring.array.shape[1:])}; pass resize=(height, width)",
                                    episode_id=episode_id)
-            slab.reset(shape, len(keys))
-        fresh = slab.take(len(missing), protected=slots[~absent], keys=missing)
-        slots[absent] = fresh
-        self._fill(slab, fresh, self._read(entry, starts, stops), codec)
+            ring.reset(shape, len(keys))
+            slots = ring.lookup(keys)
+            missing, fresh = ring.claim(slots)
+        assert ring.array is not None
+        entry = keys[missing] >> 32
+        try:
+            fds = {e: self._fd(e) for e in np.unique(entry).tolist()}
+            self._filler.fill(ring.array.reshape(-1), int(np.prod(shape)), fresh, fds, entry, starts, stops, codec,
+                              self._path)
+        finally:
+            self._close_spare()
+        ring.record(keys[missing], fresh)
         return slots
 
-    def _fill(self, slab: _Slab, slots: np.ndarray, blobs: list[memoryview], codec: str) -> None:
-        """Decode stored elements into their slots."""
-        array = slab.array
-        assert array is not None
-        shape = array.shape[1:]
-        if codec == "raw":
-            for slot, blob in zip(slots.tolist(), blobs, strict=True):
-                array[slot] = np.frombuffer(blob, dtype=np.uint8).reshape(shape)
-            return
-        if self._decompressor is None:
-            import zstandard
-
-            self._decompressor = zstandard.ZstdDecompressor()
-        n = len(blobs)
-        sizes = np.full(n, int(np.prod(shape)), dtype=np.uint64)
-        decoded = self._decompressor.multi_decompress_to_buffer(blobs, decompressed_sizes=sizes.tobytes(),
-                                                               threads=_THREADS if n >= 64 else 1)
-        for i, slot in enumerate(slots.tolist()):
-            array[slot] = np.frombuffer(decoded[i], dtype=np.uint8).reshape(shape)
-
-    def _locate(self, entry: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None,
-                                                                    str]:
-        """Byte ranges of each element, after checking that every raw frame it needs can be shown."""
+    def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], str]:
+        """Byte ranges of each element ``(entry << 32) | raw step`` (sorted), their shape and codec, after
+        checking that every raw frame they need can be shown (a stored element is empty where one cannot)."""
+        entry, raw = keys >> 32, keys & 0xFFFFFFFF
         starts = np.empty(len(raw), dtype=np.int64)
         stops = np.empty(len(raw), dtype=np.int64)
-        shape: tuple[int, ...] | None = None
-        codec = "zstd"
-        bounds = np.flatnonzero(np.r_[True, entry[1:] != entry[:-1], True]) if len(entry) else np.array([0])
-        max_n = self.options.max_n
-        for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            e = int(entry[first])
+        bounds = np.flatnonzero(np.r_[True, entry[1:] != entry[:-1], True]).tolist()
+        entries = entry[bounds[:-1]].tolist()
+        indexes = []
+        following = raw + 1
+        for e, first, end in zip(entries, bounds[:-1], bounds[1:], strict=True):  # the one loop per entry
             index = self._index(e)
-            wanted = raw[first:end]
-            spans = (wanted[:, None] - np.arange(max_n)[None, :]).ravel()
-            spans = spans[spans >= 0]
-            if len(index.steps) <= int(wanted.max()) or not bool(index.present[spans].all()):
-                self._no_frame(e, index, spans)
-            if shape is None:
-                shape, codec = index.shape, index.codec
-            elif index.shape != shape:
+            indexes.append(index)
+            offsets = index.offsets
+            if len(offsets) <= int(following[end - 1]):  # more steps than the store's entry holds
+                self._no_frame(e, index, raw[first:end])
+            np.take(offsets, raw[first:end], out=starts[first:end])
+            np.take(offsets, following[first:end], out=stops[first:end])
+        shape, codec = indexes[0].shape, indexes[0].codec
+        for e, index in zip(entries, indexes, strict=True):
+            if index.shape != shape:
                 episode_id = self.entries[e][0]
                 raise DatasetError(f"episode {episode_id}: frames of shape {list(index.shape)}, other sampled "
                                    f"episodes have {list(shape)}; pass resize=(height, width)", episode_id=episode_id)
-            starts[first:end] = index.offsets[wanted]
-            stops[first:end] = index.offsets[wanted + 1]
+        empty = stops == starts
+        if bool(empty.any()):
+            e = int(entry[np.argmax(empty)])
+            wanted = raw[entry == e]
+            spans = (wanted[:, None] - np.arange(self.options.max_n)[None, :]).ravel()
+            self._no_frame(e, self._index(e), spans[spans >= 0])
         return starts, stops, shape, codec
 
     def _no_frame(self, e: int, index: EntryIndex, spans: np.ndarray) -> None:
@@ -522,18 +506,3 @@ class PreparedFrames:
         raise DatasetError(f"episode {episode_id}: step {step} has no image "
                            f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
 
-    def _read(self, entry: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> list[memoryview]:
-        """The bytes of each range, reading ranges of one file that lie close together with one pread."""
-        order = np.lexsort((starts, entry))
-        s, t, f = starts[order], stops[order], entry[order]
-        new = np.r_[True, (f[1:] != f[:-1]) | (s[1:] - t[:-1] > _MERGE_GAP)] if len(s) else np.zeros(0, bool)
-        groups = [*np.flatnonzero(new).tolist(), len(s)]
-        out: list[memoryview] = [memoryview(b"")] * len(s)
-        for a, b in itertools.pairwise(groups):
-            e = int(f[a])
-            low, high = int(s[a]), int(t[a:b].max())
-            data = memoryview(os.pread(self._fd(e), high - low, low))
-            for i, (x, y) in zip(order[a:b].tolist(), zip(s[a:b].tolist(), t[a:b].tolist(), strict=True),
-                                 strict=True):
-                out[i] = data[x - low:y - low]
-        return out

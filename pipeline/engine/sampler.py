@@ -25,7 +25,8 @@ bytes (with ``missing="previous"``, finished stacks per entry, the earlier path)
 also holds one permutation of the selection's transition indices (8 bytes each).
 
 When a prepared frame store (:mod:`.prepared`) holds every selected entry for the frame options, the
-stacks are made from its stored elements instead (``pread`` and zstd, no PNG decoding): the same values.
+stacks are made from its stored elements instead (``preadv`` and zstd, no PNG decoding;
+:mod:`.storeread`): the same values.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..version import __version__
-from .rules import EpisodeChecker, check_part, check_step, json_text, steps_are_valid
+from .rules import UNPLANNED, EpisodeChecker, check_part, check_step, json_text, steps_are_valid
 
 # What EpisodeChecks.steps_batch returns, for EpisodeTabulator.steps_batch: the agent steps were
 # normalised (NORMALISED), or kept their 1-D observation_space (RAW); and, with UNCHECKED, the schema
@@ -56,8 +56,8 @@ class EpisodeChecks:
     ingest it runs in the reading process, so every rule error is raised there, in file order.
     """
 
-    def __init__(self, *, check_frames: bool = True) -> None:
-        self._checker = EpisodeChecker(check_frames=check_frames)
+    def __init__(self) -> None:
+        self._checker = EpisodeChecker()
         self.steps = 0
 
     def part(self, name: str, value: Any) -> dict[str, Any]:
@@ -93,11 +93,14 @@ class EpisodeChecks:
         """
         index = self.steps
         checker = self._checker
-        if defer_schema and checker.check_steps_as_they_are(steps):
-            self.steps = index + len(steps)
-            return RAW | UNCHECKED
+        plan = UNPLANNED
+        if defer_schema:
+            plan = checker.plan_of(steps)  # made once, used by both calls below
+            if checker.check_steps_as_they_are(steps, plan):
+                self.steps = index + len(steps)
+                return RAW | UNCHECKED
         if steps_are_valid(steps):
-            state = RAW if checker.check_steps(steps, index) else NORMALISED
+            state = RAW if checker.check_steps(steps, index, plan) else NORMALISED
         else:
             for i, step in enumerate(steps):
                 check_step(step, index + i)
@@ -150,15 +153,18 @@ class EpisodeTabulator:
         self._tables.add_step(step, self.steps)
         self.steps += 1
 
-    def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED) -> None:
+    def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED,
+                    frames: tuple[list[int], bytes] | None = None) -> None:
         """The next steps, as :meth:`EpisodeChecks.steps_batch` left them (``state``: what it returned).
 
         An UNCHECKED batch is schema-checked here first (the first invalid step raises its error).
+        ``frames``: their decoded frames, taken out of the steps and joined (see
+        :meth:`~.tabulate.EpisodeTables.add_steps`).
         """
         if state & UNCHECKED and not steps_are_valid(steps):
             for i, step in enumerate(steps):
                 check_step(step, self.steps + i)
-        self._tables.add_steps(steps, self.steps, bool(state & RAW))
+        self._tables.add_steps(steps, self.steps, bool(state & RAW), frames)
         self.steps += len(steps)
 
     def finish(self, facts: Facts) -> Built:

@@ -11,13 +11,14 @@ the checks in the reader, it was the bottleneck on small steps and short numbers
 file are the exception, chosen on the first batch (:func:`checks_here`): integer observations
 (pixels), which checked and flattened here cross the pipe as one byte a value, where nested
 lists of integers take longer to marshal than to check; and frames, whose base64 text is decoded
-here, so that 3 bytes cross the pipe for every 4 of text; the child checks the images (see
-:func:`_checked_here` for the order of errors). Either way the reader leaves the
+and checked here, so that 3 bytes cross the pipe for every 4 of text, a batch's frames as one bytes
+object (:func:`_frames_out`). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
 messages are written to the pipe by a helper thread (:class:`_Sender`), so the parser goes on while
-the writer is busy for a moment, up to :attr:`_Sender.MAX_PENDING_BYTES` ahead.
+the writer is busy for a moment, up to :attr:`_Sender.MAX_PENDING_BYTES` ahead (more while the child
+starts, until its first message says it has).
 
 Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
 (~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
@@ -186,7 +187,7 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
         for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
-                    checks = EpisodeChecks(check_frames=False) if checks_here(value) else None
+                    checks = EpisodeChecks() if checks_here(value) else None
                     for name, header in headers:
                         _send_part(sender, checks, name, header)
                     headers.clear()
@@ -194,7 +195,8 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                 if checks is None:
                     _send(sender, ("check", value))
                 else:
-                    _send(sender, ("steps", value, _checked_here(checks, value, steps)))
+                    state = checks.steps_batch(value, defer_schema=True)
+                    _send(sender, ("steps", value, state, _frames_out(value)))
                 before, steps = steps, steps + len(value)
                 if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
@@ -217,19 +219,19 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
     return reply[1]
 
 
-def _checked_here(checks: EpisodeChecks, steps: list[Any], first: int) -> int:
-    """``checks.steps_batch(steps)``, its frames decoded but not yet checked (the child checks them).
+def _frames_out(steps: list[Any]) -> tuple[list[int], bytes] | None:
+    """Take the checked steps' decoded frames out of them: their lengths (-1: none) and their bytes
+    joined, or None if no step has one.
 
-    If a rule is broken in the batch, which then never reaches the child, a damaged frame decoded
-    before the error (so earlier in file order) is the error to report.
+    One bytes object crosses the pipe for a batch's frames, and the writer builds its image column
+    from it (:class:`~.tabulate.ImageColumn`) without making a bytes object per frame: with each
+    frame marshalled on its own, ``marshal.loads`` and the join into the column took ~0.2 s of
+    the writer's CPU on 100 MB of frames (py-spy, loaded machine).
     """
-    try:
-        return checks.steps_batch(steps, defer_schema=True)
-    except PipelineError:
-        from .rules import check_frames
-
-        check_frames(steps, first)
-        raise
+    images = [step.pop("image", None) for step in steps]
+    if images.count(None) == len(images):
+        return None
+    return [-1 if image is None else len(image) for image in images], b"".join(filter(None, images))
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
@@ -298,9 +300,15 @@ class _Sender:
     """
 
     MAX_PENDING_BYTES = 4 * 1024 * 1024
+    # Until the child has started (imported pyarrow and the rest: ~0.15 s on a quiet machine, when the
+    # reader parses MAX_PENDING_BYTES of frames in ~0.03 s and would then wait with a core idle),
+    # the reader may run this far ahead instead.
+    STARTING_PENDING_BYTES = 16 * 1024 * 1024
 
     def __init__(self, conn: _Channel) -> None:
         self.conn = conn
+        self.started = False
+        self._limit = self.STARTING_PENDING_BYTES
         self._queue: deque[bytes] = deque()
         self._pending = 0
         self._broken = False
@@ -312,7 +320,7 @@ class _Sender:
     def send(self, data: bytes) -> bool:
         """Queue ``data`` (waiting while too much is queued); False if the pipe broke (the writer died)."""
         with self._ready:
-            while self._pending >= self.MAX_PENDING_BYTES and not self._broken:
+            while self._pending >= self._limit and not self._broken:
                 self._ready.wait()
             if self._broken:
                 return False
@@ -320,6 +328,12 @@ class _Sender:
             self._pending += len(data)
             self._ready.notify_all()
         return True
+
+    def child_started(self) -> None:
+        """The child is ready: hold the queue to :attr:`MAX_PENDING_BYTES` from now on."""
+        with self._ready:
+            self.started = True
+            self._limit = self.MAX_PENDING_BYTES
 
     def _run(self) -> None:
         ready = self._ready
@@ -361,16 +375,27 @@ class _Sender:
 
 def _send(sender: _Sender, message: tuple[Any, ...]) -> None:
     conn = sender.conn
-    if conn.poll():  # the child stopped at an error: nothing after it matters
-        reply = _receive(conn)
-        raise _ChildReported(reply[1])
+    if conn.poll():  # the child has started, or stopped at an error (then nothing after it matters)
+        reply = _receive(conn, started=sender)
+        if reply != _STARTED:
+            raise _ChildReported(reply[1])
     if not sender.send(marshal.dumps(message)):
         raise _ChildReported(_receive(conn)[1])
 
 
-def _receive(conn: _Channel) -> tuple[Any, ...]:
+_STARTED = ("started",)  # the child's first message, once it has imported what it needs
+
+
+def _receive(conn: _Channel, started: _Sender | None = None) -> tuple[Any, ...]:
+    """The child's next reply, past its "started" message (which tells ``started``, if given)."""
     try:
-        return conn.recv()
+        reply = conn.recv()
+        if reply == _STARTED:
+            if started is not None:
+                started.child_started()
+                return reply
+            reply = conn.recv()
+        return reply
     except (EOFError, ConnectionResetError):
         return ("error", LakeError("the process checking and writing the episode died"))
 
@@ -387,7 +412,6 @@ def _stop(sender: _Sender) -> PipelineError | None:
 
 def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     from .builder import EpisodeChecks, EpisodeTabulator, Facts
-    from .rules import check_frames
 
     for fd in close_in_child:
         os.close(fd)
@@ -395,6 +419,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
     checks = EpisodeChecks()  # for the parts the reader leaves to us ("check", "part")
+    conn.send(_STARTED)
     try:
         while True:
             message = marshal.loads(conn.recv_bytes())
@@ -402,8 +427,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             if kind == "check":
                 tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
             elif kind == "steps":
-                check_frames(message[1], tabulator.steps)  # decoded by the reader, not checked
-                tabulator.steps_batch(message[1], message[2])
+                tabulator.steps_batch(message[1], message[2], message[3])
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":

@@ -262,41 +262,21 @@ def json_text(value: Any, *, path: str, step: int | None = None) -> str | None:
         ) from None
 
 
-def decode_image(text: str, *, path: str, step: int, check: bool = True) -> bytes:
-    """Decode a frame's base64 text and check it is a whole, undamaged image (see ``images.py``).
-
-    ``check=False`` leaves the image check to :func:`check_frames` (the two-process ingest's writer).
-    """
+def decode_image(text: str, *, index: int, step: int) -> bytes:
+    """Decode the frame of step ``index`` (its base64 text) and check it is a whole, undamaged image
+    (see ``images``)."""
     try:
         data = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEpisode(
             "image.base64", "is not valid standard base64 (A-Z a-z 0-9 + / with = padding)",
-            path=path, step=step,
+            path=f"{STEPS_PATH}[{index}].image", step=step,
         ) from None
-    if check:
-        _check_frame(data, path=path, step=step)
-    return data
-
-
-def _check_frame(data: bytes, *, path: str, step: int) -> None:
     try:
         check_image(data, max_pixels=MAX_IMAGE_PIXELS)
     except ImageDamaged as exc:
-        raise InvalidEpisode("image.decodable", str(exc), path=path, step=step) from None
-
-
-def check_frames(steps: list[Any], first: int) -> None:
-    """The image check of each frame that :func:`decode_image` decoded with ``check=False``, in order.
-
-    ``steps`` are consecutive steps from index ``first``; a frame still in base64 (a step not
-    reached by the checks) is skipped. A frame is checked right after its decoding in file order,
-    so a damaged one here comes before any other error of its step or of a later one.
-    """
-    for i, step in enumerate(steps):
-        data = step.get("image") if type(step) is dict else None
-        if type(data) is bytes:
-            _check_frame(data, path=f"{STEPS_PATH}[{first + i}].image", step=step["number"])
+        raise InvalidEpisode("image.decodable", str(exc), path=f"{STEPS_PATH}[{index}].image", step=step) from None
+    return data
 
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:
@@ -339,6 +319,8 @@ def _flat(obs: list[Any]) -> tuple[bytearray | list[Any], list[int]]:
 
 
 _FIRST = itemgetter(0)
+# The plan argument of EpisodeChecker.check_steps when no plan was made beforehand (or none could be).
+UNPLANNED: Any = object()
 
 
 def _is_rectangular(obs: list[Any]) -> bool:
@@ -349,9 +331,7 @@ def _is_rectangular(obs: list[Any]) -> bool:
 class EpisodeChecker:
     """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
 
-    def __init__(self, *, check_frames: bool = True) -> None:
-        # False: frames are only decoded; their image check is left to check_frames (see there).
-        self._check_frames = check_frames
+    def __init__(self) -> None:
         self._numbers = StepNumbers()
         self._numbers_sorted = True  # False once a number came that was not greater than every one before
         self._out_of_order: dict[int, int] = {}  # such numbers, each with its step's index
@@ -379,7 +359,7 @@ class EpisodeChecker:
         self._check_number(number, index)
         image = step.get("image")
         if image is not None:
-            step["image"] = decode_image(image, path=f"{base}.image", step=number, check=self._check_frames)
+            step["image"] = decode_image(image, index=index, step=number)
         agent_steps = step.get("agent_steps")
         if not agent_steps:
             return
@@ -415,7 +395,7 @@ class EpisodeChecker:
                             metrics, path=f"{base}.agent_steps[{j}].unit_steps[{k}].custom_metrics", step=number
                         )
 
-    def check_steps(self, steps: list[dict[str, Any]], first: int) -> bool:
+    def check_steps(self, steps: list[dict[str, Any]], first: int, plan: Any = UNPLANNED) -> bool:
         """:meth:`check_step` for consecutive schema-valid steps (``first`` is the index of the first).
 
         Returns whether their observations were left as they are: True when every agent step's
@@ -426,8 +406,9 @@ class EpisodeChecker:
         checked with a few passes over the whole batch; anything else goes step by step through
         :meth:`check_step`, which raises the exact error. The fast path decides before it changes
         anything, and what it can still raise (images, metrics) it raises in file order.
+        ``plan``: what :meth:`plan_of` returned for these steps, if it was asked before.
         """
-        plan = self._fast_plan(steps)
+        plan = self._fast_plan(steps) if plan is UNPLANNED else plan
         if plan is None:
             for i, step in enumerate(steps):
                 self.check_step(step, first + i)
@@ -445,19 +426,28 @@ class EpisodeChecker:
         self._numbers.extend(numbers, first)
         return raw
 
-    def check_steps_as_they_are(self, steps: list[Any]) -> bool:
+    def plan_of(self, steps: list[Any]) -> Any:
+        """The fast path's plan for ``steps`` before their schema check (for :meth:`check_steps`, and
+        :meth:`check_steps_as_they_are`), or ``UNPLANNED`` if the rules here cannot read them."""
+        try:
+            return self._fast_plan(steps)
+        except (TypeError, KeyError, AttributeError, IndexError):  # not schema-valid: checked as usual
+            return UNPLANNED
+
+    def check_steps_as_they_are(self, steps: list[Any], plan: Any = UNPLANNED) -> bool:
         """:meth:`check_steps` for a batch that needs no change, and before its schema check.
 
         True, with the step numbers recorded, when the batch is in the common shape with 1-D
         float observations, no image and no custom metrics: then no rule but the schema's is broken
         in it, and nothing in it is to be normalised. False, with nothing recorded, for any other
         batch (including one the rules here cannot read because it breaks the schema): the caller
-        then checks it as usual.
+        then checks it as usual. ``plan``: :meth:`plan_of` the steps, if it was asked before.
         """
+        if plan is UNPLANNED:
+            plan = self.plan_of(steps)
+        if plan is None or plan is UNPLANNED:
+            return False
         try:
-            plan = self._fast_plan(steps)
-            if plan is None:
-                return False
             numbers, rows, _, raw, units = plan
             if (not raw or [step.get("image") for step in steps].count(None) != len(steps)
                     or [row.get("custom_metrics") for row in rows].count(None) != len(rows)
@@ -515,14 +505,18 @@ class EpisodeChecker:
 
     def _normalise_in_order(self, steps: list[dict[str, Any]], first: int, images: bool, metrics: bool) -> None:
         """Decode images and store metrics as JSON text, step by step: what fails, fails in file order."""
+        if not metrics:  # frames alone: the loop of every step of a frames file
+            for index, step in enumerate(steps, first):
+                image = step.get("image")
+                if image is not None:
+                    step["image"] = decode_image(image, index=index, step=step["number"])
+            return
         for i, step in enumerate(steps):
             base = f"{STEPS_PATH}[{first + i}]"
             number = step["number"]
             image = step.get("image")
             if image is not None:
-                step["image"] = decode_image(image, path=f"{base}.image", step=number, check=self._check_frames)
-            if not metrics:
-                continue
+                step["image"] = decode_image(image, index=first + i, step=number)
             for j, agent_step in enumerate(step.get("agent_steps") or ()):
                 value = agent_step.get("custom_metrics")
                 if value is not None:

@@ -72,25 +72,62 @@ def _floats(values: list[Any]) -> pa.Array:
         return pa.array([float(v) for v in values], F64)
 
 
-# Largest total of image bytes in one binary array (its offsets are int32).
-_MAX_BINARY_BYTES = 2**31 - 1
+class ImageColumn:
+    """The ``image`` column of a batch of steps: frames given one by one, or a batch's frames joined.
+
+    The two-process ingest's reader sends a batch's frames as one bytes object and their lengths
+    (:func:`pipeline.ingestion.parallel._frames_out`), so the writer never makes a bytes object per
+    frame; the single-process path appends each step's frame. Either way :meth:`array` copies the
+    bytes once, into memory of the right size: ``pa.array`` grows its data buffer by doubling,
+    copying it again and touching fresh pages at each step (on a 100 MB file of 64x64 frames its
+    conversion of ~4,700 images (8 MB) a batch was 0.27 s of the writing process, py-spy, loaded).
+    """
+
+    def __init__(self) -> None:
+        self._lengths: list[int] = []  # of each row's frame; -1: no frame (null)
+        self._chunks: list[bytes] = []
+        self.count = 0  # rows with a frame
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def append(self, value: bytes | None) -> None:
+        if value is None:
+            self._lengths.append(-1)
+        else:
+            self._lengths.append(len(value))
+            self._chunks.append(value)
+            self.count += 1
+
+    def extend_joined(self, lengths: list[int], data: bytes) -> None:
+        """Rows whose frames are ``data`` cut at ``lengths`` (-1: a row without a frame)."""
+        self._lengths += lengths
+        if data:
+            self._chunks.append(data)
+        self.count += len(lengths) - lengths.count(-1)
+
+    def array(self) -> pa.Array:
+        # The offsets are int32: a batch holds a few MB of frames (see BATCH_VALUES), never 2 GB.
+        lengths = self._lengths
+        if not self.count:
+            return pa.nulls(len(lengths), pa.binary())
+        data = b"".join(self._chunks)
+        nulls = lengths.count(-1)
+        validity = None
+        if nulls:
+            validity = pa.array([n >= 0 for n in lengths], pa.bool_()).buffers()[1]
+            lengths = [max(n, 0) for n in lengths]
+        offsets = array("i", accumulate(lengths, initial=0))
+        return pa.Array.from_buffers(pa.binary(), len(lengths), [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                     null_count=nulls)
 
 
 def _binary(values: list[bytes | None]) -> pa.Array:
-    """A binary array of ``values`` (the frames of a batch), its bytes copied once.
-
-    ``pa.array`` grows its data buffer by doubling, copying it again and touching fresh pages at
-    each step: on a 100 MB file of 64x64 frames its conversion of ~4,700 images (8 MB) a batch was
-    0.27 s of the writing process (py-spy; the load was high). Joined once and wrapped, the bytes
-    are copied once into memory of the right size.
-    """
-    if values.count(None):
-        return pa.array(values, pa.binary())
-    data = b"".join(values)  # type: ignore[arg-type]  # no None, counted above
-    if len(data) > _MAX_BINARY_BYTES:  # pragma: no cover - beyond any batch (see BATCH_VALUES)
-        return pa.array(values, pa.binary())
-    offsets = array("i", accumulate(map(len, values), initial=0))  # type: ignore[arg-type]
-    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    """A binary array of ``values`` (the frames of a batch), through :class:`ImageColumn`."""
+    column = ImageColumn()
+    for value in values:
+        column.append(value)
+    return column.array()
 
 
 def _bytes_as_floats(data: bytearray) -> pa.Array:
@@ -238,6 +275,15 @@ class _AgentSummary:
         }
 
 
+def _put_frames_back(steps: list[dict[str, Any]], lengths: list[int], data: bytes) -> None:
+    """Each step's frame back in it, as bytes, from ``frames`` (see :meth:`EpisodeTables.add_steps`)."""
+    start = 0
+    for step, length in zip(steps, lengths, strict=True):
+        if length >= 0:
+            step["image"] = data[start : start + length]
+            start += length
+
+
 def _total(row: dict[str, Any]) -> Any:
     """A row's total reward: ``reward``, or the sum of ``rewards``."""
     rewards = row.get("rewards")
@@ -285,7 +331,7 @@ class EpisodeTables:
     def _new_batches(self) -> None:
         self._step_numbers: list[int] = []
         self._step_indexes: list[int] = []
-        self._images: list[bytes | None] = []
+        self._images = ImageColumn()
         self._converted: dict[str, list[pa.RecordBatch]] = {"agent_steps": [], "unit_steps": []}
         self._batch_agent_rows = 0
         self._batch_unit_rows = 0
@@ -303,16 +349,21 @@ class EpisodeTables:
         self._unit_agents: list[str] = []
         self._unit_totals: list[Any] = []
 
-    def add_steps(self, steps: list[dict[str, Any]], first: int, raw: bool = False) -> None:
+    def add_steps(self, steps: list[dict[str, Any]], first: int, raw: bool = False,
+                  frames: tuple[list[int], bytes] | None = None) -> None:
         """:meth:`add_step` of each of consecutive checked steps (``first``: the index of the first).
 
         ``raw``: the agent steps kept their 1-D ``observation_space`` (see
         :meth:`pipeline.ingestion.rules.EpisodeChecker.check_steps`) instead of ``observation`` and its shape.
+        ``frames``: the steps' decoded frames, taken out of them, as lengths (-1: none) and the
+        bytes joined (see :class:`ImageColumn`).
         Steps whose numbers increase past every number seen go through in bulk; others one by one.
         """
         numbers = [step["number"] for step in steps]
         last = self.last_step
         if (last is not None and numbers[0] <= last) or not all(map(lt, numbers, islice(numbers, 1, None))):
+            if frames is not None:
+                _put_frames_back(steps, *frames)
             for i, step in enumerate(steps):
                 if raw:
                     for row in step.get("agent_steps") or ():
@@ -320,14 +371,23 @@ class EpisodeTables:
                         row["observation"], row["observation_shape"] = obs, [len(obs)]
                 self.add_step(step, first + i)
             return
-        images = [step.get("image") for step in steps]
         self._step_numbers += numbers
         self._step_indexes += range(first, first + len(steps))
-        self._images += images
-        absent = images.count(None)
-        if absent != len(images):
-            self.images += len(images) - absent
-            self._pending_values += sum(len(image) >> 3 for image in images if image is not None)
+        column = self._images
+        before = column.count
+        if frames is None:
+            images = [step.get("image") for step in steps]
+            if images.count(None) == len(images):
+                column.extend_joined([-1] * len(images), b"")
+            else:
+                for image in images:
+                    column.append(image)
+                self._pending_values += sum(len(image) >> 3 for image in images if image is not None)
+        else:
+            lengths, data = frames
+            column.extend_joined(lengths, data)
+            self._pending_values += sum(n >> 3 for n in lengths if n > 0)
+        self.images += column.count - before
         self.steps += len(steps)
         if self.first_step is None:
             self.first_step = numbers[0]
@@ -494,7 +554,7 @@ class EpisodeTables:
         if self._step_numbers:
             self._sink("steps", pa.RecordBatch.from_arrays(
                 [pa.array(self._step_numbers, I64), pa.array(self._step_indexes, I64),
-                 _binary(self._images)],
+                 self._images.array()],
                 schema=STEPS,
             ))
         for table, pieces in self._converted.items():

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import pipeline.engine.prepared
@@ -99,6 +101,26 @@ def test_batches_from_the_store_equal_decoded_batches(lake: Lake, options: Frame
         _equal_batches(a, b)
         starts += int((a.positions * frequency + offset < 12).sum())
     assert starts > 0  # stacks that reach before the episode's start (padding) were compared
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(range(len(OPTIONS))), batch_size=st.sampled_from([1, 3, 37, 100]),
+       slots=st.sampled_from([None, 0, 5, 60]), seed=st.integers(0, 3),
+       batches=st.lists(st.integers(0, 40), min_size=1, max_size=8))
+def test_any_sequence_of_batches_equals_the_decoded_one(lake: Lake, option: int, batch_size: int, slots: int | None,
+                                                        seed: int, batches: list[int]) -> None:
+    # Batches larger than the lake (each element wanted by many rows), stacks reaching before the
+    # episodes' starts, and rings from the smallest a batch allows (0: each batch's own elements
+    # evict the last one's) to one holding every element, asked in any order.
+    options = OPTIONS[option]
+    lake.prepare_frames(options, workers=1)
+    element = 84 * 84 if options.resize else SIZE[0] * SIZE[1] * (1 if options.grayscale else 3)
+    cache = 1 << 30 if slots is None else int(slots * element / 0.75) + 1  # the elements get 3/4 of the cache
+    common: dict[str, Any] = {"batch_size": batch_size, "observation": "frames", "frames": options, "seed": seed}
+    stored = lake.sampler(**common, prepared=True, cache_bytes=cache)
+    decoded = lake.sampler(**common, prepared=False)
+    for j in batches:
+        _equal_batches(stored.batch(j), decoded.batch(j))
 
 
 def test_another_agent_and_epochs(lake: Lake) -> None:

@@ -200,26 +200,59 @@ def test_the_sender_writes_every_message_in_order():
     assert pipe.written == messages
 
 
-def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read():
+@pytest.mark.parametrize("started", [True, False], ids=["child-started", "child-starting"])
+def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read(started):
     import threading
 
     from pipeline.ingestion.parallel import _Sender
 
     pipe = _Pipe()
-    pipe.open.clear()  # the writer is busy: nothing gets through
+    pipe.open.clear()  # the writer is busy (or still starting): nothing gets through
     sender = _Sender(pipe)
+    if started:
+        sender.child_started()
+    bound = _Sender.MAX_PENDING_BYTES if started else _Sender.STARTING_PENDING_BYTES
     chunk = b"x" * (256 * 1024)
+    count = 2 * _Sender.STARTING_PENDING_BYTES // len(chunk)
     sent = []
-    feeder = threading.Thread(target=lambda: sent.extend(sender.send(chunk) for _ in range(64)))  # 16 MiB
+    feeder = threading.Thread(target=lambda: sent.extend(sender.send(chunk) for _ in range(count)))
     feeder.start()
     feeder.join(timeout=1.0)
-    assert feeder.is_alive()  # it waits for room: the queue never holds the whole 16 MiB
-    assert sender._pending <= _Sender.MAX_PENDING_BYTES + len(chunk)
+    assert feeder.is_alive()  # it waits for room: the queue never holds all of it
+    assert bound - len(chunk) < sender._pending <= bound + len(chunk)
     pipe.open.set()
     feeder.join()
     assert sender.flush()
     sender.close()
-    assert sent == [True] * 64 and len(pipe.written) == 64
+    assert sent == [True] * count and len(pipe.written) == count
+
+
+def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
+    import threading
+    import time
+
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe()
+    pipe.open.clear()
+    sender = _Sender(pipe)
+    chunk = b"x" * (256 * 1024)
+    count = _Sender.STARTING_PENDING_BYTES // len(chunk) - 1
+    assert all(sender.send(chunk) for _ in range(count))  # room for all while the child starts
+    sender.child_started()
+    later = threading.Thread(target=sender.send, args=(chunk,))
+    later.start()
+    later.join(timeout=0.5)
+    assert later.is_alive()  # no room now, until the queue is below its usual size
+    pipe.open.set()
+    deadline = time.monotonic() + 10
+    while later.is_alive():
+        assert sender._pending <= _Sender.STARTING_PENDING_BYTES
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert sender.flush()
+    sender.close()
+    assert len(pipe.written) == count + 1
 
 
 def test_the_sender_reports_a_broken_pipe():

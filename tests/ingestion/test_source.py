@@ -451,6 +451,35 @@ def test_background_hash_equals_sha256_of_the_whole_stream(chunks, batch, pendin
     assert [hasher.hexdigest() for _ in range(digests)] == [expected] * digests
 
 
+@settings(max_examples=100, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=40), batch=st.integers(1, 700),
+       first=st.integers(1, 64))
+def test_background_hash_copies_what_it_is_given(chunks, batch, first):
+    """The reader hands the hash the parser's own buffer, which the next read overwrites at once."""
+    hasher = _BackgroundSha256()
+    hasher.BATCH_BYTES, hasher.FIRST_BLOCK_BYTES = batch, first
+    buffer = bytearray(300)
+    for chunk in chunks:
+        buffer[: len(chunk)] = chunk
+        hasher.update(memoryview(buffer)[: len(chunk)])
+        buffer[:] = b"\xff" * len(buffer)  # reused before the helper may have hashed it
+    assert hasher.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+def test_the_parser_reads_into_its_own_buffer_and_the_hash_sees_every_byte(tmp_path):
+    path = tmp_path / "big.bin"
+    data = bytes(range(256)) * (3 * _BackgroundSha256.BATCH_BYTES // 256 + 77)
+    path.write_bytes(data)
+    with open_source(path) as src:
+        reader, buffer, got = src.reader, bytearray(READ_SIZE), bytearray()
+        reader.mark = lambda: None
+        reader._limit = len(data)
+        while count := reader.readinto(buffer):
+            got += buffer[:count]
+        assert bytes(got) == data and reader.consumed == len(data)
+        assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
 def test_the_hash_helper_thread_is_gone_once_the_source_is_closed(tmp_path):
     before = threading.active_count()
     path = tmp_path / "big.bin"

@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, _binary, rows_to_batch
+from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, ImageColumn, _binary, rows_to_batch
 from pipeline.lake.tables import AGENT_STEPS, EPISODE_AGENTS, STEPS, UNIT_STEPS
 
 
@@ -111,3 +111,24 @@ def test_image_column_holds_every_frame_byte_for_byte(images):
                                         pa.array(range(len(images)), pa.int64()), column], schema=STEPS)
     assert batch.validate(full=True) is None
     assert batch.column("image").to_pylist() == images
+
+
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.one_of(st.binary(max_size=200), st.none()), max_size=12)),
+                max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_image_column_from_frames_joined_equals_frames_one_by_one(runs):
+    """The two-process writer gets a batch's frames as lengths and one bytes object; the column
+    holds the same values, nulls in place, as when each frame is appended on its own."""
+    column, expected = ImageColumn(), []
+    for joined, images in runs:
+        if joined:
+            column.extend_joined([-1 if i is None else len(i) for i in images],
+                                 b"".join(i for i in images if i is not None))
+        else:
+            for image in images:
+                column.append(image)
+        expected += images
+    array = column.array()
+    assert array.validate(full=True) is None
+    assert array.to_pylist() == expected
+    assert column.count == len(expected) - expected.count(None) and len(column) == len(expected)

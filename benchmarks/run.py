@@ -49,8 +49,9 @@ pipeline_root = REPO
 PROFILES = ALL_PROFILES
 # Profiles with a frame on every step: their target is the frames reference (frames_work), not the floor.
 FRAME_PROFILES = ("frames", "frames64")
-# Sizes of 1 GB and more are run for these only (the memory targets' profiles), unless --large-profiles.
-LARGE_PROFILES = ("frames", "teams", "pixels")
+# Sizes of 1 GB and more are run for these only (the memory targets' profiles), unless --large-profiles;
+# frames64 and vector are the shapes whose memory grew from 100 MB to 1 GB (issue 15: footer, step numbers).
+LARGE_PROFILES = ("frames", "teams", "pixels", "frames64", "vector")
 STARTUP_TARGET_S = 0.12
 READ_ENVIRONMENTS = ("CartPole-v1", "LunarLander-v3", "ALE/Pong-v5", "MountainCar-v0", "Acrobot-v1")
 PACKAGES = ("ijson", "jsonschema-rs", "pyarrow", "polars", "orjson", "pybase64", "pillow", "numpy")
@@ -575,7 +576,9 @@ def render(report: dict[str, Any]) -> str:
                 "with its parent when it finished. The child's RSS counts those shared pages (the parent's "
                 "imports, mostly) although they take memory once; sharing only ends over time (copy on write), "
                 "so the pages shared at the end were shared at the child's peak too, and the figure is an "
-                "upper bound. Linux keeps no high-water mark of private pages.",
+                "upper bound. Linux keeps no high-water mark of private pages. A file's pages count as shared "
+                "only when the parent maps that file too (`benchmarks/procstatus.py`): pyarrow's library, which "
+                "only the child loads, counted as shared whenever another process on the machine had it loaded.",
                 "",
                 "| profile | size | RSS MiB | parent VmHWM | child VmHWM | child shared at the end | "
                 "the two VmHWMs added |",

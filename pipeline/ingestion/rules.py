@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import binascii
 import json
-from array import array
 from functools import cache
 from itertools import chain, islice
 from operator import itemgetter, lt
@@ -32,6 +31,7 @@ import pybase64
 from ..errors import InvalidEpisode, shorten
 from .cutdown import cut_down
 from .images import ImageDamaged, check_image
+from .stepnumbers import StepNumbers
 
 # Every rule id an InvalidEpisode can carry, with what it guards; one dialect, ``area.rule``. The README's
 # error table lists the same ids (a test keeps them equal).
@@ -353,9 +353,9 @@ class EpisodeChecker:
     """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
 
     def __init__(self) -> None:
-        self._numbers = array("q")
-        self._numbers_sorted = True
-        self._number_index: dict[int, int] | None = None
+        self._numbers = StepNumbers()
+        self._numbers_sorted = True  # False once a number came that was not greater than every one before
+        self._out_of_order: dict[int, int] = {}  # such numbers, each with its step's index
         self._reward_kind: tuple[str, str, int] | None = None  # kind, first path, first step
         self._reward_kind_name: str | None = None  # the kind alone, for the per-row fast path
         self._reward_lengths: dict[int, tuple[str, int]] = {}  # length -> first path, step
@@ -444,7 +444,7 @@ class EpisodeChecker:
             for row, obs in zip(rows, observations, strict=True):
                 del row["observation_space"]
                 row["observation"], row["observation_shape"] = _flat(obs)
-        self._numbers.extend(numbers)
+        self._numbers.extend(numbers, first)
         return raw
 
     def plan_of(self, steps: list[Any]) -> Any:
@@ -476,7 +476,7 @@ class EpisodeChecker:
                 return False
         except (TypeError, KeyError, AttributeError, IndexError):  # not schema-valid: checked as usual
             return False
-        self._numbers.extend(numbers)
+        self._numbers.extend(numbers, self._numbers.next_index)  # sorted: every step so far recorded
         return True
 
     def _fast_plan(self, steps: list[dict[str, Any]]) -> tuple[list[int], list[dict[str, Any]], list[Any], bool,
@@ -488,7 +488,8 @@ class EpisodeChecker:
         numbers = [step["number"] for step in steps]
         if set(map(type, numbers)) != {int}:
             return None
-        if (self._numbers and numbers[0] <= self._numbers[-1]) or not all(map(lt, numbers, islice(numbers, 1, None))):
+        last = self._numbers.last
+        if (last is not None and numbers[0] <= last) or not all(map(lt, numbers, islice(numbers, 1, None))):
             return None
         lists = [step.get("agent_steps") or () for step in steps]
         rows = list(chain.from_iterable(lists))
@@ -550,21 +551,22 @@ class EpisodeChecker:
 
     def _check_number(self, number: int, index: int) -> None:
         numbers = self._numbers
-        if self._numbers_sorted and (not numbers or number > numbers[-1]):
-            numbers.append(number)
+        if numbers.last is None or number > numbers.last:
+            numbers.add(number, index)
             return
-        if self._number_index is None:
-            # Steps arrived out of order: from now on keep an index from number to position.
-            self._numbers_sorted = False
-            self._number_index = {n: i for i, n in enumerate(numbers)}
-        first = self._number_index.get(number)
+        # Out of order: from now on every step goes through here (see _fast_plan). Numbers stored here
+        # are smaller than numbers.last was then, so a number greater than it needs no lookup.
+        self._numbers_sorted = False
+        first = numbers.index(number)
+        if first is None:
+            first = self._out_of_order.get(number)
         if first is not None:
             raise InvalidEpisode(
                 "step.number_unique",
                 f"step number {number} is used twice (first by {STEPS_PATH}[{first}]); step numbers must be unique",
                 path=f"{STEPS_PATH}[{index}].number", step=number,
             )
-        self._number_index[number] = index
+        self._out_of_order[number] = index
 
     def _check_rewards(self, row: dict[str, Any], path: str, step: int, *, consistent: bool) -> None:
         rewards = row.get("rewards")

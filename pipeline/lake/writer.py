@@ -164,7 +164,12 @@ class EpisodeWriter:
         try:
             while self._in_flight:
                 self._wait_oldest()
-            self._pool.submit(self._close_all).result()
+            # Here, not on the writer thread: closing a file makes pyarrow copy the metadata of every row
+            # group it wrote (~2.7 KB a row group of steps, live until then), and in this thread's malloc
+            # arena that copy reuses what the finished batches freed; in the writer thread's own arena it
+            # grew the process by as much again (1 GB of 64x64 frames, 5,700 row groups: child peak
+            # 125 -> 116 MiB, measured; issue 15).
+            self._close_all()
         except OSError as exc:
             raise LakeError(f"could not write {self.folder}: {exc.strerror or exc}") from exc
         finally:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.sampler import _peak_rss_mib, _write_episode
+from benchmarks.sampler import _peak_rss_mib, _write_episode, ingest_generated
 
 LAKES = {"long": (1, 10_000), "many": (300, 200), "rgb": (1, 3_000)}
 
@@ -94,24 +94,9 @@ def build(root: Path, name: str) -> Path:
     lake = root / f"prepared-reads-{name}-{episodes}x{steps}"
     if (lake / ".complete").exists():
         return lake
-    from pipeline import ingest_many
-
-    sources = root / f"prepared-reads-sources-{name}"
-    sources.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    for start in range(0, episodes, 50):
-        names = []
-        for n in range(start, min(episodes, start + 50)):
-            path = sources / f"{n}.json"
-            (_write_rgb_episode if name == "rgb" else _write_episode)(path, n, steps)
-            names.append(path)
-        for result in ingest_many(names, lake=lake, compact=False):
-            if result.status != "ingested":
-                raise SystemExit(f"{result.source}: {result.status} {result.error}")
-        for path in names:
-            path.unlink()
-    (lake / ".complete").write_text(f"{time.perf_counter() - started:.1f} s\n")
-    return lake
+    writer = _write_rgb_episode if name == "rgb" else _write_episode
+    return ingest_generated(lake, root / f"prepared-reads-sources-{name}", episodes,
+                            lambda path, n: writer(path, n, steps), chunk=50, compact=False)
 
 
 def prepare(lake_path: str, read: str) -> dict[str, Any]:

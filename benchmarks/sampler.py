@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +88,29 @@ def build_lake(root: Path, transitions: int, seed: int = 0) -> Path:
     lake = root / f"sampler-lake-v2-{transitions}"  # v2: distinct frames
     if (lake / ".complete").exists():
         return lake
+    episodes = -(-transitions // EPISODE_STEPS)
+
+    def write(path: Path, n: int) -> None:
+        _write_episode(path, n, min(EPISODE_STEPS, transitions - n * EPISODE_STEPS))
+
+    return ingest_generated(lake, root / f"sampler-sources-v2-{transitions}", episodes, write, chunk=20)
+
+
+def ingest_generated(lake: Path, sources: Path, episodes: int, write: Callable[[Path, int], None], *,
+                     chunk: int, compact: bool = True) -> Path:
+    """Write episodes 0..``episodes``-1 with ``write(path, n)`` and ingest them, ``chunk`` files at a time
+    (bounded disk for the JSON); ``lake/.complete`` records the time, so the lake is built once."""
     from pipeline import ingest_many
 
-    sources = root / f"sampler-sources-v2-{transitions}"
     sources.mkdir(parents=True, exist_ok=True)
-    episodes = -(-transitions // EPISODE_STEPS)
     started = time.perf_counter()
-    for start in range(0, episodes, 20):  # 20 files at a time: bounded disk for the JSON
+    for start in range(0, episodes, chunk):
         names = []
-        for n in range(start, min(episodes, start + 20)):
-            steps = min(EPISODE_STEPS, transitions - n * EPISODE_STEPS)
+        for n in range(start, min(episodes, start + chunk)):
             path = sources / f"{n}.json"
-            _write_episode(path, n, steps)
+            write(path, n)
             names.append(path)
-        for result in ingest_many(names, lake=lake):
+        for result in ingest_many(names, lake=lake, compact=compact):
             if result.status != "ingested":
                 raise SystemExit(f"{result.source}: {result.status} {result.error}")
         for path in names:

@@ -1,4 +1,4 @@
-"""Rows and columns of the tables (:class:`pipeline.ingestion.tabulate.Piece`) -> Arrow record batches.
+"""Rows and columns of the tables (:class:`pipeline.ingestion.columns.Piece`) -> Arrow record batches.
 
 The pyarrow half of tabulating, imported on an episode's first conversion: a small episode never
 needs it (it is written by :mod:`pipeline.lake.smallparquet`; see ``tabulate.SMALL_ROWS``).
@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..lake.tables import F64, LIST_F64, SCHEMAS
 
 if TYPE_CHECKING:
-    from .tabulate import Piece
+    from .columns import Piece
 
 
 def _float_fields(schema: pa.Schema) -> list[tuple[str, bool]]:
@@ -95,7 +95,7 @@ def _bytes_as_floats(data: bytearray) -> pa.Array:
 
 
 def float_list_array(offsets: list[int], chunks: list[bytearray | list[Any]]) -> pa.ListArray:
-    """A ``list<float64>`` array from a :class:`~pipeline.ingestion.tabulate.FloatListColumn`'s offsets and runs."""
+    """A ``list<float64>`` array from a :class:`~pipeline.ingestion.columns.FloatListColumn`'s offsets and runs."""
     parts = [_bytes_as_floats(chunk) if isinstance(chunk, bytearray) else _floats(chunk) for chunk in chunks]
     values = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else pa.array([], F64)
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)

@@ -172,7 +172,8 @@ class EpisodeTabulator:
 
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
-        from .tabulate import episode_row, episode_table, python_columns
+        from .columns import python_columns
+        from .tabulate import episode_row, episode_table
 
         tables = self._tables
         small = tables.small_pieces()

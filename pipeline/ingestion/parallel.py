@@ -224,7 +224,7 @@ def _frames_out(steps: list[Any]) -> tuple[list[int], bytes] | None:
     joined, or None if no step has one.
 
     One bytes object crosses the pipe for a batch's frames, and the writer builds its image column
-    from it (:class:`~.tabulate.ImageColumn`) without making a bytes object per frame: with each
+    from it (:class:`~.columns.ImageColumn`) without making a bytes object per frame: with each
     frame marshalled on its own, ``marshal.loads`` and the join into the column took ~0.2 s of
     the writer's CPU on 100 MB of frames (py-spy, loaded machine).
     """

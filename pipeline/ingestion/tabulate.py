@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import reduce
-from itertools import accumulate, chain, islice
+from itertools import chain, islice
 from operator import add, lt
 from typing import TYPE_CHECKING, Any
 
-from ..lake.smallparquet_schemas import COLUMNS
 from ..lake.writer import IMAGE_GROUP_BYTES
+from .columns import FloatListColumn, ImageColumn, Piece
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -54,140 +53,6 @@ def small_limits() -> tuple[int, int]:
         return SMALL_ROWS, SMALL_VALUES
     rows = min(int(forced), BATCH_ROWS)
     return rows, min(BATCH_VALUES, rows * (SMALL_VALUES // SMALL_ROWS))
-
-
-@dataclass
-class Piece:
-    """Rows of one table, not converted yet: the parsed dicts and the columns they lack.
-
-    ``columns`` maps a field to its values (a list, or a :class:`FloatListColumn`); every other field
-    of the table is taken from the row dicts (missing keys are nulls). ``count`` is the number of rows.
-    Converted to Arrow by :func:`pipeline.ingestion.arrowrows.to_batch`, or to Python columns for the small
-    writer by :func:`python_columns`.
-    """
-
-    count: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    columns: dict[str, Any] = field(default_factory=dict)
-
-
-def python_columns(table: str, piece: Piece) -> dict[str, list[Any]]:
-    """Every field of ``table`` as a list of Python values, for :func:`pipeline.lake.smallparquet.encode`."""
-    out: dict[str, list[Any]] = {}
-    for name, _, _ in COLUMNS[table]:
-        values = piece.columns.get(name)
-        if values is None:
-            values = [row.get(name) for row in piece.rows]
-        elif isinstance(values, FloatListColumn):
-            values = values.lists()
-        elif isinstance(values, ImageColumn):
-            values = values.values()
-        out[name] = values
-    return out
-
-
-class ImageColumn:
-    """The ``image`` column of a batch of steps: frames given one by one, or a batch's frames joined.
-
-    The two-process ingest's reader sends a batch's frames as one bytes object and their lengths
-    (:func:`pipeline.ingestion.parallel._frames_out`), so the writer never makes a bytes object per
-    frame; the single-process path appends each step's frame. Either way the Arrow array
-    (:func:`pipeline.ingestion.arrowrows.image_array`) copies the bytes once, into memory of the
-    right size, and the small writer gets each row's frame from :meth:`values`.
-    """
-
-    def __init__(self) -> None:
-        self.lengths: list[int] = []  # of each row's frame; -1: no frame (null)
-        self.chunks: list[bytes] = []
-        self.count = 0  # rows with a frame
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def append(self, value: bytes | None) -> None:
-        if value is None:
-            self.lengths.append(-1)
-        else:
-            self.lengths.append(len(value))
-            self.chunks.append(value)
-            self.count += 1
-
-    def extend_joined(self, lengths: list[int], data: bytes) -> None:
-        """Rows whose frames are ``data`` cut at ``lengths`` (-1: a row without a frame)."""
-        self.lengths += lengths
-        if data:
-            self.chunks.append(data)
-        self.count += len(lengths) - lengths.count(-1)
-
-    def array(self) -> pa.Array:
-        from .arrowrows import image_array
-
-        return image_array(self.lengths, self.chunks, self.count)
-
-    def values(self) -> list[bytes | None]:
-        """Each row's frame (None: no frame): for the small writer."""
-        data = b"".join(self.chunks)
-        out: list[bytes | None] = []
-        start = 0
-        for length in self.lengths:
-            if length < 0:
-                out.append(None)
-            else:
-                out.append(data[start : start + length])
-                start += length
-        return out
-
-
-class FloatListColumn:
-    """A ``list<float64>`` column built row by row from flat values, converted in bulk.
-
-    A row's values are either bytes (every value an integer 0..255, one byte each; see
-    :func:`pipeline.ingestion.rules.flatten_observation`) or a list of numbers. Consecutive rows of the same
-    kind share one buffer, so a run of pixel observations is one ``uint8 -> float64`` cast.
-    """
-
-    def __init__(self) -> None:
-        self.offsets = [0]
-        self.values = 0
-        self._chunks: list[bytearray | list[Any]] = []  # runs of rows of one kind
-
-    def append(self, values: bytes | bytearray | list[Any]) -> None:
-        """One row's values: bytes (``marshal`` turns a bytearray into bytes) or numbers."""
-        self.values += len(values)
-        self.offsets.append(self.values)
-        chunks = self._chunks
-        last = chunks[-1] if chunks else None
-        if isinstance(values, list):
-            if isinstance(last, list):
-                last += values
-            else:
-                chunks.append(list(values))  # a copy: the chunk grows, the row's list must not
-        elif isinstance(last, bytearray):
-            last += values
-        else:
-            chunks.append(bytearray(values))
-
-    def extend(self, rows: list[list[Any]]) -> None:
-        """Many rows of numbers at once (lists, as the parser made them): what ``append`` of each does."""
-        lengths = list(map(len, rows))
-        self.offsets.extend(islice(accumulate(lengths, initial=self.values), 1, None))
-        self.values += sum(lengths)
-        chunks = self._chunks
-        if chunks and isinstance(chunks[-1], list):
-            chunks[-1].extend(chain.from_iterable(rows))
-        else:
-            chunks.append(list(chain.from_iterable(rows)))
-
-    def array(self) -> pa.ListArray:
-        from .arrowrows import float_list_array
-
-        return float_list_array(self.offsets, self._chunks)
-
-    def lists(self) -> list[list[Any]]:
-        """Each row's values as a list (bytes' values as ints): for the small writer."""
-        values = list(chain.from_iterable(self._chunks))
-        offsets = self.offsets
-        return [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 class _AgentSummary:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.ingestion.arrowrows import _binary, rows_to_batch
-from pipeline.ingestion.tabulate import EpisodeTables, FloatListColumn, ImageColumn
+from pipeline.ingestion.columns import FloatListColumn, ImageColumn
+from pipeline.ingestion.tabulate import EpisodeTables
 from pipeline.lake.tables import AGENT_STEPS, EPISODE_AGENTS, STEPS, UNIT_STEPS
 
 

@@ -25,7 +25,8 @@ from hypothesis import given
 
 import pipeline
 from pipeline.ingestion.arrowrows import to_batch
-from pipeline.ingestion.tabulate import BATCH_ROWS, SMALL_ROWS, SMALL_ROWS_VARIABLE, Piece, python_columns
+from pipeline.ingestion.columns import Piece, python_columns
+from pipeline.ingestion.tabulate import BATCH_ROWS, SMALL_ROWS, SMALL_ROWS_VARIABLE
 from pipeline.lake import smallparquet
 from pipeline.lake.damage import page_problem
 from pipeline.lake.layout import list_episodes

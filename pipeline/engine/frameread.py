@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError
 from ..lake.damage import open_verified, reading
 from ..lake.layout import EpisodeLocation
 from ..lake.segments import ID, episode_row_groups
+from .framestack import no_image
 
 _OPEN_FILES = 64
 _PER_IMAGE = 64  # bytes a cached image costs beyond its own (the Python bytes object)
@@ -160,6 +160,5 @@ def check_images(images: list[bytes | None], steps: list[int], episode_id: str) 
     """An error naming the first step without an image (as ``load_frames`` says it)."""
     for image, step in zip(images, steps, strict=True):
         if image is None:
-            raise DatasetError(f"episode {episode_id}: step {step} has no image "
-                               f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+            raise no_image(episode_id, step)
 

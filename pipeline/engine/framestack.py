@@ -41,6 +41,18 @@ FrameSource = Callable[[int], np.ndarray] | Sequence[np.ndarray] | np.ndarray
 _CHUNK = 64  # raw elements processed (grayscale, resize) together: bounded memory, few numpy calls
 
 
+def no_image(episode_id: str, step: int, *, none_before: bool = False) -> DatasetError:
+    """The error of a frame that cannot be shown, worded the same by every reader of frames.
+
+    ``none_before``: with ``missing="previous"``, no step before ``step`` has an image either.
+    """
+    if none_before:
+        return DatasetError(f"episode {episode_id}: step {step} has no image, nor any step before it",
+                            episode_id=episode_id)
+    return DatasetError(f"episode {episode_id}: step {step} has no image "
+                        f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+
+
 def check_options(options: FrameOptions) -> None:
     """Refuse options that cannot be applied, with a message that names the option."""
     if options.stack_n is not None and options.stack_n < 1:

@@ -57,7 +57,7 @@ from ..lake.framestore import (
 )
 from ..lake.layout import EpisodeLocation, frame_entry_name, frame_store_path
 from .frameread import ByteLRU
-from .framestack import check_options, element_ends, processed_elements
+from .framestack import check_options, element_ends, no_image, processed_elements
 from .pngdecode import raw_frame
 from .storeread import ElementRing, Filler
 from .trajectory import FrameOptions, _images, agent_step_numbers
@@ -498,9 +498,5 @@ class PreparedFrames:
                                f"the lake's; delete {self.store} and prepare it again", episode_id=episode_id)
         lacking = np.unique(spans[~index.present[spans]])
         step = int(index.steps[lacking].min())
-        if self.options.missing == "previous":
-            raise DatasetError(f"episode {episode_id}: step {step} has no image, nor any step before it",
-                               episode_id=episode_id)
-        raise DatasetError(f"episode {episode_id}: step {step} has no image "
-                           f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+        raise no_image(episode_id, step, none_before=self.options.missing == "previous")
 

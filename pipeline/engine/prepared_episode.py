@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DatasetError
 from ..lake.framestore import OPTIONS_FILE, DamagedEntry, EntryIndex, element_bytes, read_index
 from ..lake.layout import EpisodeLocation, frame_entry_name, frame_store_path
-from .framestack import element_ends, stack_elements
+from .framestack import element_ends, no_image, stack_elements
 from .prepared import element_options, store_key
 from .trajectory import FrameOptions, agents
 
@@ -158,11 +158,7 @@ def _check_present(index: EntryIndex, unique: np.ndarray, options: FrameOptions,
     if bool(index.present[spans].all()):
         return
     step = int(index.steps[np.unique(spans[~index.present[spans]])].min())
-    if options.missing == "previous":
-        raise DatasetError(f"episode {episode_id}: step {step} has no image, nor any step before it",
-                           episode_id=episode_id)
-    raise DatasetError(f"episode {episode_id}: step {step} has no image "
-                       f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+    raise no_image(episode_id, step, none_before=options.missing == "previous")
 
 
 def missing_entries(lake_path: Path, options: FrameOptions,

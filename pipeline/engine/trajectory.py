@@ -27,7 +27,7 @@ from ..errors import DatasetError
 from ..lake.layout import EpisodeLocation
 from ..lake.segments import episode_rows
 from .agentrows import AgentRows, AgentStepsFile
-from .framestack import raw_indices, stacked_frames
+from .framestack import no_image, raw_indices, stacked_frames
 from .pngdecode import raw_frame
 
 _TRAJECTORY_COLUMNS = ["action", "rewards", "total_reward", "observation", "observation_shape"]  # and step
@@ -247,8 +247,7 @@ def load_frames(location: EpisodeLocation, steps: np.ndarray, options: FrameOpti
     wanted = sorted(set(sources.tolist()))
     lacking = [step for step in wanted if images.get(step) is None]
     if lacking:
-        raise DatasetError(f"episode {episode_id}: step {lacking[0]} has no image "
-                           f"(missing='previous' uses the latest image before it)", episode_id=episode_id)
+        raise no_image(episode_id, lacking[0])
     source_of = dict(zip(needed.tolist(), sources.tolist(), strict=True))
 
     @lru_cache(maxsize=options.max_n + 1)  # missing="previous" shows one image at several steps in a row
@@ -271,8 +270,7 @@ def _previous_images(location: EpisodeLocation, images: dict[int, bytes | None],
     position = np.searchsorted(with_image, steps, side="right") - 1
     if len(position) and position.min() < 0:
         first = int(steps[position < 0][0])
-        raise DatasetError(f"episode {location.episode_id}: step {first} has no image, nor any step before it",
-                           episode_id=location.episode_id)
+        raise no_image(location.episode_id, first, none_before=True)
     return with_image[position]
 
 

@@ -263,8 +263,9 @@ class EpisodeTables:
             else:
                 for image in images:
                     column.append(image)
-                self._pending_values += sum(len(image) >> 3 for image in images if image is not None)
-                self._image_bytes += sum(len(image) for image in images if image is not None)
+                sizes = [len(image) for image in images if image is not None]
+                self._pending_values += sum(size >> 3 for size in sizes)
+                self._image_bytes += sum(sizes)
         else:
             lengths, data = frames
             column.extend_joined(lengths, data)

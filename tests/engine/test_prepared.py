@@ -58,12 +58,16 @@ def _lake(root: Path, documents: list[dict[str, Any]]) -> Lake:
     return Lake(root / "lake")
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
-    root = tmp_path_factory.mktemp("prepared")
+def standard_lake(root: Path) -> Lake:
+    """Episodes of LENGTHS (the third grey) and a two-agent one; shared with test_prepared_episode."""
     documents = [_episode(n, length, gray=n == 2) for n, length in enumerate(LENGTHS)]
     documents.append(_episode(9, 11, agents=("lead", "wing")))  # "wing" acts on every other step only
     return _lake(root, documents)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    return standard_lake(tmp_path_factory.mktemp("prepared"))
 
 
 OPTIONS = [

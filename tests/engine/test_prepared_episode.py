@@ -18,15 +18,12 @@ from pipeline.engine.prepared import store_key
 from pipeline.engine.prepared_episode import DamagedFramesWarning, StoredFrames, prepare_command
 from pipeline.lake.framestore import DamagedEntry
 from pipeline.lake.layout import FRAMES, frame_entry_name
-from tests.engine.test_prepared import LENGTHS, OPTIONS, _episode, _lake
+from tests.engine.test_prepared import OPTIONS, _episode, _lake, standard_lake
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
-    root = tmp_path_factory.mktemp("prepared-episode")
-    documents = [_episode(n, length, gray=n == 2) for n, length in enumerate(LENGTHS)]
-    documents.append(_episode(9, 11, agents=("lead", "wing")))  # "wing" acts on every other step only
-    return _lake(root, documents)
+    return standard_lake(tmp_path_factory.mktemp("prepared-episode"))
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> None:

@@ -36,7 +36,7 @@ from .footer_map import footer_map_problem, open_groups, write_footer_map
 from .layout import FOOTER_MAP, SEGMENT_INDEX, SEGMENT_PREFIX, EpisodeLocation
 from .segment_index import index_count, index_holds, index_ids, index_problem, write_index
 from .tables import SCHEMAS, TABLES
-from .writer import COMPRESSION, fsync_path, image_group_rows, images_compress
+from .writer import COMPRESSION, fsync_path, image_group_rows, images_compress, table_compression
 
 # pyarrow.compute (~30 ms to import: it builds a Python wrapper for each of its ~280 kernels) is imported
 # by the functions that sort or filter, not with this module: every commit imports it (commit.py).
@@ -183,10 +183,11 @@ def write_segment(folder: Path, tables: dict[str, pa.Table]) -> None:
         # values (quantised observations, actions); pyarrow falls back to plain pages for a column
         # whose dictionary outgrows its page limit, so random floats cost nothing extra. Page
         # checksums as in an episode folder, so readers and `check --deep` find a damaged page.
-        compression: str | dict[str, str] = COMPRESSION
-        if table == "steps" and not images_compress(rows):  # as in an episode folder (lake/writer.py)
-            compression = {name: "none" if name == "image" else COMPRESSION for name in rows.schema.names}
-        pq.write_table(rows, path, row_group_size=group_rows, compression=compression,
+        # Images with zstd where it pays, as an episode folder does with LZ4 (lake/writer.py): compaction is
+        # off the ingest's path, and zstd stores frames' 600x400 PNGs in 3% fewer bytes.
+        image_codec = COMPRESSION if images_compress(rows, COMPRESSION) else None
+        pq.write_table(rows, path, row_group_size=group_rows,
+                       compression=table_compression(rows.schema.names, image_codec),
                        use_dictionary=True, write_statistics=statistics_columns(table),
                        write_page_checksum=True)
         fsync_path(path)

@@ -33,13 +33,17 @@ IMAGE_GROUP_BYTES = 128 * 1024
 MIN_IMAGE_GROUP_ROWS = 16
 # Dictionary encoding pays for names that repeat on every row, not for measurements.
 _DICTIONARY_COLUMNS = ["agent", "unit", "algorithm", "source"]
-# Image files (PNG, JPEG) are compressed already, but not always well: zstd over them found ~0% in
-# frames64's and random's 64x64 PNGs and 21-26% in frames' 600x400 ones (Pillow's default PNG
-# level), for ~0.14 s of CPU per 100 MB of frames (measured, pyarrow 26). So the image column is
-# zstd-compressed only when a sample of the episode's first images shrinks by :data:`IMAGE_GAIN`
-# (:func:`images_compress`), else stored as it is. Its min/max statistics would only add a copy of
-# two images per row group to the footer (~7% of frames' steps.parquet), for no reader.
+# Image files (PNG, JPEG) are compressed already, but not always well: a general-purpose codec over
+# them found ~0% in frames64's and random's 64x64 PNGs and 23-26% in frames' 600x400 ones (Pillow's
+# default PNG level). So the image column is compressed only when a sample of the episode's first
+# images shrinks by :data:`IMAGE_GAIN` under the codec (:func:`images_compress`), else stored as it
+# is. At ingest the codec is LZ4 (LZ4_RAW), not zstd: on frames' 70 MB of PNG it stores 77.0% of
+# the bytes against zstd's 74.5%, for 0.044 s of CPU against 0.16 s (measured, pyarrow 26, one
+# process); compaction, off the ingest's path, writes zstd (lake/segments.py). The column's min/max
+# statistics would only add a copy of two images per row group to the footer (~7% of frames'
+# steps.parquet), for no reader.
 _IMAGE_COLUMNS = frozenset({"image"})
+IMAGE_CODEC = "lz4_raw"
 IMAGE_GAIN = 0.9
 _IMAGE_SAMPLE_BYTES = 256 * 1024
 
@@ -53,8 +57,8 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def images_compress(rows: pa.RecordBatch | pa.Table) -> bool:
-    """Whether zstd shrinks the images of ``rows`` (their first :data:`_IMAGE_SAMPLE_BYTES`) to
+def images_compress(rows: pa.RecordBatch | pa.Table, codec: str = IMAGE_CODEC) -> bool:
+    """Whether ``codec`` shrinks the images of ``rows`` (their first :data:`_IMAGE_SAMPLE_BYTES`) to
     :data:`IMAGE_GAIN` of their size or less; False without images."""
     import pyarrow as pa
 
@@ -70,7 +74,15 @@ def images_compress(rows: pa.RecordBatch | pa.Table) -> bool:
     if not size:
         return False
     data = b"".join(sample)
-    return len(pa.Codec("zstd", 1).compress(data, asbytes=True)) <= IMAGE_GAIN * size
+    return len(pa.Codec(codec).compress(data, asbytes=True)) <= IMAGE_GAIN * size
+
+
+def table_compression(names: Sequence[str], image_codec: str | None) -> str | dict[str, str]:
+    """The ``compression`` argument for a table of columns ``names``: :data:`COMPRESSION` for every
+    column but the images, which get ``image_codec`` (None: stored as they are)."""
+    if not _IMAGE_COLUMNS.intersection(names):  # flat tables only: a nested column's name is its path
+        return COMPRESSION
+    return {name: (image_codec or "none") if name in _IMAGE_COLUMNS else COMPRESSION for name in names}
 
 
 def image_group_rows(rows: pa.RecordBatch | pa.Table) -> int | None:
@@ -137,14 +149,11 @@ class EpisodeWriter:
 
         schema = SCHEMAS[table]
         names = schema.names
-        compression: str | dict[str, str] = COMPRESSION
         statistics: bool | list[str] = True
-        if _IMAGE_COLUMNS.intersection(names):  # flat tables only: a nested column's name is its path
-            if not compress_images:
-                compression = {name: "none" if name in _IMAGE_COLUMNS else COMPRESSION for name in names}
+        if _IMAGE_COLUMNS.intersection(names):
             statistics = [name for name in names if name not in _IMAGE_COLUMNS]
         return pq.ParquetWriter(
-            self.path(table), schema, compression=compression,
+            self.path(table), schema, compression=table_compression(names, IMAGE_CODEC if compress_images else None),
             use_dictionary=_DICTIONARY_COLUMNS, write_statistics=statistics,
             # A CRC32 per page, so that readers which verify them (``check --deep``, the engine's
             # pyarrow reads) tell a damaged page from data: without them most flipped bytes in a

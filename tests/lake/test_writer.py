@@ -72,20 +72,39 @@ def _image_compression(folder: Path) -> set[str]:
     return {meta.row_group(g).column(column).compression for g in range(meta.num_row_groups)}
 
 
-def test_images_are_compressed_only_when_zstd_shrinks_them(tmp_path: Path) -> None:
-    """Frames that zstd shrinks (a poorly compressed image file) take less disk; already dense ones are
-    stored as they are (no CPU spent for nothing); either way they read back byte for byte."""
+def _codec_names(path: Path) -> set[str]:
+    """The codec of each image column chunk as the Parquet footer names it (DuckDB spells LZ4_RAW out;
+    pyarrow calls both LZ4 codecs "LZ4")."""
+    duckdb = pytest.importorskip("duckdb")
+    return {row[0] for row in duckdb.sql(
+        f"SELECT compression FROM parquet_metadata('{path}') WHERE path_in_schema = 'image'").fetchall()}
+
+
+def test_images_are_compressed_only_when_it_shrinks_them(tmp_path: Path) -> None:
+    """Frames that a codec shrinks (a poorly compressed image file) take less disk, with LZ4 at ingest and
+    zstd in a compacted segment; already dense ones are stored as they are (no CPU spent for nothing);
+    either way they read back byte for byte, through pyarrow and polars."""
     import random
+
+    import polars as pl
+
+    from pipeline.lake.segments import with_id, write_segment
 
     rng = random.Random(7)
     redundant = [bytes([i % 7]) * 3000 + rng.randbytes(100) for i in range(40)]
     dense = [rng.randbytes(3000) for _ in range(40)]
-    for name, images, expected in (("redundant", redundant, {"ZSTD"}), ("dense", dense, {"UNCOMPRESSED"})):
+    for name, images, ingest_codec, segment_codec in (("redundant", redundant, "LZ4_RAW", "ZSTD"),
+                                                      ("dense", dense, "UNCOMPRESSED", "UNCOMPRESSED")):
         folder = tmp_path / name
         folder.mkdir()
         writer = EpisodeWriter(folder)
         writer.write("steps", _image_steps(images))
         writer.close()
-        assert _image_compression(folder) == expected, name
+        assert _codec_names(folder / "steps.parquet") == {ingest_codec}, name
         assert pq.read_table(folder / "steps.parquet").column("image").to_pylist() == images
+        assert pl.read_parquet(folder / "steps.parquet")["image"].to_list() == images
+        tables = {table: with_id(table, pq.read_table(folder / f"{table}.parquet"), name) for table in TABLES}
+        write_segment(tmp_path / f"{name}-segment", tables)
+        assert _codec_names(tmp_path / f"{name}-segment" / "steps.parquet") == {segment_codec}, name
+        assert pq.read_table(tmp_path / f"{name}-segment" / "steps.parquet").column("image").to_pylist() == images
     assert (tmp_path / "redundant" / "steps.parquet").stat().st_size < sum(map(len, redundant)) // 2

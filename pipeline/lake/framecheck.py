@@ -30,7 +30,7 @@ from .framestore import (
     rebuild_hint,
     stored_size_bounds,
 )
-from .layout import FRAMES, FRAMES_SUFFIX, frame_entry_episode, frame_entry_name
+from .layout import FRAMES, frame_entry_episode, frame_entry_name
 
 DAMAGED_FRAMES = "damaged prepared frames"  # the start of a damaged entry's problem message
 _DEEP_CHUNK = 1 << 24  # bytes of elements read and decoded at a time by the deep check: bounded memory
@@ -146,10 +146,3 @@ def _elements_problem(fd: int, index: EntryIndex, decompressor: Any) -> str | No
         at = stop
     return None
 
-
-def entry_files(lake: Path, key: str) -> list[Path]:
-    """The entry files of store ``key``."""
-    try:
-        return sorted(p for p in (lake / FRAMES / key).iterdir() if p.name.endswith(FRAMES_SUFFIX))
-    except (FileNotFoundError, NotADirectoryError):
-        return []

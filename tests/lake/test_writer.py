@@ -72,12 +72,12 @@ def _image_compression(folder: Path) -> set[str]:
     return {meta.row_group(g).column(column).compression for g in range(meta.num_row_groups)}
 
 
-def _codec_names(path: Path) -> set[str]:
-    """The codec of each image column chunk as the Parquet footer names it (DuckDB spells LZ4_RAW out;
+def _codec_names(path: Path, column: str = "image") -> set[str]:
+    """The codec of each chunk of ``column`` as the Parquet footer names it (DuckDB spells LZ4_RAW out;
     pyarrow calls both LZ4 codecs "LZ4")."""
     duckdb = pytest.importorskip("duckdb")
     return {row[0] for row in duckdb.sql(
-        f"SELECT compression FROM parquet_metadata('{path}') WHERE path_in_schema = 'image'").fetchall()}
+        f"SELECT compression FROM parquet_metadata('{path}') WHERE path_in_schema = '{column}'").fetchall()}
 
 
 def test_images_are_compressed_only_when_it_shrinks_them(tmp_path: Path) -> None:
@@ -91,8 +91,8 @@ def test_images_are_compressed_only_when_it_shrinks_them(tmp_path: Path) -> None
     from pipeline.lake.segments import with_id, write_segment
 
     rng = random.Random(7)
-    redundant = [bytes([i % 7]) * 3000 + rng.randbytes(100) for i in range(40)]
-    dense = [rng.randbytes(3000) for _ in range(40)]
+    redundant = [bytes([i % 7]) * 3000 + rng.randbytes(100) for i in range(60)]
+    dense = [rng.randbytes(3000) for _ in range(60)]
     for name, images, ingest_codec, segment_codec in (("redundant", redundant, "LZ4_RAW", "ZSTD"),
                                                       ("dense", dense, "UNCOMPRESSED", "UNCOMPRESSED")):
         folder = tmp_path / name
@@ -101,6 +101,8 @@ def test_images_are_compressed_only_when_it_shrinks_them(tmp_path: Path) -> None
         writer.write("steps", _image_steps(images))
         writer.close()
         assert _codec_names(folder / "steps.parquet") == {ingest_codec}, name
+        # Row groups of ~128 KB of images: the step numbers come a few dozen a page, LZ4 rather than zstd.
+        assert _codec_names(folder / "steps.parquet", "step") == {"LZ4_RAW"}, name
         assert pq.read_table(folder / "steps.parquet").column("image").to_pylist() == images
         assert pl.read_parquet(folder / "steps.parquet")["image"].to_list() == images
         tables = {table: with_id(table, pq.read_table(folder / f"{table}.parquet"), name) for table in TABLES}
@@ -108,3 +110,13 @@ def test_images_are_compressed_only_when_it_shrinks_them(tmp_path: Path) -> None
         assert _codec_names(tmp_path / f"{name}-segment" / "steps.parquet") == {segment_codec}, name
         assert pq.read_table(tmp_path / f"{name}-segment" / "steps.parquet").column("image").to_pylist() == images
     assert (tmp_path / "redundant" / "steps.parquet").stat().st_size < sum(map(len, redundant)) // 2
+
+
+def test_steps_without_images_keep_zstd(tmp_path: Path) -> None:
+    """The light codec is for tables cut by image bytes only: steps without frames stay zstd."""
+    writer = EpisodeWriter(tmp_path)
+    writer.write("steps", pa.RecordBatch.from_arrays(
+        [pa.array(range(5000), pa.int64()), pa.array(range(5000), pa.int64()), pa.nulls(5000, pa.binary())],
+        schema=STEPS))
+    writer.close()
+    assert _codec_names(tmp_path / "steps.parquet", "step") == {"ZSTD"}

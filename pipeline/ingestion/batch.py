@@ -7,8 +7,9 @@ call of :func:`pipeline.ingest`, so each is still published by one atomic rename
 costs only its own result. Ingestion is a map over files: a process pool by default, or any
 executor (a Dask or Ray cluster's) with the lake on a filesystem every worker sees.
 
-Input expansion lives in :mod:`.inputs`; the executor loop with its progress and fail-fast, and group
-commits of small files in workers, live here together because they share the per-file result bookkeeping.
+Input expansion lives in :mod:`.inputs`; the tasks the workers run (one file, or a chunk of small
+files published as a group commit) and how inputs are cut into them, in :mod:`.tasks`. Here: the
+executor loop, with its progress, fail-fast and per-input results.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 import time
 import uuid
 from collections import deque
@@ -29,11 +29,12 @@ from types import TracebackType
 from typing import IO, Any
 
 from ..cores import usable_cores
-from ..errors import LakeError, PipelineError
+from ..errors import PipelineError
 from ..lake.layout import AUTO_COMPACT_ENTRIES, entry_count, resolve_lake
 from .inputs import STDIN, Input, expand_sources, is_episode_file
 from .nopandas import keep_pandas_out
-from .run import IngestResult, ingest, tabulate_file
+from .run import IngestResult, ingest
+from .tasks import Task, ingest_file, ingest_group, plan_tasks
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,8 @@ class Batch(Iterator[IngestResult]):
             owned.append(streams)
         window = 2 * jobs
         # --fail-fast takes files one at a time, so that nothing starts after the first bad one.
-        waiting = deque(_work_items(self.sources, grouped=executor is not None and not self._fail_fast, jobs=jobs))
-        running: dict[Future[Any], _Item] = {}
+        waiting = deque(plan_tasks(self.sources, grouped=executor is not None and not self._fail_fast, jobs=jobs))
+        running: dict[Future[Any], Task] = {}
         busy: set[object] = set()  # inputs in flight: a repeated input waits for its first run
         finished: dict[int, IngestResult] = {}
         skipped: set[int] = set()
@@ -275,7 +276,7 @@ class Batch(Iterator[IngestResult]):
                 while len(running) < window and (item := _next_ready(waiting, busy)) is not None:
                     if item.grouped:
                         assert executor is not None
-                        future = _submit(executor, _ingest_files, item.sources, str(self.lake), uuid.uuid4().hex)
+                        future = _submit(executor, ingest_group, item.sources, str(self.lake), uuid.uuid4().hex)
                     elif _is_stream(item.sources[0]):
                         assert streams is not None
                         future = _submit(streams, _ingest_here, item.sources[0], self.lake, None)
@@ -283,7 +284,7 @@ class Batch(Iterator[IngestResult]):
                         assert executor is not None
                         # The token keeps each call distinct for executors that reuse the result
                         # of an identical earlier call (Dask's does, by default).
-                        future = _submit(executor, _ingest_file, item.sources[0], str(self.lake), uuid.uuid4().hex)
+                        future = _submit(executor, ingest_file, item.sources[0], str(self.lake), uuid.uuid4().hex)
                     running[future] = item
                     busy.update(item.keys)
                 while next_out in finished or next_out in skipped:
@@ -299,7 +300,7 @@ class Batch(Iterator[IngestResult]):
                     if item.grouped and future.exception() is not None:
                         # A lost worker (or an executor that failed the task) costs no file its
                         # result: each file of the chunk runs again on its own.
-                        singles = [_Item([i], [s]) for i, s in zip(item.indices, item.sources, strict=True)]
+                        singles = [Task([i], [s]) for i, s in zip(item.indices, item.sources, strict=True)]
                         waiting.extendleft(reversed(singles))
                         continue
                     if item.grouped:
@@ -327,135 +328,6 @@ class Batch(Iterator[IngestResult]):
                 pool.shutdown(wait=clean, cancel_futures=True)
 
 
-# Files up to this size are checked and tabulated in memory by the workers and committed in groups:
-# a task takes a chunk of them, and the worker publishes each environment's valid ones as one
-# segment (a file's Arrow rows take about its size); bigger files stream to their own folder with
-# bounded memory. Chunks are as large as _TASK_FILES files and _TASK_BYTES bytes allow, sized so
-# that each worker gets the same number of equal chunks: few round trips and few segments (a
-# batch of 100,000 small files on 2 workers: 8 chunks, 8 segments per environment), and no
-# worker left alone with the last chunk.
-GROUP_FILE_BYTES = 4 * 1024 * 1024
-_TASK_FILES = 16_384
-_TASK_BYTES = 128 * 1024 * 1024
-
-
-@dataclass
-class _Item:
-    """One task: one input, or a chunk of small files tabulated in memory and committed as segments."""
-
-    indices: list[int]
-    sources: list[Any]
-    grouped: bool = False
-
-    @property
-    def keys(self) -> list[object]:
-        return [_key(source) for source in self.sources]
-
-
-def _work_items(sources: list[str | IO[bytes]], *, grouped: bool, jobs: int = 1) -> list[_Item]:
-    items: list[_Item] = []
-    sizes = [_local_size(source) if grouped else None for source in sources]
-    small = [size for size in sizes if size is not None and size <= GROUP_FILE_BYTES]
-    per_task, task_bytes = _TASK_FILES, _TASK_BYTES
-    if small:
-        rounds = max(-(-len(small) // (jobs * _TASK_FILES)), -(-sum(small) // (jobs * _TASK_BYTES)))
-        per_task = -(-len(small) // (jobs * rounds))
-        task_bytes = max(_TASK_BYTES, sum(small) // (jobs * rounds) * 5 // 4)  # room for uneven sizes
-    chunk: _Item | None = None
-    chunk_bytes = 0
-    for index, (source, size) in enumerate(zip(sources, sizes, strict=True)):
-        if size is None or size > GROUP_FILE_BYTES:
-            items.append(_Item([index], [source]))
-            continue
-        if chunk is None or len(chunk.sources) >= per_task or chunk_bytes + size > task_bytes:
-            chunk = _Item([], [], grouped=True)
-            chunk_bytes = 0
-            items.append(chunk)
-        chunk.indices.append(index)
-        chunk.sources.append(source)
-        chunk_bytes += size
-    return items
-
-
-def _local_size(source: str | IO[bytes]) -> int | None:
-    if not isinstance(source, str) or source == STDIN or "://" in source:
-        return None
-    try:
-        return os.stat(source).st_size
-    except OSError:
-        return None
-
-
-# One group commit at a time per process: on a thread executor, tasks tabulate in parallel but
-# commit in turn (as a process's commits always did), so a kill leaves at most one staging folder
-# half made.
-_COMMITTING = threading.Lock()
-
-
-def _ingest_files(sources: list[str], lake: str, token: str) -> list[IngestResult]:
-    """The task of a worker for a chunk of small files: a group commit. ``token`` only makes the call unique.
-
-    Each file is checked and tabulated in memory; then each environment's valid files are
-    published as one segment, with one rename (:func:`pipeline.lake.compact.publish_segment`),
-    here in the worker: only the results go back. Each file keeps its own status: ``invalid``
-    and ``failed`` ones are left out of the group; one whose content is already in the lake (or
-    earlier in the chunk, or published meanwhile by another worker) is ``exists``.
-    """
-    from ..lake.compact import publish_segment
-
-    results, by_env = _tabulate_files(sources, token)
-    waiting: dict[str, list[IngestResult]] = {}
-    for result in results:
-        if result.status == "valid":
-            waiting.setdefault(result.environment or "", []).append(result)
-    for env, tables in by_env.items():
-        started = time.perf_counter()
-        try:
-            with _COMMITTING:
-                published = publish_segment(Path(lake), env, tables)
-            error: PipelineError | None = None
-        except PipelineError as exc:
-            published, error = set(), exc
-        except OSError as exc:
-            published, error = set(), LakeError(f"{exc.strerror or exc}")
-        group = waiting.get(env, [])
-        seconds = (time.perf_counter() - started) / max(len(group), 1)
-        for result in group:
-            result.seconds += seconds
-            if error is not None:
-                result.status = "failed"
-                result.error = PipelineError(f"the group commit failed: {error}", source=result.source)
-            else:
-                result.status = "ingested" if result.episode_id in published else "exists"
-    return results
-
-
-def _tabulate_files(sources: list[str], token: str) -> tuple[list[IngestResult], dict[str, dict[str, Any]]]:
-    """A chunk of small files, each checked and tabulated, nothing written.
-
-    Returns each file's result (``valid`` when its rows are in the tables) and, per environment,
-    the rows of the valid ones, one Arrow table per lake table. The same content twice in the
-    chunk is kept once; the second copy is ``exists``.
-    """
-    import pyarrow as pa
-
-    results: list[IngestResult] = []
-    parts: dict[str, dict[str, list[Any]]] = {}
-    seen: set[str] = set()
-    for source in sources:
-        result, tables = tabulate_file(source)
-        if tables is not None and result.episode_id in seen:
-            result.status, tables = "exists", None
-        if tables is not None:
-            seen.add(result.episode_id or "")
-            by_table = parts.setdefault(result.environment or "", {})
-            for name, rows in tables.items():
-                by_table.setdefault(name, []).append(rows)
-        results.append(result)
-    return results, {env: {name: pa.concat_tables(rows).combine_chunks() for name, rows in by_table.items()}
-                     for env, by_table in parts.items()}
-
-
 def _total_size(sources: list[str | IO[bytes]]) -> int | None:
     total = 0
     for source in sources:
@@ -470,11 +342,7 @@ def _is_stream(source: str | IO[bytes]) -> bool:
     return not isinstance(source, str) or source == STDIN
 
 
-def _key(source: str | IO[bytes]) -> object:
-    return source if isinstance(source, str) else id(source)
-
-
-def _next_ready(waiting: deque[_Item], busy: set[object]) -> _Item | None:
+def _next_ready(waiting: deque[Task], busy: set[object]) -> Task | None:
     """The first waiting item none of whose inputs is already in flight, taken off the queue."""
     for position, item in enumerate(waiting):
         if busy.isdisjoint(item.keys):
@@ -514,15 +382,6 @@ def _crashed(source: str | IO[bytes], exc: BaseException) -> IngestResult:
         message = f"the ingest stopped unexpectedly: {type(exc).__name__}: {exc}"
     log.debug("ingest of %s raised", label, exc_info=exc)
     return IngestResult(source=label, status="failed", error=PipelineError(message, source=label))
-
-
-def _ingest_file(source: str, lake: str, token: str) -> IngestResult:
-    """The task each worker runs: one input into the lake. ``token`` only makes the call unique.
-
-    The workers already keep the cores busy, so a worker does not split its file over two
-    processes (:mod:`pipeline.ingestion.parallel`).
-    """
-    return ingest(source, lake=lake, parallel=False)
 
 
 def _ingest_here(source: str | IO[bytes], lake: Path,

@@ -173,7 +173,7 @@ class EpisodeTabulator:
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
         from .columns import python_columns
-        from .tabulate import episode_row, episode_table
+        from .summaries import episode_row, episode_table
 
         tables = self._tables
         small = tables.small_pieces()

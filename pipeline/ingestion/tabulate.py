@@ -1,7 +1,8 @@
-"""Checked steps -> column batches of the five tables (schemas in :mod:`pipeline.lake.tables`).
+"""Checked steps -> column batches of the three step tables (schemas in :mod:`pipeline.lake.tables`).
 
-Longer than our ~400-line guide: the per-step path and the bulk per-batch path (``add_steps``) build the
-same columns and summaries and are kept side by side so they stay equal (tests/ingestion/test_batches.py).
+The per-step path (``add_step``) and the bulk per-batch path (``add_steps``) build the same columns and
+summaries and are kept side by side so they stay equal (tests/ingestion/test_batches.py). The
+``episodes`` and ``episode_agents`` rows are made from those summaries by :mod:`.summaries`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..lake.writer import IMAGE_GROUP_BYTES
 from .columns import FloatListColumn, ImageColumn, Piece
+from .summaries import AgentSummary, row_total, row_totals
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,116 +57,6 @@ def small_limits() -> tuple[int, int]:
     return rows, min(BATCH_VALUES, rows * (SMALL_VALUES // SMALL_ROWS))
 
 
-class _AgentSummary:
-    """Running per-agent figures, summed in file order like a reader of the JSON would."""
-
-    __slots__ = ("first_step", "health", "health_step", "last_step", "length", "max", "min", "position",
-                 "total", "totals", "unit_steps", "units", "value_count", "value_sum")
-
-    def __init__(self, step: int, position: int) -> None:
-        self.length = 0
-        self.first_step = step
-        self.position = position  # where the agent is listed in its first step
-        self.last_step = step
-        self.total = 0.0
-        self.totals: list[float] | None = None
-        self.min = float("inf")
-        self.max = float("-inf")
-        self.health: float | None = None
-        self.health_step = -1
-        self.value_sum = 0.0
-        self.value_count = 0
-        self.unit_steps = 0
-        self.units: set[str] = set()
-
-    def add(self, number: int, position: int, total: Any, row: dict[str, Any]) -> None:
-        self.length += 1
-        if number < self.first_step:
-            self.first_step, self.position = number, position
-        if number > self.last_step:
-            self.last_step = number
-        self.total += total
-        if total < self.min:
-            self.min = total
-        if total > self.max:
-            self.max = total
-        rewards = row.get("rewards")
-        if rewards is not None:
-            totals = self.totals
-            if totals is None:
-                totals = self.totals = [0.0] * len(rewards)
-            for i, r in enumerate(rewards):
-                totals[i] += r
-        health = row.get("health")
-        if health is not None and number >= self.health_step:
-            self.health, self.health_step = health, number
-        value = row.get("value_estimate")
-        if value is not None:
-            self.value_sum += value
-            self.value_count += 1
-
-    def add_rows(self, numbers: list[int], positions: list[int], totals: list[Any], rows: list[dict[str, Any]]) -> None:
-        """:meth:`add` of each row in turn, for rows whose step numbers increase past every one seen."""
-        self.length += len(numbers)
-        if numbers[0] < self.first_step:
-            self.first_step, self.position = numbers[0], positions[0]
-        if numbers[-1] > self.last_step:
-            self.last_step = numbers[-1]
-        self.total = reduce(add, totals, self.total)  # in order, as += does (sum() may compensate)
-        low, high = min(totals), max(totals)
-        if low < self.min:
-            self.min = low
-        if high > self.max:
-            self.max = high
-        rewards = [row.get("rewards") for row in rows]
-        if rewards.count(None) != len(rewards):
-            vectors = [r for r in rewards if r is not None]
-            totals_ = self.totals
-            if totals_ is None:
-                totals_ = self.totals = [0.0] * len(vectors[0])
-            # Vectors of unequal length never reach a written episode (reward.length refuses it).
-            for i, column in enumerate(zip(*vectors, strict=False)):
-                totals_[i] = reduce(add, column, totals_[i])
-        health = [row.get("health") for row in rows]
-        for i in range(len(health) - 1, -1, -1):
-            if health[i] is not None:
-                if numbers[i] >= self.health_step:
-                    self.health, self.health_step = health[i], numbers[i]
-                break
-        values = [row.get("value_estimate") for row in rows]
-        present = len(values) - values.count(None)
-        if present:
-            self.value_sum = reduce(add, (v for v in values if v is not None), self.value_sum)
-            self.value_count += present
-
-    def row(self, agent: str) -> dict[str, Any]:
-        return {
-            "agent": agent, "length": self.length, "first_step": self.first_step, "last_step": self.last_step,
-            "total_reward": self.total, "reward_totals": self.totals,
-            "mean_reward": self.total / self.length, "min_reward": self.min, "max_reward": self.max,
-            "last_health": self.health,
-            "mean_value_estimate": self.value_sum / self.value_count if self.value_count else None,
-            "unit_steps": self.unit_steps, "units": len(self.units),
-        }
-
-
-def _total(row: dict[str, Any]) -> Any:
-    """A row's total reward: ``reward``, or the sum of ``rewards``."""
-    rewards = row.get("rewards")
-    return row["reward"] if rewards is None else sum(rewards)
-
-
-def _totals(rows: list[dict[str, Any]]) -> list[Any]:
-    """:func:`_total` of each row."""
-    rewards: list[Any] = [row.get("rewards") for row in rows]
-    absent = rewards.count(None)
-    if absent == len(rows):
-        return [row["reward"] for row in rows]
-    if not absent:
-        return list(map(sum, rewards))
-    return [row["reward"] if r is None else sum(r) for row, r in zip(rows, rewards, strict=True)]
-
-
 def _put_frames_back(steps: list[dict[str, Any]], lengths: list[int], data: bytes) -> None:
     """Each step's frame back in it, as bytes, from ``frames`` (see :meth:`EpisodeTables.add_steps`)."""
     start = 0
@@ -199,7 +91,7 @@ class EpisodeTables:
         self._image_bytes = 0  # while small
         self._batch_rows = batch_rows
         self._batch_values = batch_values
-        self._agents: dict[str, _AgentSummary] = {}
+        self._agents: dict[str, AgentSummary] = {}
         self.steps = 0
         self.agent_steps = 0
         self.unit_steps = 0
@@ -300,7 +192,7 @@ class EpisodeTables:
         else:
             row_numbers = [number for number, n in zip(numbers, lengths, strict=True) for _ in range(n)]
             positions = [j for n in lengths for j in range(n)]
-        totals = _totals(rows)
+        totals = row_totals(rows)
         self._agent_rows += rows
         self._agent_numbers += row_numbers
         self._agent_totals += totals
@@ -325,7 +217,7 @@ class EpisodeTables:
             groups: dict[str, list[int]] | None = None
             agent = names[0]
             if agent not in summaries:
-                summaries[agent] = _AgentSummary(row_numbers[0], positions[0])
+                summaries[agent] = AgentSummary(row_numbers[0], positions[0])
             summaries[agent].add_rows(row_numbers, positions, totals, rows)
         else:
             groups = {}
@@ -334,7 +226,7 @@ class EpisodeTables:
                 if group is None:
                     groups[name] = [i]
                     if name not in summaries:
-                        summaries[name] = _AgentSummary(row_numbers[i], positions[i])
+                        summaries[name] = AgentSummary(row_numbers[i], positions[i])
                 else:
                     group.append(i)
             for name, group in groups.items():
@@ -349,7 +241,7 @@ class EpisodeTables:
             self._unit_numbers += [row_numbers[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
             owner_names = [names[i] for i, n in zip(owners, counts, strict=True) for _ in range(n)]
             self._unit_agents += owner_names
-            self._unit_totals += _totals(units)
+            self._unit_totals += row_totals(units)
             unit_names = [unit["unit"] for unit in units]
             if groups is None:  # one agent
                 summary = summaries[names[0]]
@@ -397,7 +289,7 @@ class EpisodeTables:
         observations = self._observations
         for position, row in enumerate(agent_steps):
             agent = row["agent"]
-            total = _total(row)
+            total = row_total(row)
             agent_rows.append(row)
             self._agent_numbers.append(number)
             self._agent_totals.append(total)
@@ -408,13 +300,13 @@ class EpisodeTables:
             self.total_reward += total
             summary = summaries.get(agent)
             if summary is None:
-                summary = summaries[agent] = _AgentSummary(number, position)
+                summary = summaries[agent] = AgentSummary(number, position)
             summary.add(number, position, total, row)
             units = row.get("unit_steps")
             if units:
                 names = summary.units
                 for unit_row in units:
-                    self._unit_totals.append(_total(unit_row))
+                    self._unit_totals.append(row_total(unit_row))
                     names.add(unit_row["unit"])
                 unit_rows.extend(units)
                 self._unit_numbers += [number] * len(units)
@@ -499,44 +391,3 @@ class EpisodeTables:
     @property
     def agents(self) -> int:
         return len(self._agents)
-
-
-def episode_row(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -> Piece:
-    """The one ``episodes`` row from the header values, counts and ingest facts.
-
-    ``header`` maps each header part to its value, plus ``<part>_json`` texts made by the rules
-    stage for the JSON-valued ones (``training.config_json``, ``inference.config_json``,
-    ``action_mapping_json``).
-    """
-    training = header["training"]
-    row = {
-        **facts,
-        "algorithm": training["algorithm"],
-        "training_parallel": bool(training.get("parallel") or False),
-        "num_gpus": float(training.get("num_gpus") or 0.0),
-        "iterations": int(training["iterations"]),  # 10.0 is an integer to JSON Schema
-        "training_config": header["training.config_json"],
-        "reward_mapping": training.get("reward_mapping"),
-        "inference_parallel": bool(header.get("inference.parallel") or False),
-        "inference_config": header.get("inference.config_json") or "{}",
-        "action_mapping": header.get("action_mapping_json"),
-        "length": tables.steps,
-        "agent_steps": tables.agent_steps,
-        "unit_steps": tables.unit_steps,
-        "agents": tables.agents,
-        "images": tables.images,
-        "first_step": tables.first_step,
-        "last_step": tables.last_step,
-        "total_reward": tables.total_reward,
-    }
-    return Piece(1, [row])
-
-
-def episode_table(header: dict[str, Any], tables: EpisodeTables, **facts: Any) -> pa.Table:
-    """:func:`episode_row` as a one-row Arrow table."""
-    import pyarrow as pa
-
-    from .arrowrows import to_batch
-
-    return pa.Table.from_batches([to_batch("episodes", episode_row(header, tables, **facts))])
-

@@ -16,9 +16,9 @@ object (:func:`_frames_out`). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
-messages are written to the pipe by a helper thread (:class:`_Sender`), so the parser goes on while
-the writer is busy for a moment, up to :attr:`_Sender.MAX_PENDING_BYTES` ahead (more while the child
-starts, until its first message says it has).
+messages go to a non-blocking pipe (:class:`_Sender`), so the parser goes on while the writer is busy
+for a moment, up to :attr:`_Sender.MAX_PENDING_BYTES` ahead (more while the child starts, until its
+first message says it has).
 
 Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
 (~230 B a step) 1.9 and 1.6; teams_plain 2.1 and 2.0; pixels, checked here, 1.9 and 0.4; the parse
@@ -39,8 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import marshal
 import os
+import select
+import struct
 import sys
 import threading
 from collections import deque
@@ -74,6 +77,8 @@ SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # instead of running side by side (frames, 100 MB: 0.75 s of the reader's 1.6 s spent waiting in
 # write, 0.75 s of the child's in read, measured). With room for four batches they overlap.
 PIPE_BYTES = 1024 * 1024
+# At most this many buffers a writev call (POSIX guarantees 16; Linux takes 1024).
+_IOV_MAX = 64
 
 
 def split_pays(size: int | None) -> bool:
@@ -146,6 +151,9 @@ class _Channel:
     def filenos(self) -> tuple[int, int]:
         return self._in.fileno(), self._out.fileno()
 
+    def outgoing_fileno(self) -> int:
+        return self._out.fileno()
+
     def send_bytes(self, data: bytes) -> None:
         self._out.send_bytes(data)
 
@@ -206,6 +214,8 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                 _send_part(sender, checks, part, value)
         digest = src.reader.hexdigest()
         _send(sender, ("finish", (src.name, digest, src.reader.consumed)))
+        if not sender.flush():  # all of it, "finish" last, must be written before its reply can come
+            raise _ChildReported(_receive(conn)[1])
     except PipelineError as own:
         # Our own error (a broken rule, a parse error) comes later in the file than anything
         # already sent; only a failure to write what was sent can come first.
@@ -289,14 +299,20 @@ class _ChildReported(Exception):
 
 
 class _Sender:
-    """Writes the reader's messages to the pipe from a helper thread, in order.
+    """Writes the reader's messages to the pipe, in order, without a thread and without stopping the
+    parser while the pipe is full.
 
     The pipe holds :data:`PIPE_BYTES` (where the system lets us widen it), a few batches of large
     steps; whenever the writer is busy for a moment (converting a full batch to Arrow, importing
     pyarrow at the start) a parser writing itself would wait on the full pipe, although it is the
-    slower half. Here it goes on parsing until :data:`MAX_PENDING_BYTES` of messages wait (bounded
-    memory), while the thread, which holds the GIL only between its writes, hands them over as the
-    writer takes them.
+    slower half. So the pipe's end is non-blocking: :meth:`send` writes what fits and keeps the rest,
+    which the next calls write, and waits only once :data:`MAX_PENDING_BYTES` of messages are kept
+    (bounded memory). A helper thread did this before (issue 15): waking it for each message cost
+    the parser a GIL hand-over and a futex wake-up, ~0.1 s of the reader's wall time on frames'
+    388 messages per 100 MB (py-spy: the parser in ``sem_post`` under ``Condition.notify``).
+
+    The framing is :class:`multiprocessing.connection.Connection`'s (a signed 4-byte big-endian
+    length, or -1 then an 8-byte one), so the child reads with ``recv_bytes``.
     """
 
     MAX_PENDING_BYTES = 4 * 1024 * 1024
@@ -308,69 +324,69 @@ class _Sender:
     def __init__(self, conn: _Channel) -> None:
         self.conn = conn
         self.started = False
+        self._fd = conn.outgoing_fileno()
+        os.set_blocking(self._fd, False)
+        self._writable = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
+        self._writable.register(self._fd, select.POLLOUT)
         self._limit = self.STARTING_PENDING_BYTES
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[memoryview] = deque()
         self._pending = 0
         self._broken = False
-        self._closing = False
-        self._ready = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="ingest-sender", daemon=True)
-        self._thread.start()
 
     def send(self, data: bytes) -> bool:
-        """Queue ``data`` (waiting while too much is queued); False if the pipe broke (the writer died)."""
-        with self._ready:
-            while self._pending >= self._limit and not self._broken:
-                self._ready.wait()
-            if self._broken:
-                return False
-            self._queue.append(data)
-            self._pending += len(data)
-            self._ready.notify_all()
-        return True
+        """Queue ``data`` and write what the pipe takes (waiting while too much is queued); False if
+        the pipe broke (the writer died)."""
+        if self._broken:
+            return False
+        size = len(data)
+        header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+        self._queue.append(memoryview(header))
+        if size:
+            self._queue.append(memoryview(data))
+        self._pending += len(header) + size
+        self._write(wait=self._pending >= self._limit)
+        return not self._broken
 
     def child_started(self) -> None:
         """The child is ready: hold the queue to :attr:`MAX_PENDING_BYTES` from now on."""
-        with self._ready:
-            self.started = True
-            self._limit = self.MAX_PENDING_BYTES
+        self.started = True
+        self._limit = self.MAX_PENDING_BYTES
 
-    def _run(self) -> None:
-        ready = self._ready
-        while True:
-            with ready:
-                while not self._queue and not self._closing:
-                    ready.wait()
-                if not self._queue:
-                    return
-                data = self._queue[0]
+    def _write(self, *, wait: bool) -> None:
+        """Write queued bytes until the pipe is full; with ``wait``, until the queue is under the
+        limit (everything, when the limit is 0)."""
+        queue = self._queue
+        while queue:
             try:
-                self.conn.send_bytes(data)
+                written = os.writev(self._fd, list(itertools.islice(queue, _IOV_MAX)))
+            except BlockingIOError:
+                if not wait:
+                    return
+                self._writable.poll()  # writable, or the other end closed (then writev fails)
+                continue
             except OSError:  # BrokenPipeError, ConnectionResetError: the writer is gone
-                with ready:
-                    self._broken = True
-                    self._queue.clear()
-                    self._pending = 0
-                    ready.notify_all()
+                self._broken = True
+                queue.clear()
+                self._pending = 0
                 return
-            with ready:
-                self._queue.popleft()
-                self._pending -= len(data)
-                ready.notify_all()
+            self._pending -= written
+            while queue and written >= len(queue[0]):
+                written -= len(queue.popleft())
+            if written:
+                queue[0] = queue[0][written:]
+            if wait and self._pending < self._limit:
+                wait = False
 
     def flush(self) -> bool:
-        """Wait until everything queued is written; False if the pipe broke."""
-        with self._ready:
-            while self._queue and not self._broken:
-                self._ready.wait()
-            return not self._broken
+        """Write everything queued (waiting for the pipe); False if the pipe broke."""
+        limit, self._limit = self._limit, 0
+        self._write(wait=True)
+        self._limit = limit
+        return not self._broken
 
     def close(self) -> None:
-        """Stop the thread once what is queued is written (or the pipe broke)."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify_all()
-        self._thread.join()
+        """Write what is queued (or stop at a broken pipe)."""
+        self.flush()
 
 
 def _send(sender: _Sender, message: tuple[Any, ...]) -> None:
@@ -403,9 +419,8 @@ def _receive(conn: _Channel, started: _Sender | None = None) -> tuple[Any, ...]:
 def _stop(sender: _Sender) -> PipelineError | None:
     """Ask the child to stop, after what was queued for it; return the error it found first, if any."""
     conn = sender.conn
-    if sender.flush():
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            conn.send_bytes(marshal.dumps(("stop",)))
+    if sender.send(marshal.dumps(("stop",))):
+        sender.flush()
     reply = _receive(conn)
     return reply[1] if reply[0] == "error" and reply[1] is not None else None
 

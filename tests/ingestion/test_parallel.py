@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,70 +172,87 @@ def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, kin
 
 
 class _Pipe:
-    """A stand-in for the reader's end of the pipe: records what is written; can block or break."""
+    """A real pipe standing in for the one to the child: the sender writes its end; the test reads the
+    messages back with ``multiprocessing``'s ``Connection.recv_bytes``, as the child does."""
 
-    def __init__(self, *, break_after: int | None = None) -> None:
-        import threading
+    def __init__(self) -> None:
+        from multiprocessing.connection import Connection
 
-        self.written: list[bytes] = []
-        self.open = threading.Event()
-        self.open.set()
-        self.break_after = break_after
+        self._read, self._write = os.pipe()
+        self.reader = Connection(self._read, writable=False)
 
-    def send_bytes(self, data: bytes) -> None:
-        self.open.wait()
-        if self.break_after is not None and len(self.written) >= self.break_after:
-            raise BrokenPipeError
-        self.written.append(data)
+    def outgoing_fileno(self) -> int:
+        return self._write
+
+    def messages(self, count: int) -> list[bytes]:
+        return [self.reader.recv_bytes() for _ in range(count)]
+
+    def hang_up(self) -> None:
+        """The child is gone: its end closes."""
+        self.reader.close()
+
+    def close(self) -> None:
+        os.close(self._write)
+        if not self.reader.closed:
+            self.reader.close()
+
+
+def _reading(pipe: _Pipe, count: int) -> tuple[threading.Thread, list[bytes]]:
+    received: list[bytes] = []
+    thread = threading.Thread(target=lambda: received.extend(pipe.messages(count)))
+    thread.start()
+    return thread, received
 
 
 def test_the_sender_writes_every_message_in_order():
+    """Every message arrives whole and in order, framed as the child's ``recv_bytes`` reads it, also
+    those larger than the pipe and than what the sender queues at once."""
     from pipeline.ingestion.parallel import _Sender
 
     pipe = _Pipe()
+    messages = [bytes([i % 256]) * (i * 997) for i in range(150)] + [b""]  # ~11 MB, and an empty one
+    reader, received = _reading(pipe, len(messages))
     sender = _Sender(pipe)
-    messages = [bytes([i % 256]) * (i * 997) for i in range(150)]  # ~11 MB: more than it queues at once
     assert all(sender.send(m) for m in messages)
     assert sender.flush()
     sender.close()
-    assert pipe.written == messages
+    reader.join()
+    pipe.close()
+    assert received == messages
 
 
 @pytest.mark.parametrize("started", [True, False], ids=["child-started", "child-starting"])
 def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read(started):
-    import threading
-
     from pipeline.ingestion.parallel import _Sender
 
-    pipe = _Pipe()
-    pipe.open.clear()  # the writer is busy (or still starting): nothing gets through
+    pipe = _Pipe()  # nobody reads yet: the writer is busy (or still starting)
     sender = _Sender(pipe)
     if started:
         sender.child_started()
     bound = _Sender.MAX_PENDING_BYTES if started else _Sender.STARTING_PENDING_BYTES
     chunk = b"x" * (256 * 1024)
     count = 2 * _Sender.STARTING_PENDING_BYTES // len(chunk)
-    sent = []
+    sent: list[bool] = []
     feeder = threading.Thread(target=lambda: sent.extend(sender.send(chunk) for _ in range(count)))
     feeder.start()
     feeder.join(timeout=1.0)
     assert feeder.is_alive()  # it waits for room: the queue never holds all of it
     assert bound - len(chunk) < sender._pending <= bound + len(chunk)
-    pipe.open.set()
+    reader, received = _reading(pipe, count)
     feeder.join()
     assert sender.flush()
     sender.close()
-    assert sent == [True] * count and len(pipe.written) == count
+    reader.join()
+    pipe.close()
+    assert sent == [True] * count and received == [chunk] * count
 
 
 def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
-    import threading
     import time
 
     from pipeline.ingestion.parallel import _Sender
 
     pipe = _Pipe()
-    pipe.open.clear()
     sender = _Sender(pipe)
     chunk = b"x" * (256 * 1024)
     count = _Sender.STARTING_PENDING_BYTES // len(chunk) - 1
@@ -244,7 +262,7 @@ def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
     later.start()
     later.join(timeout=0.5)
     assert later.is_alive()  # no room now, until the queue is below its usual size
-    pipe.open.set()
+    reader, received = _reading(pipe, count + 1)
     deadline = time.monotonic() + 10
     while later.is_alive():
         assert sender._pending <= _Sender.STARTING_PENDING_BYTES
@@ -252,17 +270,53 @@ def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
         time.sleep(0.001)
     assert sender.flush()
     sender.close()
-    assert len(pipe.written) == count + 1
+    reader.join()
+    pipe.close()
+    assert len(received) == count + 1
 
 
 def test_the_sender_reports_a_broken_pipe():
     from pipeline.ingestion.parallel import _Sender
 
-    pipe = _Pipe(break_after=3)
+    pipe = _Pipe()
+    reader, received = _reading(pipe, 3)
     sender = _Sender(pipe)
-    for _ in range(5):
-        sender.send(b"m")
-    assert not sender.flush()  # the writer is gone: the reader asks it for its error instead
+    for _ in range(3):
+        assert sender.send(b"m")
+    assert sender.flush()
+    reader.join()
+    pipe.hang_up()  # the writer is gone
+    sender.send(b"m" * 200_000)  # more than the pipe holds: the write fails
+    assert not sender.flush()  # the reader asks it for its error instead
     assert not sender.send(b"later")
     sender.close()
-    assert pipe.written == [b"m"] * 3
+    pipe.close()
+    assert received == [b"m"] * 3
+
+
+def test_a_last_message_larger_than_the_pipe_is_written_before_the_reply_is_awaited(tmp_path, monkeypatch):
+    """The reader's pipe end is non-blocking and what does not fit waits in the sender's queue: the
+    end of the file (here a last frame of ~2 MB, in a pipe of one page) must still reach the child,
+    or the reader would wait for a reply that never comes."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.ingestion import parallel
+
+    monkeypatch.setattr(parallel, "PIPE_BYTES", 4096)
+    noise = Image.frombytes("RGB", (900, 800), random.Random(3).randbytes(900 * 800 * 3))
+    big = io.BytesIO()
+    noise.save(big, format="PNG")
+    document = episode(40)
+    document["inference"]["steps"][-1]["image"] = base64.b64encode(big.getvalue()).decode()
+    path = write_json(tmp_path / "big-last-frame.json", document)
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(ingest(path, lake=tmp_path / "lake", parallel=True)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the ingest hung waiting for the child's reply"
+    assert results[0].status == "ingested"
+    steps = pq.read_table(next((tmp_path / "lake").rglob("steps.parquet"))).column("image").to_pylist()
+    assert steps[-1] == big.getvalue()

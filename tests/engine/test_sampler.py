@@ -203,13 +203,13 @@ def test_frames_in_a_forked_worker_after_the_parent_sampled(lake: Lake, monkeypa
     # The parent's decode threads do not exist in a forked child: it must start its own, not wait forever.
     import multiprocessing
 
-    import pipeline.engine.sampler
+    import pipeline.engine.decoded_frames
 
-    monkeypatch.setattr(pipeline.engine.sampler, "_POOL_MIN", 1)
+    monkeypatch.setattr(pipeline.engine.decoded_frames, "_POOL_MIN", 1)
     sampler = lake.sampler(_frame_ids(lake), batch_size=64, observation="frames",
                            frames=FrameOptions(grayscale=True, stack_n=4), seed=2)
     sampler.batch(0)  # enough frames to decode on the thread pool
-    assert sampler._pool is not None
+    assert sampler._decoded_frames is not None and sampler._decoded_frames._pool is not None
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_batch_in_child, args=(sampler, queue))

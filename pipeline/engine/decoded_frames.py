@@ -76,12 +76,7 @@ class DecodedFrames:
         out: np.ndarray | None = None
         for e in np.unique(both_episode).tolist():
             rows = np.flatnonzero(both_episode == e)
-            stacks = self._stacks(e, both_position[rows])
-            if out is None:
-                out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
-            elif stacks.shape[1:] != out.shape[1:]:
-                raise self._other_shape(e, stacks, out)
-            out[rows] = stacks
+            out = self._put(out, rows, self._stacks(e, both_position[rows]), e, k)
         assert out is not None
         return out[:k], out[k:]
 
@@ -148,18 +143,21 @@ class DecodedFrames:
                 lookup = dict(zip(needed.tolist(), decoded[a:a + len(needed)], strict=True))
                 stacks = stacked_frames(lookup.__getitem__, kept, options, skip=frequency,
                                         episode_id=self._episodes[e][0])
-                if out is None:
-                    out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
-                elif stacks.shape[1:] != out.shape[1:]:
-                    raise self._other_shape(e, stacks, out)
-                out[rows] = stacks
+                out = self._put(out, rows, stacks, e, k)
         assert out is not None
         return out[:k], out[k:]
 
-    def _other_shape(self, e: int, stacks: np.ndarray, out: np.ndarray) -> DatasetError:
-        episode_id = self._episodes[e][0]
-        return DatasetError(f"episode {episode_id}: frames of shape {list(stacks.shape[1:])}, other sampled "
-                            f"episodes have {list(out.shape[1:])}; pass resize=(height, width)", episode_id=episode_id)
+    def _put(self, out: np.ndarray | None, rows: np.ndarray, stacks: np.ndarray, e: int, k: int) -> np.ndarray:
+        """``out`` (made for ``2 * k`` rows by the first entry) with entry ``e``'s ``stacks`` in its ``rows``."""
+        if out is None:
+            out = np.empty((2 * k, *stacks.shape[1:]), dtype=np.uint8)
+        elif stacks.shape[1:] != out.shape[1:]:
+            episode_id = self._episodes[e][0]
+            raise DatasetError(f"episode {episode_id}: frames of shape {list(stacks.shape[1:])}, other sampled "
+                               f"episodes have {list(out.shape[1:])}; pass resize=(height, width)",
+                               episode_id=episode_id)
+        out[rows] = stacks
+        return out
 
     def _decode(self, images: list[bytes]) -> list[np.ndarray]:
         """Raw frames of image bytes, on two threads (Pillow's decoders release the GIL)."""

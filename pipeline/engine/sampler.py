@@ -57,6 +57,7 @@ DEFAULT_CACHE_BYTES = 1 << 30
 _ARRAY_SHARE = 0.25
 _BLOCK = 64  # endless mode: batches whose indices are drawn together
 
+
 @dataclass(frozen=True, eq=False)
 class Batch:
     """``batch_size`` transitions; unpacks as ``observations, actions, rewards, next_observations, terminals``.

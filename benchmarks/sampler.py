@@ -223,9 +223,9 @@ def measure(mode: str, lake_path: str, cache_mb: int, seconds: float, prepared: 
             sampler.batch(1_000_000 + j)
         result["warmup_seconds"] = round(time.perf_counter() - started, 3)
         rate, batches = _rate(lambda j: tuple(sampler.batch(j)), seconds)
-        result["resident"] = sampler._resident is not None
-        images = getattr(sampler, "_images", None)  # the image-bytes cache (absent before it existed)
-        result["frame_cache_mb"] = round((images.groups.bytes if images else sampler._frames_lru.bytes) / 2**20, 1)
+        result["resident"] = sampler._arrays.resident is not None
+        decoded = sampler._decoded_frames  # None when a prepared store serves the frames, or for vectors
+        result["frame_cache_mb"] = round((decoded.image_bytes if decoded else 0) / 2**20, 1)
     result["transitions_per_second"] = round(rate)
     result["cpu_us_per_transition"] = round(_CPU["us"], 1)
     result["load_average"] = round(os.getloadavg()[0], 2)

@@ -6,81 +6,39 @@ describes the same episodes, whatever ingests commit or fail alongside. ``enviro
 ``episode_id`` come from the folder names; a filter on either is pushed down to the file list,
 so other episodes' files are not opened (``lake.agent_steps().filter(...).explain()`` shows it).
 
-Longer than our ~400-line guide: ``Lake`` is the user's one object, and most of its methods are a few
-lines handing work to trajectory, sampler, export and report; what remains is the snapshot, selection,
-id resolution and the translation of read errors, which depend on each other.
+``Lake`` is the user's one object, so this module is its face: most methods are a few lines handing
+the work to the module that does it. The snapshot and the tables over its files are :mod:`.snapshot`,
+episode ids and selections :mod:`.selection`, the translation of read errors :mod:`.read_errors`, the
+label tables :mod:`.labels`; trajectories, sampling, prepared frames, exports and reports live in
+their own modules (the last two imported inside the methods that use them).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 import polars as pl
-import pyarrow as pa
 
-from ..errors import (
-    AmbiguousEpisodeId,
-    DamagedFile,
-    DatasetError,
-    EpisodeNotFound,
-    LakeError,
-    PipelineError,
-    StaleSnapshot,
-)
+from ..errors import DatasetError, PipelineError
 from ..lake.compact import CompactReport, compact
-from ..lake.damage import find_damaged
 from ..lake.framestore import StoreSummary, list_stores
-from ..lake.layout import (
-    ID_LENGTH,
-    Entry,
-    EpisodeLocation,
-    list_lake,
-    locations_of,
-    read_generation,
-    resolve_lake,
-)
+from ..lake.layout import EpisodeLocation, resolve_lake
 from ..lake.maintenance import remove_episodes, remove_frames
-from ..lake.tables import SCHEMAS, TABLES
+from ..lake.tables import TABLES
+from .labels import ACTION_LABELS, REWARD_LABELS, label_tables, mappings, sorted_labels
+from .read_errors import read_error
+from .selection import Selection, resolve, select
+from .snapshot import PARTITIONS, Snapshot
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 if TYPE_CHECKING:
     from .prepared import PrepareReport
     from .prepared_episode import StoredFrames
     from .sampler import Sampler
-
-PARTITIONS = {"environment": pl.String, "episode_id": pl.String}
-_SEGMENT_PARTITIONS = {"environment": pl.String, "segment": pl.String}
-# What selects episodes: ids or unique prefixes, or a frame with an episode_id (and maybe agent) column.
-Selection = str | Iterable[str] | pl.DataFrame | pl.LazyFrame | None
-
-# How much of the snapshot's files a failed polars read verifies, page by page, to name the damaged one.
-_PAGE_SEARCH_BYTES = 1 << 30
-# Up to this many ids are resolved one by one from row-group statistics; more read every segment's ids.
-_LAZY_RESOLVES = 8
-_ACTION_LABELS = {"episode_id": pl.String, "action": pl.Float64, "action_label": pl.String}
-_REWARD_LABELS = {"episode_id": pl.String, "component": pl.Int64, "reward_name": pl.String}
-
-
-def _sorted_labels(mapping: dict[str, str]) -> dict[int, str]:
-    return {int(key): label for key, label in sorted(mapping.items(), key=lambda item: int(item[0]))}
-
-
-@cache
-def _table_schema(table: str) -> pl.Schema:
-    """The table's Arrow schema in polars types.
-
-    From an empty table made of no batches: ``Schema.empty_table()`` imports pandas, which was 0.22 s
-    of a fresh process's first query (measured).
-    """
-    empty = pa.Table.from_batches([], schema=SCHEMAS[table])
-    return pl.Schema(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
 
 
 class Lake:
@@ -92,50 +50,22 @@ class Lake:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path: Path = resolve_lake(path)
-        self._entries: list[Entry] = []
-        self._locations: tuple[EpisodeLocation, ...] | None = None
-        self._generations: dict[str, str] = {}
         self._labels: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None
         self.refresh()
 
     def refresh(self) -> Lake:
         """Take a new snapshot: episodes committed or removed since become visible."""
-        if self.path.exists() and not self.path.is_dir():
-            raise LakeError(f"{self.path} is a file, not a lake folder; give --lake the lake's folder")
-        try:
-            listing = list_lake(self.path)
-        except OSError as exc:
-            raise LakeError(f"cannot read the lake {self.path}: {exc.strerror or exc}") from exc
-        # Entries (folders and segments), not one object per episode: a snapshot of 100,000
-        # episodes in a few segments is taken in milliseconds; locations are made when asked for.
-        self._entries = listing.entries
-        self._generations = listing.generations
-        self._locations = None
+        self._snapshot = Snapshot(self.path)
         self._labels = None
         return self
 
     @property
     def locations(self) -> tuple[EpisodeLocation, ...]:
         """Where the snapshot's episodes live (folders or segments), sorted by environment then id."""
-        if self._locations is None:
-            with self._ids_read():
-                self._locations = tuple(locations_of(self._entries))
-        return self._locations
+        return self._snapshot.locations
 
     def __len__(self) -> int:
-        with self._ids_read():
-            return sum(entry.count() for entry in self._entries)
-
-    @contextlib.contextmanager
-    def _ids_read(self) -> Iterator[None]:
-        """Around a read of segments' ids (made lazily, after the listing): a segment gone means
-        a compaction or removal swapped its environment folder since the snapshot was taken."""
-        try:
-            yield
-        except FileNotFoundError as exc:
-            folder = Path(exc.filename or "").parent.parent.name or "an environment"
-            raise StaleSnapshot(f"the snapshot of {self.path} is stale: {folder} was compacted or had episodes "
-                                "removed since it was taken; call lake.refresh() and query again") from exc
+        return len(self._snapshot)
 
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r}, {len(self)} episodes)"
@@ -149,51 +79,13 @@ class Lake:
         """
         if table not in TABLES:
             raise DatasetError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
-        schema = _table_schema(table)
-        name = f"{table}.parquet"
-        files: list[str] = []
-        segments: dict[str, list[str]] = {}
-        if episodes is None:
-            self.check_fresh()
-            for entry in self._entries:
-                if entry.segment:  # every row of it: its ids are not needed
-                    segments[os.path.join(entry.path, name)] = []
-                else:
-                    files.append(os.path.join(entry.path, name))
-        else:
-            locations = [loc for loc, _ in self.select(episodes)]
-            self.check_fresh(locations)
-            files = list(dict.fromkeys(str(loc.table(table)) for loc in locations if not loc.segment))
-            for location in locations:
-                if location.segment:
-                    segments.setdefault(str(location.table(table)), []).append(location.episode_id)
-        if not files and not segments:
-            return pl.LazyFrame(schema={**PARTITIONS, **schema})
-        frames = []
-        if files:
-            frame = pl.scan_parquet(files, schema=schema, hive_partitioning=True, hive_schema=PARTITIONS,
-                                    missing_columns="insert", extra_columns="ignore")
-            frames.append(frame.select(*PARTITIONS, *schema))
-        if segments:
-            # A segment holds its episodes' rows with an episode_id column; its files never change,
-            # so the snapshot's episodes of a segment are all its rows unless a selection picks some.
-            frame = pl.scan_parquet(list(segments), schema={"episode_id": pl.String, **schema},
-                                    hive_partitioning=True, hive_schema=_SEGMENT_PARTITIONS,
-                                    missing_columns="insert", extra_columns="ignore")
-            if episodes is not None:
-                frame = frame.filter(pl.col("episode_id").is_in([i for ids in segments.values() for i in ids]))
-            frames.append(frame.select(*PARTITIONS, *schema))
-        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+        locations = None if episodes is None else [loc for loc, _ in self.select(episodes)]
+        return self._snapshot.scan(table, locations)
 
     def check_fresh(self, locations: Iterable[EpisodeLocation] | None = None) -> None:
         """Raise :class:`~pipeline.errors.StaleSnapshot` if a compaction or removal has since
         rebuilt an environment folder the snapshot (or ``locations``) reads."""
-        folders = ({entry.path.parent.name: entry.path.parent for entry in self._entries} if locations is None
-                   else {loc.path.parent.name: loc.path.parent for loc in locations})
-        for name, folder in folders.items():
-            if read_generation(folder) != self._generations.get(name, ""):
-                raise StaleSnapshot(f"the snapshot of {self.path} is stale: {name} was compacted or had "
-                                    "episodes removed since it was taken; call lake.refresh() and query again")
+        self._snapshot.check_fresh(locations)
 
     def episodes(self, *, episodes: Selection = None) -> pl.LazyFrame:
         """One row per episode: source, training and inference metadata, counts, total reward."""
@@ -236,10 +128,8 @@ class Lake:
     def reading(self) -> Iterator[None]:
         """Collect polars frames of this lake inside this: a damaged file becomes DamagedFile.
 
-        polars names no file in its errors (and verifies no page checksums), so on a polars error
-        the footers of the snapshot's files are read (~0.1 ms each) to find the damaged one; when
-        every footer reads, the pages of up to 1 GB of files are verified, and past that the error
-        names no file but says to run ``ingest-pipeline check --deep``.
+        polars names no file in its errors; :mod:`.read_errors` finds the damaged one (footers first,
+        then up to 1 GB of pages) or says to run ``ingest-pipeline check --deep``.
 
         >>> with lake.reading():                                    # doctest: +SKIP
         ...     frame = lake.agent_steps().filter(pl.col("reward") > 1).collect()
@@ -249,63 +139,16 @@ class Lake:
         except PipelineError:
             raise
         except (pl.exceptions.ComputeError, OSError, pl.exceptions.PanicException) as exc:
-            error = self._read_error(exc)
+            error = read_error(self._snapshot, exc)
             if error is exc:
                 raise
             raise error from exc
-
-    def _read_error(self, exc: BaseException) -> BaseException:
-        """The error behind a failed polars read of the snapshot: DamagedFile when a file is damaged."""
-        locations = self.locations
-        gone = [location for location in locations if not location.path.exists()]
-        if gone:
-            return StaleSnapshot(f"episode {gone[0].episode_id} was removed or compacted after this snapshot of "
-                                 f"{self.path} was taken; take a new one (Lake.refresh())",
-                                 episode_id=gone[0].episode_id)
-        # A segment's files hold many episodes: each file is searched once.
-        files = dict.fromkeys(location.table(table) for location in locations for table in TABLES)
-        damaged = find_damaged(files, page_budget=_PAGE_SEARCH_BYTES)
-        if damaged:
-            return damaged[0]
-        text = " ".join(str(exc).split("\n\n", 1)[0].split())
-        if any(word in text.lower() for word in ("parquet", "decompress", "thrift", "page", "out of spec")):
-            return DamagedFile(None, f"polars: {text}")
-        if isinstance(exc, pl.exceptions.PanicException):  # a BaseException: never let it through as such
-            return DatasetError(f"polars failed reading {self.path}: {text}")
-        return exc
 
     # -- episode ids --------------------------------------------------------------------------
 
     def resolve(self, episode_id: str) -> EpisodeLocation:
         """The snapshot's episode whose id is ``episode_id`` or starts with it (as git does)."""
-        prefix = episode_id.strip().lower()
-        if not prefix:
-            raise EpisodeNotFound("an episode id cannot be empty")
-        with self._ids_read():
-            if len(prefix) >= ID_LENGTH:
-                # A whole id: episode folders by name, then each segment by its row-group statistics
-                # and one row group's ids, without reading any segment's ids whole.
-                for entry in sorted(self._entries, key=lambda entry: entry.segment):
-                    if entry.holds(prefix):
-                        return EpisodeLocation(entry.environment, prefix, entry.path, entry.segment)
-            return self._resolve_prefix(episode_id, prefix)
-
-    def _resolve_prefix(self, episode_id: str, prefix: str) -> EpisodeLocation:
-        matches = []
-        for entry in self._entries:  # a segment's ids are sorted: bisect them
-            at = bisect.bisect_left(entry.ids, prefix)
-            while at < len(entry.ids) and entry.ids[at].startswith(prefix):
-                if entry.ids[at] == prefix:
-                    return EpisodeLocation(entry.environment, prefix, entry.path, entry.segment)
-                matches.append(EpisodeLocation(entry.environment, entry.ids[at], entry.path, entry.segment))
-                at += 1
-        if not matches:
-            raise EpisodeNotFound(f"no episode {episode_id!r} in {self.path}")
-        if len(matches) > 1:
-            shown = ", ".join(loc.episode_id for loc in matches[:5]) + (", …" if len(matches) > 5 else "")
-            raise AmbiguousEpisodeId(
-                f"episode id prefix {episode_id!r} is ambiguous: it matches {len(matches)} episodes ({shown})")
-        return matches[0]
+        return resolve(self._snapshot, episode_id)
 
     def select(self, episodes: Selection = None) -> list[tuple[EpisodeLocation, str | None]]:
         """The selected episodes, each with the agent the selection names (or None), in order.
@@ -313,29 +156,7 @@ class Lake:
         ``episodes`` is None (every episode), an id or prefix, several, or a polars frame with an
         ``episode_id`` column (and optionally ``agent``), such as a filtered ``episode_agents()``.
         """
-        if episodes is None:
-            return [(location, None) for location in self.locations]
-        if isinstance(episodes, str):
-            return [(self.resolve(episodes), None)]
-        if isinstance(episodes, pl.LazyFrame | pl.DataFrame):
-            frame = episodes.lazy()
-            columns = [c for c in ("episode_id", "agent") if c in frame.collect_schema()]
-            if "episode_id" not in columns:
-                raise DatasetError("an episode selection frame needs an episode_id column")
-            with self.reading():
-                rows = frame.select(columns).unique(maintain_order=True).collect().rows()
-            self._read_ids(len(rows))
-            return [(self.resolve(row[0]), row[1] if len(row) > 1 else None) for row in rows]
-        chosen = list(episodes)
-        self._read_ids(len(chosen))
-        return [(self.resolve(episode_id), None) for episode_id in chosen]
-
-    def _read_ids(self, selected: int) -> None:
-        """Read every segment's ids (once) before resolving more than a few ids: then each is a bisection."""
-        if selected > _LAZY_RESOLVES:
-            with self._ids_read():
-                for entry in self._entries:
-                    entry.ids  # noqa: B018 -- read and kept by the entry
+        return select(self._snapshot, episodes, self.reading)
 
     def agents(self, episode_id: str) -> list[str]:
         """An episode's agents in order of appearance (by first step, then as that step lists them)."""
@@ -358,14 +179,13 @@ class Lake:
         with self.reading():
             episode = self.episodes(episodes=location.episode_id).collect().row(0, named=True)
             agent_rows = self.episode_agents(episodes=location.episode_id).drop("environment", "episode_id").collect()
-        mapping: dict[str, Any] = orjson.loads(episode["action_mapping"]) if episode["action_mapping"] else {}
-        unit_mapping = mapping.pop("unit_mapping", None) or {}
+        mapping, unit_mapping = mappings(episode["action_mapping"])
         order = {agent: i for i, agent in enumerate(agents(location))}
         return {
             "episode": episode,
             "agents": sorted(agent_rows.to_dicts(), key=lambda row: order.get(row["agent"], len(order))),
-            "actions": _sorted_labels(mapping),
-            "unit_actions": _sorted_labels(unit_mapping),
+            "actions": sorted_labels(mapping),
+            "unit_actions": sorted_labels(unit_mapping),
             "reward_names": list(episode["reward_mapping"] or []),
         }
 
@@ -388,11 +208,11 @@ class Lake:
 
     def action_labels(self, *, units: bool = False) -> pl.LazyFrame:
         """(episode_id, action, action_label) from each episode's ``action_mapping`` (or ``unit_mapping``)."""
-        return pl.defer(lambda: self._label_tables()[1 if units else 0], schema=_ACTION_LABELS)
+        return pl.defer(lambda: self._label_tables()[1 if units else 0], schema=ACTION_LABELS)
 
     def reward_labels(self) -> pl.LazyFrame:
         """(episode_id, component, reward_name) from each episode's ``reward_mapping``."""
-        return pl.defer(lambda: self._label_tables()[2], schema=_REWARD_LABELS)
+        return pl.defer(lambda: self._label_tables()[2], schema=REWARD_LABELS)
 
     def label_actions(self, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
         """``frame`` with an ``action_label`` column; a frame with a ``unit`` column uses ``unit_mapping``."""
@@ -417,20 +237,7 @@ class Lake:
         if self._labels is None:
             with self.reading():
                 rows = self.episodes().select("episode_id", "action_mapping", "reward_mapping").collect()
-            actions: list[tuple[str, float, str]] = []
-            unit_actions: list[tuple[str, float, str]] = []
-            rewards: list[tuple[str, int, str]] = []
-            for episode_id, mapping_text, reward_mapping in rows.iter_rows():
-                mapping: dict[str, Any] = orjson.loads(mapping_text) if mapping_text else {}
-                unit_mapping = mapping.pop("unit_mapping", None) or {}
-                actions.extend((episode_id, float(key), label) for key, label in mapping.items())
-                unit_actions.extend((episode_id, float(key), label) for key, label in unit_mapping.items())
-                rewards.extend((episode_id, i, name) for i, name in enumerate(reward_mapping or ()))
-            self._labels = (
-                pl.DataFrame(actions, schema=_ACTION_LABELS, orient="row"),
-                pl.DataFrame(unit_actions, schema=_ACTION_LABELS, orient="row"),
-                pl.DataFrame(rewards, schema=_REWARD_LABELS, orient="row"),
-            )
+            self._labels = label_tables(rows)
         return self._labels
 
     # -- trajectories and exports -------------------------------------------------------------
@@ -475,14 +282,7 @@ class Lake:
         selection = self.select(episodes)
         reader = self._frame_reader(frames, prepared)
         if reader is not None and prepared:
-            from .prepared_episode import missing_entries
-
-            lacking = missing_entries(self.path, reader.options, [(loc, agent or a) for loc, a in selection])
-            if lacking:
-                episode_id, name = lacking[0]
-                raise DatasetError(reader.not_prepared(f"no prepared frames for {len(lacking)} of the "
-                                                       f"{len(selection)} selected episodes (first: {episode_id}, "
-                                                       f"agent {name!r})"), episode_id=episode_id, agent=name)
+            reader.require_prepared([(loc, agent or a) for loc, a in selection])
         for location, selected in selection:
             self.check_fresh([location])
             yield load_trajectory(location, agent or selected, frames=frames, downsample_frequency=downsample_frequency,
@@ -628,3 +428,6 @@ class Lake:
         from ..report import write_report
 
         return write_report(self, output, episodes, **options)
+
+
+__all__ = ["PARTITIONS", "Lake", "Selection"]

@@ -59,6 +59,7 @@ from ..lake.layout import EpisodeLocation, frame_entry_name, frame_store_path
 from .frameread import ByteLRU
 from .framestack import check_options, element_ends, no_image, processed_elements
 from .pngdecode import raw_frame
+from .sample_index import selected_entries
 from .storeread import ElementRing, Filler
 from .trajectory import FrameOptions, _images, agent_step_numbers
 
@@ -125,14 +126,12 @@ def prepare_frames(lake: Lake, options: FrameOptions, episodes: Selection = None
     """
     import time
 
-    from .sampler import _index
-
     if codec not in CODECS:
         raise DatasetError(f"codec must be one of {', '.join(map(repr, CODECS))}, not {codec!r}")
     started = time.perf_counter()
     key = store_key(options)
     report = PrepareReport(key=key, store=frame_store_path(lake.path, key), skipped=[])
-    locations, agents, _ = _index(lake, episodes, agent, 1, 0)
+    locations, agents, _ = selected_entries(lake, episodes, agent, 1, 0)
     have = store_entries(lake.path, key)
     todo = []
     for location, name in zip(locations, agents, strict=True):
@@ -303,7 +302,7 @@ def _open_files_limit() -> int:
 
 
 class PreparedFrames:
-    """A batch's stacks from a prepared frame store (what ``Sampler._batch_frames`` makes from PNGs).
+    """A batch's stacks from a prepared frame store (what :class:`.decoded_frames.DecodedFrames` makes from PNGs).
 
     Each distinct element of the batch is found in the ring of decoded elements
     (:class:`~pipeline.engine.storeread.ElementRing`) or read and decompressed straight into its next

@@ -95,6 +95,16 @@ class StoredFrames:
         self.read += 1
         return frames
 
+    def require_prepared(self, selection: list[tuple[EpisodeLocation, str | None]]) -> None:
+        """Raise DatasetError unless the store holds every (episode, agent) of ``selection`` (agent None:
+        the episode's first): ``prepared=True`` checks a whole selection before any of it is read."""
+        lacking = missing_entries(self.lake_path, self.options, selection)
+        if lacking:
+            episode_id, name = lacking[0]
+            raise DatasetError(self.not_prepared(f"no prepared frames for {len(lacking)} of the {len(selection)} "
+                                                 f"selected episodes (first: {episode_id}, agent {name!r})"),
+                               episode_id=episode_id, agent=name)
+
     def not_prepared(self, what: str = "no prepared frames") -> str:
         """Why ``prepared=True`` fails: the store lacks an entry; what to run."""
         return (f"{what} with these frame options (store {self.key}); run `{prepare_command(self.options)}` "

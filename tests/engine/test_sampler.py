@@ -195,6 +195,26 @@ def test_frames_from_segments_with_small_row_groups(tmp_path: Path, options: Fra
                                         downsample_frequency=frequency)
 
 
+@pytest.mark.parametrize("missing", ["error", "previous"])
+def test_frames_of_two_shapes_need_a_resize(tmp_path: Path, missing: str) -> None:
+    for n, size in enumerate([(4, 3), (5, 3)]):
+        document = _episode(n, 6)
+        for step in document["inference"]["steps"]:
+            step["image"] = gray_png(7 * n, size)
+        assert ingest(write_json(tmp_path / f"{n}.json", document), lake=tmp_path / "lake").status == "ingested"
+    lake = Lake(tmp_path / "lake")
+    mixed = lake.sampler(batch_size=64, observation="frames", frames=FrameOptions(grayscale=True, stack_n=2,
+                                                                                  missing=missing))
+    with pytest.raises(DatasetError, match=r"^episode [0-9a-f]{32}: frames of shape \[3, [45], 2\], other sampled "
+                                           r"episodes have \[3, [45], 2\]; pass resize=\(height, width\)$"):
+        mixed.batch(0)
+    resized = lake.sampler(batch_size=64, observation="frames", frames=FrameOptions(grayscale=True, stack_n=2,
+                                                                                    missing=missing, resize=(2, 2)))
+    batch = resized.batch(0)
+    assert batch.observations.shape == (64, 2, 2, 2)
+    assert set(batch.episodes.tolist()) == {0, 1}
+
+
 def _batch_in_child(sampler: Sampler, queue: Any) -> None:
     queue.put(sampler.batch(5).observations)
 
@@ -203,13 +223,13 @@ def test_frames_in_a_forked_worker_after_the_parent_sampled(lake: Lake, monkeypa
     # The parent's decode threads do not exist in a forked child: it must start its own, not wait forever.
     import multiprocessing
 
-    import pipeline.engine.sampler
+    import pipeline.engine.decoded_frames
 
-    monkeypatch.setattr(pipeline.engine.sampler, "_POOL_MIN", 1)
+    monkeypatch.setattr(pipeline.engine.decoded_frames, "_POOL_MIN", 1)
     sampler = lake.sampler(_frame_ids(lake), batch_size=64, observation="frames",
                            frames=FrameOptions(grayscale=True, stack_n=4), seed=2)
     sampler.batch(0)  # enough frames to decode on the thread pool
-    assert sampler._pool is not None
+    assert sampler._decoded_frames is not None and sampler._decoded_frames._pool is not None
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_batch_in_child, args=(sampler, queue))

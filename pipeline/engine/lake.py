@@ -36,8 +36,8 @@ from .snapshot import PARTITIONS, Snapshot
 from .trajectory import FrameOptions, Trajectory, agents, load_trajectory
 
 if TYPE_CHECKING:
-    from .prepared import PrepareReport
     from .prepared_episode import StoredFrames
+    from .preparing import PrepareReport
     from .sampler import Sampler
 
 
@@ -394,7 +394,7 @@ class Lake:
         a sampler with the same element options then reads them instead of decoding PNGs. See
         :mod:`pipeline.engine.prepared`; ``gc`` removes entries of episodes no longer in the lake.
         """
-        from .prepared import prepare_frames
+        from .preparing import prepare_frames
 
         return prepare_frames(self, options, episodes, agent, codec=codec, workers=workers, progress=progress)
 

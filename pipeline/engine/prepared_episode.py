@@ -1,7 +1,7 @@
 """A whole trajectory's frames from a prepared frame store: what ``trajectory()``, ``to_numpy`` and
 ``to_d3rlpy`` read instead of decoding PNGs.
 
-:func:`~pipeline.engine.prepared.prepare_frames` stores every processed element of an (episode,
+:func:`~pipeline.engine.preparing.prepare_frames` stores every processed element of an (episode,
 agent) (:mod:`pipeline.lake.framestore`); :class:`StoredFrames` is the reader
 :func:`~pipeline.engine.trajectory.load_trajectory` calls for the frames of one trajectory. It reads
 the entry's index, checks that the raw frames the kept steps need can be shown (raising what decoding

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import pipeline.engine.prepared
+import pipeline.engine.preparing
 import pipeline.lake.framestore
 from pipeline import DatasetError, FrameOptions, Lake, check, gc, ingest
 from pipeline.engine.prepared import store_key
@@ -210,7 +210,7 @@ def test_an_interrupted_prepare_publishes_nothing(tmp_path: Path, monkeypatch: p
     def crash(*args: Any) -> None:
         raise OSError("killed")
 
-    monkeypatch.setattr(pipeline.engine.prepared, "publish", crash)
+    monkeypatch.setattr(pipeline.engine.preparing, "publish", crash)
     with pytest.raises(OSError, match="killed"):
         lake.prepare_frames(FrameOptions(grayscale=True), workers=1)
     assert list((lake.path / FRAMES).rglob("*.frames")) == []

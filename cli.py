@@ -311,10 +311,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Keep every Nth step (rewards of skipped steps add up).")
 @click.option("--downsample-offset", type=click.IntRange(min=0), default=0, show_default=True,
               help="The first step kept.")
+@click.option("--prepared/--decode", default=None,
+              help="Frames from a prepared store (`frames prepare`), required for every episode, or decoded "
+                   "from the PNGs. [default: the store where it holds an episode, else decoded]")
 @lake_option
 def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | None, frames: bool,
            resize: tuple[int, int] | None, grayscale: bool, stack_n: int | None, framestack_axis_first: bool,
-           missing_frames: str, downsample_frequency: int, downsample_offset: int, lake: str | None) -> None:
+           missing_frames: str, downsample_frequency: int, downsample_offset: int, prepared: bool | None,
+           lake: str | None) -> None:
     """Export episodes' trajectories as numpy arrays (.npz) or a d3rlpy dataset.
 
     d3rlpy needs the rl extra: pip install 'ingest-pipeline[rl]'.
@@ -324,14 +328,15 @@ def export(episode_ids: tuple[str, ...], fmt: str, output: str, agent: str | Non
       ingest-pipeline export 257a0fe1 --to npz -o lander.npz
       ingest-pipeline export 257a 3f2a --to d3rlpy -o lander.h5
       ingest-pipeline export 257a --to d3rlpy -o pixels.h5 --resize 84x84 --grayscale --stack-n 4 \\
-          --framestack-axis-first --downsample-frequency 4
+          --framestack-axis-first --downsample-frequency 4 --prepared
     """
     options: Any = False
     if frames or resize or grayscale or stack_n:
         options = pipeline.FrameOptions(resize=resize, grayscale=grayscale, stack_n=stack_n,
                                         framestack_axis_first=framestack_axis_first,
                                         missing=missing_frames)  # type: ignore[arg-type]
-    sampling: dict[str, Any] = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset}
+    sampling: dict[str, Any] = {"downsample_frequency": downsample_frequency, "downsample_offset": downsample_offset,
+                                "prepared": prepared}
     with _library_errors():
         the_lake = _open_lake(lake)
         if fmt == "npz":

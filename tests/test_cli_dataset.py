@@ -224,6 +224,27 @@ def test_export_npz_with_frames(built: tuple[Path, dict[str, str]], tmp_path: Pa
         assert arrays["steps"].tolist() == list(range(0, 60, 5))
 
 
+def test_export_frames_from_a_prepared_store(built: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """--prepared requires the store (the error says how to make it), then gives the frames --decode gives."""
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(built[0], lake)
+    episode = built[1]["lander"]
+    frames = ["--resize", "21x21", "--grayscale", "--stack-n", "4", "--missing-frames", "previous"]
+    missing = invoke(lake, "export", episode, "--to", "npz", "-o", str(tmp_path / "x.npz"), *frames, "--prepared")
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    assert "frames prepare" in missing.output and not (tmp_path / "x.npz").exists()
+    prepare = invoke(lake, "frames", "prepare", "--resize", "21x21", "--grayscale", "--missing-frames", "previous")
+    assert prepare.exit_code == 0, prepare.output
+    for how in ("--prepared", "--decode"):
+        result = invoke(lake, "export", episode, "--to", "npz", "-o", str(tmp_path / f"{how}.npz"), *frames, how)
+        assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "--prepared.npz") as stored, np.load(tmp_path / "--decode.npz") as decoded:
+        assert stored["frames"].shape == (60, 21, 21, 4)
+        assert np.array_equal(stored["frames"], decoded["frames"])
+
+
 def test_export_errors(built: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     lake, ids = built
     out = tmp_path / "x.npz"

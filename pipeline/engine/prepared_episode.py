@@ -108,7 +108,8 @@ class StoredFrames:
     def not_prepared(self, what: str = "no prepared frames") -> str:
         """Why ``prepared=True`` fails: the store lacks an entry; what to run."""
         return (f"{what} with these frame options (store {self.key}); run `{prepare_command(self.options)}` "
-                f"(or lake.prepare_frames(options, ...)), or pass prepared=None to decode the PNGs")
+                f"(or lake.prepare_frames(options, ...)), or read the PNGs instead (prepared=None; `export` without "
+                f"--prepared)")
 
     def _stacks(self, fd: int, path: Path, episode_id: str, agent: str, steps: np.ndarray, options: FrameOptions,
                 kept: np.ndarray, skip: int) -> np.ndarray:

@@ -35,8 +35,9 @@ _LENGTH = 20  # len(b"-9223372036854775808")
 _SMALLEST = 75808  # the last five digits of -2**63
 _BASE = 9223372036854700000  # the window holds -(_BASE + k) for k in 0 .. _SMALLEST - 1
 _FREE, _OWN, _STAND_IN = 0, 1, 2
-# A number token starts after one of these (anything else: inside another token, or not JSON here).
-_BEFORE = frozenset(b"[,: \t\r\n")
+# A number token starts after one of these, or at the start (-1); anything else: inside another token,
+# or not JSON there.
+_BEFORE = frozenset((*b"[,: \t\r\n", -1))
 # A number token goes on with these: the integer is only part of it (a longer number, a float).
 _GOES_ON = frozenset(b"0123456789.eE")
 _BACKSLASH = b"\\"
@@ -55,7 +56,8 @@ class StandIns:
         self._last = -1  # the last byte handed to ijson (-1: none yet)
         self._held_starts_token = False  # whether the bytes held back begin where a token may start
 
-    def scan(self, buffer: bytearray, end: int, start: int, in_string: bool, carry: bytes, final: bool) -> int:
+    def scan(self, buffer: bytearray, end: int, start: int, in_string: bool, carry: bytes | bytearray,
+             final: bool) -> int:
         """Rewrite the window's integers in ``buffer[:end]``; return how many bytes at its end to hold back.
 
         ``buffer[:start]`` are the bytes held back by the last call; ``buffer[start:end]`` the next bytes of
@@ -82,7 +84,7 @@ class StandIns:
                 return False
             text = bytes(buffer[counted_to:p])
             if first:
-                text, first = carry + text, False
+                text, first = bytes(carry) + text, False
             if _BACKSLASH in text:
                 text = text.replace(_BACKSLASH * 2, b"").replace(_BACKSLASH + b'"', b"")
             # Escapes never span p (the byte before it is not a backslash), so counting can go on from here.
@@ -93,7 +95,8 @@ class StandIns:
             return (quotes & 1) == in_string
 
         while 0 <= at < limit:
-            if at + _LENGTH < end and buffer[at + _LENGTH] not in _GOES_ON:
+            after = at + _LENGTH  # the end of the stream ends a number too
+            if (after < end and buffer[after] not in _GOES_ON) or (final and after == end):
                 digits = bytes(buffer[at + len(PREFIX) : at + _LENGTH])
                 if digits.isdigit() and int(digits) <= _SMALLEST and starts_token(at):
                     self._rewrite(buffer, at, int(digits))

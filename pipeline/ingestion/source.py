@@ -328,7 +328,7 @@ class HashingReader:
         self._name = name
         self._hash = _BackgroundSha256()
         self._pending = b""  # what first_byte read, hashed and guarded but not handed over yet
-        self._pending_state: tuple[bool, bytes] = (False, b"")  # the depth guard's state before it
+        self._pending_state: tuple[bool, bytes | bytearray] = (False, b"")  # the depth guard's state before it
         self._held = b""  # bytes that may begin a token of the window, handed over with the next read
         self._out = b""  # bytes ready for ijson that a small read() had no room for
         self.consumed = 0
@@ -389,7 +389,7 @@ class HashingReader:
             guard = _DepthGuard()
             guard.in_string, guard.carry = self._pending_state
             guard.feed(piece)
-            self._pending_state = (guard.in_string, bytes(guard.carry))
+            self._pending_state = (guard.in_string, guard.carry)
         return count
 
     def _fill(self, buffer: bytearray, start: int) -> int:

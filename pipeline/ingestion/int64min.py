@@ -67,7 +67,7 @@ class StandIns:
         self.rewritten_before_read = self.rewritten
         hold = 0 if final else _tail(buffer, end)
         limit = end - hold
-        at = buffer.find(PREFIX, 0, end)
+        at = _find(buffer, end)
         if (at < 0 or at >= limit) and not hold:  # all but every read: nothing to look at
             if limit:
                 self._last = buffer[limit - 1]
@@ -149,6 +149,42 @@ class StandIns:
                 elif kind is dict or kind is list:
                     stack.append(item)
         return value
+
+
+# The search runs on every read, so its speed is the whole cost of this module on files without -2**63:
+# bytearray.find took 45 ms per 100 MB of the vector and teams profiles (~1% of an ingest's CPU), glibc's
+# memmem, which skips ahead on pairs of bytes, 15 ms (BENCHMARKS.md). memmem serves reads of at least
+# _MEMMEM_BYTES; ctypes (~2 ms to import) is imported for the first such read, so a small file never pays it.
+_MEMMEM_BYTES = 64 * 1024
+_memmem: Any = None  # None: not looked up yet; False: not available (bytearray.find then)
+
+
+def _find(buffer: bytearray, end: int) -> int:
+    """Where ``PREFIX`` first occurs in ``buffer[:end]`` (-1: nowhere)."""
+    global _memmem
+    if end < _MEMMEM_BYTES or _memmem is False:
+        return buffer.find(PREFIX, 0, end)
+    if _memmem is None:
+        _memmem = _load_memmem()
+        return _find(buffer, end)
+    import ctypes
+
+    start = ctypes.c_char.from_buffer(buffer)  # the buffer's address, held while memmem reads it
+    base = ctypes.addressof(start)
+    found = _memmem(base, end, PREFIX, len(PREFIX))
+    return -1 if found is None else found - base
+
+
+def _load_memmem() -> Any:
+    try:
+        import ctypes
+
+        memmem = ctypes.CDLL(None).memmem
+    except (ImportError, OSError, AttributeError):  # no C library to ask (Windows): bytearray.find
+        return False
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+    return memmem
 
 
 def _tail(buffer: bytearray, end: int) -> int:

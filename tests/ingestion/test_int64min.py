@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import json
+import sys
 from typing import Any
 
 import ijson
@@ -288,3 +289,21 @@ def test_a_file_using_the_whole_window_fails_rather_than_store_a_wrong_number(tm
     (location,) = list_episodes(tmp_path / "lake")
     (config,) = pq.read_table(location.table("episodes")).column("training_config").to_pylist()
     assert json.loads(config) == {"all": window[:-1], "min": INT64_MIN}
+
+
+@pytest.mark.parametrize("memmem", [True, False], ids=["memmem", "bytearray.find"])
+def test_the_search_finds_the_first_window_integer_in_a_read(monkeypatch, memmem):
+    """Reads of 64 KiB and more are searched with the C library's memmem when there is one."""
+    from pipeline.ingestion import int64min
+
+    if not memmem:
+        monkeypatch.setattr(int64min, "_memmem", False)
+    buffer = bytearray(b"0.5,-9223372036854699999," * 12_000)
+    assert int64min._find(buffer, len(buffer)) == -1
+    for at in (0, 1, 70_000, len(buffer) - len(PREFIX)):
+        buffer[at : at + len(PREFIX)] = PREFIX
+        assert int64min._find(buffer, len(buffer)) == at == buffer.find(PREFIX)
+        assert int64min._find(buffer, at + len(PREFIX) - 1) == -1  # not the whole prefix before the end
+        buffer[at : at + len(PREFIX)] = b"x" * len(PREFIX)
+    if memmem and sys.platform == "linux":
+        assert int64min._memmem not in (None, False)

@@ -157,20 +157,24 @@ class StandIns:
 
 # The search runs on every read, so its speed is the whole cost of this module on files without -2**63:
 # bytearray.find took 45 ms per 100 MB of the vector and teams profiles (~1% of an ingest's CPU), glibc's
-# memmem, which skips ahead on pairs of bytes, 15 ms (BENCHMARKS.md). memmem serves reads of at least
-# _MEMMEM_BYTES; ctypes (~2 ms to import) is imported for the first such read, so a small file never pays it.
+# memmem, which skips ahead on pairs of bytes, 15 ms (BENCHMARKS.md). ctypes costs ~2.4 ms to import, which
+# the faster search pays back after ~8 MB: so memmem is looked up once a process has searched
+# _MEMMEM_AFTER bytes, and serves reads of at least _MEMMEM_BYTES.
+_MEMMEM_AFTER = 16 * 2**20
 _MEMMEM_BYTES = 64 * 1024
 _memmem: Any = None  # None: not looked up yet; False: not available (bytearray.find then)
+_searched = 0  # bytes searched with bytearray.find before memmem was looked up
 
 
 def _find(buffer: bytearray, end: int) -> int:
     """Where ``PREFIX`` first occurs in ``buffer[:end]`` (-1: nowhere)."""
-    global _memmem
-    if end < _MEMMEM_BYTES or _memmem is False:
-        return buffer.find(PREFIX, 0, end)
+    global _memmem, _searched
     if _memmem is None:
-        _memmem = _load_memmem()
-        return _find(buffer, end)
+        _searched += end
+        if _searched >= _MEMMEM_AFTER:
+            _memmem = _load_memmem()
+    if _memmem is None or _memmem is False or end < _MEMMEM_BYTES:
+        return buffer.find(PREFIX, 0, end)
     import ctypes
 
     start = ctypes.c_char.from_buffer(buffer)  # the buffer's address, held while memmem reads it

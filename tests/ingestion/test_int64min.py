@@ -293,10 +293,12 @@ def test_a_file_using_the_whole_window_fails_rather_than_store_a_wrong_number(tm
 
 @pytest.mark.parametrize("memmem", [True, False], ids=["memmem", "bytearray.find"])
 def test_the_search_finds_the_first_window_integer_in_a_read(monkeypatch, memmem):
-    """Reads of 64 KiB and more are searched with the C library's memmem when there is one."""
+    """Reads of 64 KiB and more are searched with the C library's memmem once a process has searched 16 MiB."""
     from pipeline.ingestion import int64min
 
-    if not memmem:
+    if memmem:  # as after 16 MiB of a file
+        monkeypatch.setattr(int64min, "_searched", int64min._MEMMEM_AFTER)
+    else:
         monkeypatch.setattr(int64min, "_memmem", False)
     buffer = bytearray(b"0.5,-9223372036854699999," * 12_000)
     assert int64min._find(buffer, len(buffer)) == -1

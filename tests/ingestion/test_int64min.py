@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from pipeline import ingest, validate
 from pipeline.ingestion.int64min import PREFIX
 from pipeline.ingestion.source import READ_SIZE, HashingReader
+from pipeline.ingestion.tabulate import SMALL_ROWS_VARIABLE
 from pipeline.lake.layout import list_episodes
 from tests.helpers import episode
 
@@ -249,7 +250,10 @@ def test_smallest_int64_cut_across_reads_is_stored_exactly(tmp_path, parallel, c
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "two-process"])
-def test_smallest_int64_in_every_place_is_stored_as_its_neighbour_is(tmp_path, parallel):
+@pytest.mark.parametrize("writer", ["small", "pyarrow"])
+def test_smallest_int64_in_every_place_is_stored_as_its_neighbour_is(tmp_path, monkeypatch, parallel, writer):
+    if writer == "pyarrow":  # every episode through pyarrow, not pipeline/lake/smallparquet.py
+        monkeypatch.setenv(SMALL_ROWS_VARIABLE, "0")
     stored = {}
     for name, number in (("min", TOKEN), ("neighbour", NEIGHBOUR)):
         path = tmp_path / f"{name}.json"
@@ -276,16 +280,17 @@ def test_smallest_int64_in_every_place_is_stored_as_its_neighbour_is(tmp_path, p
     assert inference["f"] == inference["e"] == float(INT64_MIN) and type(inference["f"]) is float
 
 
-def test_a_file_using_the_whole_window_fails_rather_than_store_a_wrong_number(tmp_path):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "two-process"])
+def test_a_file_using_the_whole_window_fails_rather_than_store_a_wrong_number(tmp_path, parallel):
     window = [-9223372036854700000 - k for k in range(75808)]
     path = tmp_path / "e.json"
     path.write_text(json.dumps(episode(steps=1, config={"all": window, "min": INT64_MIN})), encoding="utf-8")
-    result = validate(path)
+    result = validate(path, parallel=parallel)
     assert result.status == "failed"
     assert "cannot read -9223372036854775808 in this file" in str(result.error)
     # One integer of the window fewer, and that one stands in: everything is kept exactly.
     path.write_text(json.dumps(episode(steps=1, config={"all": window[:-1], "min": INT64_MIN})), encoding="utf-8")
-    assert ingest(path, lake=tmp_path / "lake").status == "ingested"
+    assert ingest(path, lake=tmp_path / "lake", parallel=parallel).status == "ingested"
     (location,) = list_episodes(tmp_path / "lake")
     (config,) = pq.read_table(location.table("episodes")).column("training_config").to_pylist()
     assert json.loads(config) == {"all": window[:-1], "min": INT64_MIN}

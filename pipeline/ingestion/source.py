@@ -37,6 +37,7 @@ from typing import IO, Any
 import ijson
 
 from ..errors import InvalidEpisode, SourceError, shorten
+from .int64min import StandIns
 from .zstdframes import ZstdFrameWalker
 
 # ijson reads this many bytes at a time; larger reads amortise the per-call overhead.
@@ -151,6 +152,8 @@ _BACKSLASH = b"\\"
 # escaped high surrogate must be followed by an escaped low one; checked on the raw text, as depth is.
 _LONE_HIGH = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
 _ESCAPE_PAIR = 12  # len(b"\\ud83d\\ude00")
+# The smallest buffer readinto fills: room for a token of the int64min window held back and a read behind it.
+_MIN_BUFFER = 64
 
 
 class _DepthGuard:
@@ -167,18 +170,21 @@ class _DepthGuard:
     the deepest point is at most the depth before the chunk, plus those opens, plus the number of
     passes (the deepest nesting of the matched pairs). Only a chunk whose bound exceeds the
     limit is summed exactly. No numpy: the command's start-up does without it.
+
+    ``in_string`` and ``carry`` are the state the reader's int64min rewrite reads (``carry`` comes
+    before the next chunk, and ``in_string`` holds before ``carry``).
     """
 
     def __init__(self) -> None:
         self.depth = 0
-        self._in_string = False
-        self._carry: bytes | bytearray = b""
+        self.in_string = False
+        self.carry: bytes | bytearray = b""
 
     def feed(self, chunk: bytes | bytearray) -> None:
         """The next bytes of the stream; ``b""`` at its end, which checks what was carried over."""
         final = not chunk
-        if self._carry:
-            chunk, self._carry = self._carry + chunk, b""
+        if self.carry:
+            chunk, self.carry = self.carry + chunk, b""
         if _BACKSLASH in chunk:
             chunk = chunk.replace(_BACKSLASH * 2, b"").replace(_BACKSLASH + b'"', b"")
             # Escapes are whole now; one that the next chunk may complete is carried over.
@@ -188,19 +194,19 @@ class _DepthGuard:
                 if lone is not None and (cut < 0 or lone.start() < cut):
                     raise _LoneSurrogate
             if cut >= 0:
-                chunk, self._carry = chunk[:cut], chunk[cut:]
+                chunk, self.carry = chunk[:cut], chunk[cut:]
         marks = chunk.translate(None, _STRUCTURAL)
-        if self._in_string:
+        if self.in_string:
             end = marks.find(b'"')
             if end < 0:
                 return
-            marks, self._in_string = marks[end + 1 :], False
+            marks, self.in_string = marks[end + 1 :], False
         marks = marks.replace(b'""', b"")
         if b'"' in marks:
             marks = _QUOTED.sub(b"", marks)
             start = marks.find(b'"')
             if start >= 0:
-                marks, self._in_string = marks[:start], True
+                marks, self.in_string = marks[:start], True
         if not marks:
             return
         marks = marks.translate(_NESTING)
@@ -312,46 +318,86 @@ class HashingReader:
     """The decompressed byte stream handed to ijson: hashed, counted, with a leading BOM dropped.
 
     ``mark()`` notes where the current part began; reading more than ``MAX_PART_BYTES`` past the
-    mark stops the parse before the part can fill memory.
+    mark stops the parse before the part can fill memory. The hash and the guards see the bytes as
+    written; ijson gets them with -2**63 rewritten into a stand-in, and ``standins.restore`` turns
+    those back in what it parsed (see :mod:`.int64min`).
     """
 
     def __init__(self, stream: IO[bytes], name: str) -> None:
         self._stream = stream
         self._name = name
         self._hash = _BackgroundSha256()
-        self._pending = b""
+        self._pending = b""  # what first_byte read, hashed and guarded but not handed over yet
+        self._pending_state: tuple[bool, bytes | bytearray] = (False, b"")  # the depth guard's state before it
+        self._held = b""  # bytes that may begin a token of the window, handed over with the next read
+        self._out = b""  # bytes ready for ijson that a small read() had no room for
         self.consumed = 0
         self._limit = MAX_PART_BYTES
         self._depth = _DepthGuard()
+        self.standins = StandIns()
 
     def mark(self) -> None:
         self._limit = self.consumed + MAX_PART_BYTES
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes as ijson gets them (``READ_SIZE`` at most when ``size`` is negative)."""
         if size == 0:  # ijson probes with read(0) to tell bytes from text
             return b""
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
-        data = self._read(size)
-        if self.consumed > self._limit:
-            raise _PartTooLarge
-        return data
+        want = READ_SIZE if size < 0 else size
+        buffer = bytearray(max(want, _MIN_BUFFER))
+        count = self.readinto(buffer)
+        if count > want:
+            self._out, count = bytes(buffer[want:count]) + self._out, want
+        return bytes(buffer[:count])
 
     def readinto(self, buffer: bytearray) -> int:
         """:meth:`read` into ``buffer``, which ijson's parser hands over and reuses for every read.
 
         No bytes object is made per read: the stream fills the parser's own buffer, the guards
-        look at it there, and the hash copies it into its blocks (see :class:`_BackgroundSha256`).
+        look at it there, and the hash copies it into its blocks (see :class:`_BackgroundSha256`);
+        then the window's integers are rewritten in it (:meth:`StandIns.scan`), and the bytes at
+        its end that may begin one are held back for the next read. ``buffer`` holds more than
+        ``_MIN_BUFFER`` bytes (ijson's holds ``READ_SIZE``).
         """
-        if self._pending:
-            count = min(len(buffer), len(self._pending))
-            buffer[:count] = self._pending[:count]
-            self._pending = self._pending[count:]
+        if self._out:
+            count = min(len(buffer), len(self._out))
+            buffer[:count], self._out = self._out[:count], self._out[count:]
             return count
+        start = len(self._held)
+        if start:
+            buffer[:start] = self._held
+        while True:
+            if self._pending:
+                in_string, carry = self._pending_state
+                count = self._take_pending(buffer, start)
+            else:
+                in_string, carry = self._depth.in_string, self._depth.carry
+                count = self._fill(buffer, start)
+            end = start + count
+            hold = self.standins.scan(buffer, end, start, in_string, carry, final=not count)
+            if hold < end or not count:
+                break
+            start = end  # every byte may begin a token: read on behind them
+        self._held = bytes(buffer[end - hold : end]) if hold else b""
+        return end - hold
+
+    def _take_pending(self, buffer: bytearray, start: int) -> int:
+        count = min(len(buffer) - start, len(self._pending))
+        piece, self._pending = self._pending[:count], self._pending[count:]
+        buffer[start : start + count] = piece
+        if self._pending:  # handed over in pieces: the state before the next one
+            guard = _DepthGuard()
+            guard.in_string, guard.carry = self._pending_state
+            guard.feed(piece)
+            self._pending_state = (guard.in_string, guard.carry)
+        return count
+
+    def _fill(self, buffer: bytearray, start: int) -> int:
+        """Read the next bytes of the stream into ``buffer[start:]``; hash and guard them."""
         stream = self._stream
+        into = memoryview(buffer)[start:] if start else buffer
         try:
-            count = stream.readinto(buffer) if hasattr(stream, "readinto") else self._copy_into(buffer)
+            count = stream.readinto(into) if hasattr(stream, "readinto") else self._copy_into(into)
         except (SourceError, _PartTooLarge):
             raise
         except Exception as exc:
@@ -359,7 +405,7 @@ class HashingReader:
         count = count or 0
         if count:
             self.consumed += count
-            data = buffer if count == len(buffer) else bytes(buffer[:count])
+            data = buffer if count == len(buffer) else bytes(buffer[start : start + count])
             self._hash.update(data)
             self._depth.feed(data)
             if self.consumed > self._limit:
@@ -368,7 +414,7 @@ class HashingReader:
             self._depth.feed(b"")
         return count
 
-    def _copy_into(self, buffer: bytearray) -> int:
+    def _copy_into(self, buffer: bytearray | memoryview) -> int:
         data = self._stream.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -402,7 +448,8 @@ class HashingReader:
         while True:
             stripped = head.lstrip(_WHITESPACE)
             if stripped:
-                self._pending = stripped
+                # Only whitespace and a BOM went before it: no string is open, no escape begun.
+                self._pending, self._pending_state = stripped, (False, b"")
                 return stripped[:1]
             more = self._read(READ_SIZE)
             if not more:
@@ -616,6 +663,18 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
     batch: list[Any] = []
     batch_end = 0
     error: InvalidEpisode | None = None
+    standins = reader.standins
+    floor = 0  # stand-ins rewritten before the read the last value yielded ended in
+
+    def restored(value: Any) -> Any:
+        # A value yielded now began after the last one ended, so only a rewrite since the read that
+        # one ended in can be in it (and only a file holding -2**63 has any).
+        nonlocal floor
+        if standins.rewritten > floor:
+            value = standins.restore(value)
+        floor = standins.rewritten_before_read
+        return value
+
     try:
         first = reader.first_byte()
         if first != b"{":
@@ -631,18 +690,18 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
                 batch.append(value)
                 steps += 1
                 if len(batch) >= batch_steps or reader.consumed >= batch_end:
-                    yield STEPS, batch
+                    yield STEPS, restored(batch)
                     batch = []
                     batch_end = reader.consumed + batch_bytes
                 continue
             if batch:
-                yield STEPS, batch
+                yield STEPS, restored(batch)
                 batch = []
             if part in seen_parts:
                 key = part.rsplit(".", 1)[-1]
                 raise InvalidEpisode("document.duplicate_key", f'the key "{key}" appears twice', path=part)
             seen_parts.add(part)
-            yield part, value
+            yield part, restored(value)
     except ijson.JSONError as exc:
         error = _parse_error(exc, prefixes, steps, reader)
     except UnicodeDecodeError:  # bytes yajl let through (overlong forms, surrogates, "\\udfff")
@@ -676,7 +735,7 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
                 path=where, offset=reader.consumed,
             )
     if batch:
-        yield STEPS, batch
+        yield STEPS, restored(batch)
     if error is not None:
         raise error
     if prefixes.unknown is not None:
@@ -731,9 +790,9 @@ def _check_structure(prefixes: _Prefixes, seen_parts: set[str], steps: int) -> N
 _PARSE_RULES = (
     ("premature EOF", "file.truncated", "the file ends before the JSON document is complete (truncated?)"),
     ("trailing garbage", "file.trailing_data", "unexpected data after the end of the JSON document"),
-    # yajl also refuses -2**63 itself (docs/format.md, known gaps): the message gives the range it accepts.
+    # -2**63 itself reaches yajl as a stand-in (int64min.py), so this is an integer outside int64.
     ("integer overflow", "number.int64", "an integer does not fit in a signed 64-bit integer "
-     "(accepted: -9223372036854775807 to 9223372036854775807)"),
+     "(accepted: -9223372036854775808 to 9223372036854775807)"),
     ("floating point) overflow", "number.finite", "a number is beyond the range of a 64-bit float"),
     ("invalid bytes in UTF8", "file.utf8", "the file is not valid UTF-8"),
 )

@@ -131,6 +131,8 @@ NUMBER_FORMS = [  # raw token, outcome, rules when invalid
     ("01", "invalid", {"file.json"}), ("1.", "invalid", {"file.json"}), (".5", "invalid", {"file.json"}),
     ("+1", "invalid", {"file.json"}), ("0x10", "invalid", {"file.json"}), ("1e", "invalid", {"file.json"}),
     ("9223372036854775808", "invalid", {"number.int64"}), ("-9223372036854775809", "invalid", {"number.int64"}),
+    ("-9223372036854775808", "unknown", set()), ("-9223372036854775808.5", "unknown", set()),
+    ("-9223372036854775808e0", "unknown", set()), ("-92233720368547758080", "invalid", {"number.int64"}),
     ("123456789012345678901234567890.5", "unknown", set()),
 ]
 STRING_FORMS = [  # raw JSON string, outcome, rules
@@ -138,7 +140,7 @@ STRING_FORMS = [  # raw JSON string, outcome, rules
     ('"\\/\\b\\f\\n\\r\\t\\"\\\\"', "unknown", set()), ('"\\udfff"', "invalid", {"file.utf8"}),
     ('"\\ude00\\ud83d"', "invalid", {"file.utf8"}), ('"\\ud800"', "invalid", {"file.utf8"}),
     ('"x\\ud800\\ud800"', "invalid", {"file.utf8"}), ('"\\ud83d\\ude00\\uDBFF"', "invalid", {"file.utf8"}),
-    ('"\\\\ud800"', "unknown", set()), ('"\\x41"', "invalid", {"file.json"}),
+    ('"\\\\ud800"', "unknown", set()), ('"\\x41"', "invalid", {"file.json"}), ('"-9223372036854775808"', "unknown", set()),
     ('"\\u12"', "invalid", {"file.json"}), ('"tab\there"', "invalid", {"file.json"}),
     ('"' + "é" * 201 + '"', "unknown", set()), ('"' + "x" * 3_000_000 + '"', "unknown", set()),
 ]

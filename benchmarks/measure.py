@@ -330,7 +330,7 @@ def baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     import pyarrow as pa
     import pybase64
 
-    from pipeline.ingestion.rules import part_schema
+    from pipeline.ingestion.schema import part_schema
 
     validator = jsonschema_rs.validator_for(part_schema("step"))
     clock = _Clock()

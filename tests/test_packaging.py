@@ -25,10 +25,10 @@ def test_the_version_is_defined_once_and_installed_as_such() -> None:
 
 
 def test_the_package_ships_its_type_marker_and_schema() -> None:
-    import pipeline.ingestion.rules as rules
+    import pipeline.ingestion.schema as schema
 
     assert importlib.resources.files("pipeline").joinpath("py.typed").is_file()
-    assert rules.schema_path().is_file()
+    assert schema.schema_path().is_file()
 
 
 def _command() -> list[str]:

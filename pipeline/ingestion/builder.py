@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..version import __version__
-from .rules import UNPLANNED, EpisodeChecker, check_part, check_step, json_text, steps_are_valid
+from .rules import UNPLANNED, EpisodeChecker, json_text
+from .schema import check_part, check_step, steps_are_valid
 
 # What EpisodeChecks.steps_batch returns, for EpisodeTabulator.steps_batch: the agent steps were
 # normalised (NORMALISED), or kept their 1-D observation_space (RAW); and, with UNCHECKED, the schema

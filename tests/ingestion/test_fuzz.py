@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 import pipeline
 from pipeline import InvalidEpisode, ingest
-from pipeline.ingestion.rules import _validator, part_schema
+from pipeline.ingestion.schema import _validator, part_schema
 from tests.helpers import PNG_B64, episode, full_episode, lake_snapshot, staging_leftovers, write_json
 from tests.ingestion.test_bad_input import KNOWN_RULES
 from tests.ingestion.test_roundtrip import _row_key, assert_same, expected_tables, scalar_episode, unflatten

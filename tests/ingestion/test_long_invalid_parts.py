@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import InvalidEpisode, ingest, validate
-from pipeline.ingestion.rules import check_part, check_step
+from pipeline.ingestion.schema import check_part, check_step
 
 OK_AGENT = {"agent": "a", "action": 0, "reward": 0, "observation_space": []}
 OK_UNIT = {"unit": "u", "action": 1, "reward": 2}

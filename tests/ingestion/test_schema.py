@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from jsonschema.exceptions import ValidationError
 
 from pipeline import InvalidEpisode, ingest, validate
-from pipeline.ingestion.rules import check_part, check_step, load_schema, part_schema, schema_path
+from pipeline.ingestion.schema import check_part, check_step, load_schema, part_schema, schema_path
 from tests.helpers import episode, full_episode, mutate
 
 

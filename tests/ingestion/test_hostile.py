@@ -1,0 +1,108 @@
+"""What the hostile-input campaign (``benchmarks/hostile.py``) found, each pinned so it cannot come back.
+
+* A key with a dot in it, at the root or directly inside ``inference``, spells the path the parser gives
+  a part of the document: ijson joins keys with dots, so a key ``"steps.item"`` inside ``inference`` was
+  read as one more step (the file was accepted, with a step that is no step of the format), and a root
+  key ``"inference.steps"`` or ``"inference.parallel"`` was refused as a *repeated* key that the file
+  does not repeat. Both are unknown keys, and the refusal names them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import ingest, ingest_many, validate
+from pipeline.lake.layout import list_episodes
+from tests.helpers import episode, staging_leftovers
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROOT_ALLOWED = '(allowed here: "training", "inference", "action_mapping")'
+INFERENCE_ALLOWED = '(allowed here: "parallel", "config", "steps")'
+
+
+def _text(root: list[tuple[str, Any]]) -> bytes:
+    """A JSON object of these members, in this order (repeats and all)."""
+    return ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in root) + "}").encode()
+
+
+def _refusal(path: Path, parallel: bool) -> Any:
+    lake = path.parent / f"lake-{parallel}"
+    result = ingest(path, lake=lake, parallel=parallel)
+    assert result.status == "invalid", (result.status, result.steps)
+    assert staging_leftovers(lake) == []
+    assert not lake.exists() or list_episodes(lake) == []
+    checked = validate(path, parallel=parallel)
+    assert (checked.status, str(checked.error)) == ("invalid", str(result.error))
+    return result.error
+
+
+DOC = episode(2)
+STEP = {"number": 9, "agent_steps": []}
+
+# (where the key goes, the key, its value, the path and words of the refusal)
+DOTTED = [
+    ("inference", "steps.item", STEP, "inference.steps.item", f'unknown key "steps.item" {INFERENCE_ALLOWED}'),
+    ("inference", "steps.item", [STEP], "inference.steps.item", f'unknown key "steps.item" {INFERENCE_ALLOWED}'),
+    ("inference", "parallel.x", True, "inference.parallel.x", f'unknown key "parallel.x" {INFERENCE_ALLOWED}'),
+    ("root", "inference.steps", [STEP], "inference.steps", f'unknown key "inference.steps" {ROOT_ALLOWED}'),
+    ("root", "inference.steps.item", STEP, "inference.steps.item", f'unknown key "inference.steps.item" {ROOT_ALLOWED}'),
+    ("root", "inference.parallel", True, "inference.parallel", f'unknown key "inference.parallel" {ROOT_ALLOWED}'),
+    ("root", "inference.config", {"a": 1}, "inference.config", f'unknown key "inference.config" {ROOT_ALLOWED}'),
+    ("root", "training.x", 1, "training.x", f'unknown key "training.x" {ROOT_ALLOWED}'),
+]
+
+
+def _with_key(where: str, key: str, value: Any, position: int) -> bytes:
+    if where == "root":
+        members = [("training", DOC["training"]), ("inference", DOC["inference"])]
+        members.insert(position % 3, (key, value))
+        return _text(members)
+    inner = [("steps", DOC["inference"]["steps"]), ("parallel", False)]
+    inner.insert(position % 3, (key, value))
+    return _text([("training", DOC["training"]), ("inference", dict(inner))])
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one process", "two processes"])
+@pytest.mark.parametrize(("where", "key", "value", "path", "words"), DOTTED, ids=[f"{c[0]}:{c[1]}" for c in DOTTED])
+def test_a_dotted_key_spelling_a_parts_path_is_an_unknown_key(tmp_path, where, key, value, path, words, parallel):
+    for position in range(3):  # before, between and after the other keys
+        file = tmp_path / f"{position}.json"
+        file.write_bytes(_with_key(where, key, value, position))
+        error = _refusal(file, parallel)
+        assert (error.rule, error.path) == ("document.unknown_key", path), str(error)
+        assert words in str(error)
+
+
+@SETTINGS
+@given(where=st.sampled_from(["root", "inference"]),
+       key=st.lists(st.sampled_from(["inference", "steps", "item", "parallel", "config", "training", "", "x"]),
+                    min_size=2, max_size=4).map(".".join),
+       value=st.sampled_from([STEP, [STEP], [], {}, True, None, 1]),
+       position=st.integers(0, 2))
+def test_no_dotted_key_adds_a_step_or_a_part(tmp_path_factory, where, key, value, position):
+    folder = tmp_path_factory.mktemp("dotted")
+    file = folder / "episode.json"
+    file.write_bytes(_with_key(where, key, value, position))
+    for parallel in (False, True):
+        error = _refusal(file, parallel)
+        assert error.rule == "document.unknown_key", str(error)
+        assert f'unknown key "{key}"' in str(error), str(error)
+
+
+def test_a_dotted_key_is_refused_in_a_batch_too(tmp_path):
+    """Small files go through the group commit's own tabulation, with the same reader."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.json").write_bytes(_with_key("inference", "steps.item", STEP, 1))
+    (inbox / "b.json").write_text(json.dumps(DOC))
+    results = {Path(r.source).name: r for r in ingest_many([inbox], lake=tmp_path / "lake", jobs=2)}
+    assert results["a.json"].status == "invalid"
+    assert str(results["a.json"].error).endswith(f'inference.steps.item: unknown key "steps.item" {INFERENCE_ALLOWED}')
+    assert results["b.json"].status == "ingested"
+    assert results["b.json"].steps == 2

@@ -499,6 +499,12 @@ class _OpenedSource:
 
             stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
             self._closers.append(stream.close)
+        elif compression in ("gzip", "bz2", "xz"):
+            # Not fsspec's (the standard library's) readers: they end quietly at bytes after a stream.
+            from .decompress import open_decompressed
+
+            stream = open_decompressed(stream, compression)
+            self._closers.append(stream.close)
         elif compression:
             import fsspec.compression
 

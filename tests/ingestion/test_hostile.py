@@ -5,16 +5,22 @@
   read as one more step (the file was accepted, with a step that is no step of the format), and a root
   key ``"inference.steps"`` or ``"inference.parallel"`` was refused as a *repeated* key that the file
   does not repeat. Both are unknown keys, and the refusal names them.
+* A ``.bz2`` or ``.xz`` file with bytes after its last stream, or a ``.gz`` file with zero bytes after its
+  last member, was read as whole: the standard library's readers end quietly there. ``file.compression``
+  says a compressed file decompresses whole, so anything after the last stream is refused.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import ingest, ingest_many, validate
@@ -106,3 +112,60 @@ def test_a_dotted_key_is_refused_in_a_batch_too(tmp_path):
     assert str(results["a.json"].error).endswith(f'inference.steps.item: unknown key "steps.item" {INFERENCE_ALLOWED}')
     assert results["b.json"].status == "ingested"
     assert results["b.json"].steps == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed files: whole streams, and nothing after them
+# ---------------------------------------------------------------------------------------------
+
+COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+TEXT = json.dumps(episode(20)).encode()
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESS))
+@pytest.mark.parametrize(("case", "after"), [("garbage", b"garbage"), ("zero padding", b"\0" * 16),
+                                             ("one byte", b"\n"), ("a cut stream", None)])
+def test_bytes_after_the_last_stream_are_refused(tmp_path, suffix, case, after):
+    """``BZ2File`` and ``LZMAFile`` ended quietly at them, ``GzipFile`` skipped zeros: the file read as whole."""
+    packed = COMPRESS[suffix](TEXT)
+    file = tmp_path / f"episode.json{suffix}"
+    file.write_bytes(packed + (after if after is not None else COMPRESS[suffix](b" " * 1000)[:-5]))
+    for parallel in (False, True):
+        error = _refusal(file, parallel)
+        assert error.rule == "file.compression", str(error)
+        words = "ends before its end marker" if after is None else "are not another"
+        assert words in str(error) or "ends before its end marker" in str(error), str(error)
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESS))
+def test_whole_streams_one_after_another_are_one_text(tmp_path, suffix):
+    pack = COMPRESS[suffix]
+    cut = len(TEXT) // 3
+    file = tmp_path / f"episode.json{suffix}"
+    file.write_bytes(pack(TEXT[:cut]) + pack(b"") + pack(TEXT[cut:]))
+    result = ingest(file, lake=tmp_path / "lake")
+    assert (result.status, result.steps) == ("ingested", 20), result.error
+    plain = tmp_path / "episode.json"
+    plain.write_bytes(TEXT)
+    assert ingest(plain, lake=tmp_path / "lake").status == "exists"  # the same text: the same episode
+    empty = tmp_path / f"empty.json{suffix}"
+    empty.write_bytes(b"")
+    assert validate(empty).error.rule == "file.compression"  # no stream at all
+    empty.write_bytes(pack(b""))
+    assert validate(empty).error.rule == "document.object"  # a stream of no text
+
+
+@SETTINGS
+@given(suffix=st.sampled_from(sorted(COMPRESS)), after=st.binary(min_size=1, max_size=40), cut=st.integers(0, 12))
+def test_a_compressed_file_with_anything_after_it_or_cut_short_is_refused(tmp_path_factory, suffix, after, cut):
+    packed = COMPRESS[suffix](TEXT)
+    damaged = packed[: len(packed) - cut] + after
+    assume(damaged != packed)  # a last byte cut and written again
+    file = tmp_path_factory.mktemp("packed") / f"episode.json{suffix}"
+    file.write_bytes(damaged)
+    result = validate(file)
+    assert result.status == "invalid"
+    # Bytes appended are found by the decompressor; a cut last block may first decode to text that breaks the JSON.
+    rules = {"file.compression"} if not cut else {"file.compression", "file.json", "file.trailing_data",
+                                                    "file.truncated", "file.utf8"}
+    assert result.error.rule in rules, str(result.error)

@@ -2,9 +2,9 @@
 
 Why not the standard library's readers (which fsspec hands out): ``BZ2File`` and ``LZMAFile`` stop
 quietly at bytes after a stream that do not start another one, and ``GzipFile`` skips zero bytes
-after its last member, so a file with anything appended read as a whole, valid one (found by the
-hostile-input campaign, ``benchmarks/hostile.py``). docs/format.md says otherwise (``file.compression``:
-a compressed file decompresses whole). Here the same decompressors run in the same loop, except that
+after its last member, so a file with anything appended read as a whole, valid one (found by a
+hostile-input campaign). docs/format.md says otherwise (``file.compression``: a compressed file
+decompresses whole). Here the same decompressors run in the same loop, except that
 whatever follows a stream must be a whole stream of the same kind, and the input must end at the end
 of one. An empty file holds no stream at all, so it is refused too (as ``BZ2File``, ``LZMAFile`` and the
 ``gzip``, ``bzip2`` and ``xz`` tools do; ``GzipFile`` alone read it as an empty text).

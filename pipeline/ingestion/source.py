@@ -573,6 +573,8 @@ class _Prefixes(str):
     unknown: str | None  # the first path that is neither wanted nor a container of one
     unknown_parent: str | None  # the path of the object holding that unknown key
     _previous: str | None  # the last path compared outside the steps array
+    _previous_but_one: str | None  # and the one before it
+    _compared: int  # how many paths were compared outside the steps array
 
     def __new__(cls) -> _Prefixes:
         self = super().__new__(cls, STEP)
@@ -582,6 +584,8 @@ class _Prefixes(str):
         self.unknown = None
         self.unknown_parent = None
         self._previous = None
+        self._previous_but_one = None
+        self._compared = 0
         return self
 
     def __eq__(self, path: object) -> bool:
@@ -592,10 +596,16 @@ class _Prefixes(str):
 
     def _compare(self, path: str) -> bool:
         """``==`` for every path but a step's inside the steps array: the header parts, containers and the rest."""
-        previous, self._previous = self._previous, path
+        before, previous, self._previous = self._previous_but_one, self._previous, path
+        self._previous_but_one = previous
+        self._compared += 1
         parent = _PARENTS.get(path)
         if parent is not None and previous != parent and not (path == STEPS_ARRAY == previous):
             self._unknown(path, previous)  # a dotted key spelling a part's path (the array's end follows its start)
+        elif path == "" == previous and self._compared > 2:
+            # The root's start, then its first key's event (or its end); a third "" in a row is the value of a
+            # root key "", whose path is the root's own.
+            self._unknown(path, previous)
         elif path in _HEADER_SET:
             self.matched.append(path)
             return True
@@ -603,6 +613,8 @@ class _Prefixes(str):
             self.containers_seen[path] = self.containers_seen.get(path, 0) + 1
             if path == STEPS_ARRAY:  # its start (right after "inference"'s key) or its end
                 self.wanted = _STEPS if previous == "inference" else _NOTHING
+        elif path == "inference.item" and previous == "inference" and before == "":
+            self._unknown("inference", "")  # right after the value's start: inference is an array, not an object
         else:
             self._unknown(path, previous)
         return False
@@ -739,6 +751,8 @@ def _root_message(first: bytes, reader: HashingReader) -> str:
 
 def _unknown_key(path: str, parent: str | None = None) -> InvalidEpisode:
     """The refusal of the unknown key whose value has ``path``, in the object at ``parent`` (a key may hold dots)."""
+    if path == "inference":
+        return InvalidEpisode("document.required", 'must be an object with a "steps" array', path="inference")
     if parent is None or not (parent == "" or path.startswith(parent + ".")):
         parent = path.rpartition(".")[0]
     key = path[len(parent) + 1:] if parent else path

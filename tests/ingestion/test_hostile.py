@@ -1,4 +1,5 @@
-"""What the hostile-input campaign (``benchmarks/hostile.py``) found, each pinned so it cannot come back.
+"""What a hostile-input campaign found (mutated and odd files through ``run`` and ``validate``, one and two
+processes, small and pyarrow writers, batches), each pinned so it cannot come back.
 
 * A key with a dot in it, at the root or directly inside ``inference``, spells the path the parser gives
   a part of the document: ijson joins keys with dots, so a key ``"steps.item"`` inside ``inference`` was
@@ -11,6 +12,8 @@
 * Memory grew with the file for steps heavy in custom metrics, action distributions or enemy healths: a
   batch was flushed by its rows, observations and images only, so such rows were all held to the end
   (1 GiB peak for 240 MB). The file's bytes behind the pending rows now bound a batch as well.
+* A root key "" (whose path is the root's own) was refused as a repeated "inference", and an ``inference``
+  array for an unknown key "item": now an unknown key "", and ``document.required`` (not an object).
 """
 
 from __future__ import annotations
@@ -235,3 +238,25 @@ def test_memory_does_not_grow_with_a_file_of_heavy_rows(tmp_path, field):
         assert (record["status"], record["steps"]) == ("ingested", steps), record
         path.unlink()
     assert peaks[60] < peaks[5] + 300 * 2**20, {k: f"{v / 2**20:.0f} MiB" for k, v in peaks.items()}
+
+
+@pytest.mark.parametrize("value", [1, None, {"training": DOC["training"]}, [STEP], {}], ids=repr)
+@pytest.mark.parametrize("where", ["root", "inference"])
+def test_an_empty_key_is_an_unknown_key(tmp_path, value, where):
+    """A root key "" has the root's own path: it was refused as a repeated "inference", which no file repeated."""
+    for position in range(3):
+        file = tmp_path / f"{position}.json"
+        file.write_bytes(_with_key(where, "", value, position))
+        error = _refusal(file, parallel=False)
+        assert error.rule == "document.unknown_key", str(error)
+        assert str(error).endswith(f'unknown key "" {ROOT_ALLOWED if where == "root" else INFERENCE_ALLOWED}')
+
+
+@pytest.mark.parametrize("value", [[DOC["inference"]["steps"]], [[1]], [], 5, "steps", None], ids=repr)
+def test_an_inference_that_is_no_object_is_refused_as_such(tmp_path, value):
+    """An array was refused for an unknown key "item" (the parser's name for an array's elements)."""
+    file = tmp_path / "episode.json"
+    file.write_bytes(_text([("training", DOC["training"]), ("inference", value)]))
+    error = _refusal(file, parallel=False)
+    assert (error.rule, error.path) == ("document.required", "inference"), str(error)
+    assert str(error).endswith('inference: must be an object with a "steps" array')

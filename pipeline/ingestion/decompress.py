@@ -1,4 +1,4 @@
-"""Read a ``.gz``, ``.bz2`` or ``.xz`` file whole: one or more complete streams, and nothing after them.
+"""Read a ``.gz``, ``.bz2``, ``.xz`` (or ``.lzma``) file whole: one or more complete streams, and nothing after them.
 
 Why not the standard library's readers (which fsspec hands out): ``BZ2File`` and ``LZMAFile`` stop
 quietly at bytes after a stream that do not start another one, and ``GzipFile`` skips zero bytes
@@ -28,6 +28,7 @@ KINDS: dict[str, Callable[[], Any]] = {
     "gzip": lambda: zlib.decompressobj(wbits=31),  # gzip members only, header and CRC-32/size trailer checked
     "bz2": bz2.BZ2Decompressor,
     "xz": lzma.LZMADecompressor,
+    "lzma": lzma.LZMADecompressor,  # fsspec's name for a .lzma file: .xz or the older .lzma format, told apart by it
 }
 
 
@@ -132,7 +133,7 @@ def _decompressed(decompressor: Any, data: bytes, size: int) -> bytes:
 
 
 def open_decompressed(raw: IO[bytes], kind: str) -> IO[bytes]:
-    """A readable binary stream of ``raw`` decompressed as ``kind`` (``"gzip"``, ``"bz2"`` or ``"xz"``).
+    """A readable binary stream of ``raw`` decompressed as ``kind`` (a key of :data:`KINDS`).
 
     Not wrapped in a buffered reader: each read fills the caller's buffer directly (see ``_Streams.readinto``).
     """

@@ -499,16 +499,22 @@ class _OpenedSource:
 
             stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
             self._closers.append(stream.close)
-        elif compression in ("gzip", "bz2", "xz"):
+        elif compression in ("gzip", "bz2", "xz", "lzma"):
             # Not fsspec's (the standard library's) readers: they end quietly at bytes after a stream.
             from .decompress import open_decompressed
 
             stream = open_decompressed(stream, compression)
             self._closers.append(stream.close)
+        elif compression == "zip":
+            # fsspec's zip reader seeks to the archive's end, which a stream read once cannot do: every .zip
+            # raised zipfile's own error, a traceback on the command line (found by the hostile-input campaign).
+            raise SourceError("a .zip archive cannot be read as a stream; unzip it, or compress the episode "
+                              "file with gzip, bzip2, xz or zstd (.gz, .bz2, .xz, .zst)", source=name)
         elif compression:
             import fsspec.compression
 
-            stream = fsspec.compression.compr[compression](stream, mode="rb")
+            with _opening(name):
+                stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
         reader = HashingReader(stream, name)
         self._closers.append(reader.close)

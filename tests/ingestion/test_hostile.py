@@ -260,3 +260,38 @@ def test_an_inference_that_is_no_object_is_refused_as_such(tmp_path, value):
     error = _refusal(file, parallel=False)
     assert (error.rule, error.path) == ("document.required", "inference"), str(error)
     assert str(error).endswith('inference: must be an object with a "steps" array')
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_zip_archive_is_refused_in_one_line(tmp_path, command):
+    """fsspec's zip reader seeks to the archive's end: every .zip (whole or not) was zipfile's traceback."""
+    import subprocess
+    import sys
+    import zipfile
+
+    whole = tmp_path / "episode.json.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        archive.writestr("episode.json", TEXT)
+    lake = tmp_path / "lake"
+    for path in (whole, tmp_path / "bytes.json.zip"):
+        if not path.exists():
+            path.write_bytes(TEXT)
+        args = [command, str(path), "--json"] + (["--lake", str(lake)] if command == "run" else [])
+        out = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out.returncode == 1
+        record = json.loads(out.stdout)
+        assert record["status"] == "failed"
+        assert record["error"]["message"] == (f"{path}: a .zip archive cannot be read as a stream; unzip it, or "
+                                              "compress the episode file with gzip, bzip2, xz or zstd (.gz, .bz2, .xz, .zst)")
+    assert not lake.exists() or list_episodes(lake) == []
+
+
+def test_a_lzma_file_is_read_whole_too(tmp_path):
+    alone = lzma.compress(TEXT, format=lzma.FORMAT_ALONE)
+    file = tmp_path / "episode.json.lzma"
+    file.write_bytes(alone)
+    assert validate(file).status == "valid"
+    file.write_bytes(alone + b"junk")
+    assert _refusal(file, parallel=False).rule == "file.compression"

@@ -158,17 +158,17 @@ class EpisodeTabulator:
         self.steps += 1
 
     def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED,
-                    frames: tuple[list[int], bytes] | None = None) -> None:
+                    frames: tuple[list[int], bytes] | None = None, text_bytes: int = 0) -> None:
         """The next steps, as :meth:`EpisodeChecks.steps_batch` left them (``state``: what it returned).
 
         An UNCHECKED batch is schema-checked here first (the first invalid step raises its error).
         ``frames``: their decoded frames, taken out of the steps and joined (see
-        :meth:`~.tabulate.EpisodeTables.add_steps`).
+        :meth:`~.tabulate.EpisodeTables.add_steps`). ``text_bytes``: how much of the file they came from.
         """
         if state & UNCHECKED and not steps_are_valid(steps):
             for i, step in enumerate(steps):
                 check_step(step, self.steps + i)
-        self._tables.add_steps(steps, self.steps, bool(state & RAW), frames)
+        self._tables.add_steps(steps, self.steps, bool(state & RAW), frames, text_bytes)
         self.steps += len(steps)
 
     def finish(self, facts: Facts) -> Built:
@@ -231,9 +231,10 @@ class EpisodeBuilder:
         self._checks.step(step)
         self._tabulator.step(step)
 
-    def steps_batch(self, steps: list[Any]) -> None:
-        """The next steps of ``inference.steps``, in order (a batch from :func:`~.source.read_batches`)."""
-        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps))
+    def steps_batch(self, steps: list[Any], text_bytes: int = 0) -> None:
+        """The next steps of ``inference.steps``, in order (a batch from :func:`~.source.read_batches`,
+        read from ``text_bytes`` of the file)."""
+        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps), text_bytes=text_bytes)
 
     def finish(self, facts: Facts) -> Built:
         return self._tabulator.finish(facts)

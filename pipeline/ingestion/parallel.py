@@ -437,12 +437,14 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
     conn.send(_STARTED)
     try:
         while True:
-            message = marshal.loads(conn.recv_bytes())
+            data = conn.recv_bytes()
+            message = marshal.loads(data)
             kind = message[0]
+            # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
-                tabulator.steps_batch(message[1], checks.steps_batch(message[1]))
+                tabulator.steps_batch(message[1], checks.steps_batch(message[1]), text_bytes=len(data))
             elif kind == "steps":
-                tabulator.steps_batch(message[1], message[2], message[3])
+                tabulator.steps_batch(message[1], message[2], message[3], text_bytes=len(data))
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":

@@ -221,11 +221,13 @@ def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | N
     from .source import PROGRESS_EVERY, STEPS, read_batches
 
     builder = EpisodeBuilder(folder)
+    reader, read = src.reader, 0
     try:
         for part, value in read_batches(src):
             if part == STEPS:
                 before = builder.steps
-                builder.steps_batch(value)
+                builder.steps_batch(value, reader.consumed - read)
+                read = reader.consumed
                 if progress is not None and builder.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
             else:

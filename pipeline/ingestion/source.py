@@ -52,7 +52,15 @@ STEP = "inference.steps.item"
 PROGRESS_EVERY = 128
 HEADER_PARTS = ("training", "action_mapping", "inference.parallel", "inference.config")
 # Paths the parser walks through on its way to the parts above; anything else is an unknown key.
-_CONTAINERS = frozenset({"", "inference", "inference.steps"})
+STEPS_ARRAY = "inference.steps"
+_CONTAINERS = frozenset({"", "inference", STEPS_ARRAY})
+# The parent of each path a dotted key could spell (see _Prefixes); "training", "action_mapping" and
+# "inference" have no dot, so no other key has their paths.
+_PARENTS = {"inference.parallel": "inference", "inference.config": "inference", STEPS_ARRAY: "inference",
+            STEP: STEPS_ARRAY}
+_HEADER_SET = frozenset(HEADER_PARTS)
+_STEPS = frozenset((STEP,))
+_NOTHING: frozenset[str] = frozenset()
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
 
@@ -538,10 +546,22 @@ class _OpenedSource:
 
             stream = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
             self._closers.append(stream.close)
+        elif compression in ("gzip", "bz2", "xz", "lzma"):
+            # Not fsspec's (the standard library's) readers: they end quietly at bytes after a stream.
+            from .decompress import open_decompressed
+
+            stream = open_decompressed(stream, compression)
+            self._closers.append(stream.close)
+        elif compression == "zip":
+            # fsspec's zip reader seeks to the archive's end, which a stream read once cannot do: every .zip
+            # raised zipfile's own error, a traceback on the command line (found by the hostile-input campaign).
+            raise SourceError("a .zip archive cannot be read as a stream; unzip it, or compress the episode "
+                              "file with gzip, bzip2, xz or zstd (.gz, .bz2, .xz, .zst)", source=name)
         elif compression:
             import fsspec.compression
 
-            stream = fsspec.compression.compr[compression](stream, mode="rb")
+            with _opening(name):
+                stream = fsspec.compression.compr[compression](stream, mode="rb")
             self._closers.append(stream.close)
         reader = HashingReader(stream, name)
         self._closers.append(reader.close)
@@ -590,30 +610,72 @@ def open_source(source: str | os.PathLike[str] | IO[bytes], *, name: str | None 
 
 
 class _Prefixes(str):
-    """A prefix that ijson's ``items()`` sees as equal to every path we want (see module doc)."""
+    """A prefix that ijson's ``items()`` sees as equal to every path we want (see module doc).
 
-    wanted: frozenset[str]
+    ijson joins keys with dots, so a key with a dot in it spells the path of another place: a root
+    key ``"inference.steps"``, or a key ``"steps.item"`` inside ``inference``, has the path of the
+    steps. What tells them apart is the path ijson compared just before a value starts: that of the
+    map key's event, which is the path of the object holding the key. So a part (or the steps
+    array) counts only right after its own parent, and a step only inside the array opened there;
+    anything else is an unknown key. Steps stay on the fast path: one set lookup and an append.
+    """
+
+    wanted: frozenset[str]  # STEP while inside inference's steps array, else nothing
     matched: deque[str]  # the wanted paths, in the order items() yields their values
     containers_seen: dict[str, int]
     unknown: str | None  # the first path that is neither wanted nor a container of one
+    unknown_parent: str | None  # the path of the object holding that unknown key
+    _previous: str | None  # the last path compared outside the steps array
+    _previous_but_one: str | None  # and the one before it
+    _compared: int  # how many paths were compared outside the steps array
 
     def __new__(cls) -> _Prefixes:
         self = super().__new__(cls, STEP)
-        self.wanted = frozenset((STEP, *HEADER_PARTS))
+        self.wanted = _NOTHING
         self.matched = deque()
         self.containers_seen = {}
         self.unknown = None
+        self.unknown_parent = None
+        self._previous = None
+        self._previous_but_one = None
+        self._compared = 0
         return self
 
     def __eq__(self, path: object) -> bool:
         if path in self.wanted:
             self.matched.append(path)
             return True
-        if path in _CONTAINERS:
+        return self._compare(path)  # type: ignore[arg-type]
+
+    def _compare(self, path: str) -> bool:
+        """``==`` for every path but a step's inside the steps array: the header parts, containers and the rest."""
+        before, previous, self._previous = self._previous_but_one, self._previous, path
+        self._previous_but_one = previous
+        self._compared += 1
+        parent = _PARENTS.get(path)
+        if parent is not None and previous != parent and not (path == STEPS_ARRAY == previous):
+            self._unknown(path, previous)  # a dotted key spelling a part's path (the array's end follows its start)
+        elif path == "" == previous and self._compared > 2:
+            # The root's start, then its first key's event (or its end); a third "" in a row is the value of a
+            # root key "", whose path is the root's own.
+            self._unknown(path, previous)
+        elif path in _HEADER_SET:
+            self.matched.append(path)
+            return True
+        elif path in _CONTAINERS:
             self.containers_seen[path] = self.containers_seen.get(path, 0) + 1
-        elif self.unknown is None:
-            self.unknown = path  # type: ignore[assignment]
+            if path == STEPS_ARRAY:  # its start (right after "inference"'s key) or its end
+                self.wanted = _STEPS if previous == "inference" else _NOTHING
+        elif path == "inference.item" and previous == "inference" and before == "":
+            self._unknown("inference", "")  # right after the value's start: inference is an array, not an object
+        else:
+            self._unknown(path, previous)
         return False
+
+    def _unknown(self, path: str, previous: str | None) -> None:
+        if self.unknown is None:
+            self.unknown = path
+            self.unknown_parent = previous
 
     def __ne__(self, path: object) -> bool:
         return not self.__eq__(path)
@@ -684,7 +746,7 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
             part = popleft()
             reader.mark()
             if prefixes.unknown is not None:
-                error = _unknown_key(prefixes.unknown)
+                error = _unknown_key(prefixes.unknown, prefixes.unknown_parent)
                 break
             if part == STEP:
                 batch.append(value)
@@ -725,7 +787,7 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
         )
     except _PartTooLarge:
         if prefixes.unknown is not None:
-            error = _unknown_key(prefixes.unknown)
+            error = _unknown_key(prefixes.unknown, prefixes.unknown_parent)
         else:
             where = f"inference.steps[{steps}]" if prefixes.containers_seen.get("inference.steps", 0) == 1 else None
             error = InvalidEpisode(
@@ -739,7 +801,7 @@ def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,
     if error is not None:
         raise error
     if prefixes.unknown is not None:
-        raise _unknown_key(prefixes.unknown)
+        raise _unknown_key(prefixes.unknown, prefixes.unknown_parent)
     _check_structure(prefixes, seen_parts, steps)
 
 
@@ -752,8 +814,13 @@ def _root_message(first: bytes, reader: HashingReader) -> str:
     return f"the document must be a JSON object with \"training\" and \"inference\", found {kind}"
 
 
-def _unknown_key(path: str) -> InvalidEpisode:
-    parent, _, key = path.rpartition(".")
+def _unknown_key(path: str, parent: str | None = None) -> InvalidEpisode:
+    """The refusal of the unknown key whose value has ``path``, in the object at ``parent`` (a key may hold dots)."""
+    if path == "inference":
+        return InvalidEpisode("document.required", 'must be an object with a "steps" array', path="inference")
+    if parent is None or not (parent == "" or path.startswith(parent + ".")):
+        parent = path.rpartition(".")[0]
+    key = path[len(parent) + 1:] if parent else path
     allowed = '"training", "inference", "action_mapping"' if not parent else '"parallel", "config", "steps"'
     key = shorten(key)
     return InvalidEpisode(

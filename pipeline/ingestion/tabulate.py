@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 # its lists: Python objects cost ~4x their Arrow size, so this keeps a batch to a few tens of MB.
 BATCH_ROWS = 16_384
 BATCH_VALUES = 1_000_000
+# ... or when the rows pending came from this many bytes of the file. Values count observations and
+# images only; custom metrics, action distributions, enemy healths and reward vectors are not counted
+# per row (it would cost every row), so a file of steps each holding megabytes of them kept all of them
+# until the end: its memory grew with its size (found by the hostile-input campaign: 80 MB of 5 MB
+# custom metrics, 352 MB peak against 126 MB for 20 MB). The file's own bytes bound every kind of row
+# at once, at no cost per row; real files reach the bounds above long before this one.
+BATCH_TEXT_BYTES = 32 * 1024 * 1024
 # Rows are converted to Arrow in smaller pieces than a batch, while their Python objects are still
 # in the CPU cache: freeing 16k parsed rows at once cost 0.29 s of a 100 MB teams ingest, freeing
 # them 1k at a time 0.11 s (measured). A batch is then the pieces together, one row group.
@@ -109,6 +116,7 @@ class EpisodeTables:
         self._batch_agent_rows = 0
         self._batch_unit_rows = 0
         self._pending_values = 0
+        self._pending_text = 0
         self._new_rows()
 
     def _new_rows(self) -> None:
@@ -123,15 +131,17 @@ class EpisodeTables:
         self._unit_totals: list[Any] = []
 
     def add_steps(self, steps: list[dict[str, Any]], first: int, raw: bool = False,
-                  frames: tuple[list[int], bytes] | None = None) -> None:
+                  frames: tuple[list[int], bytes] | None = None, text_bytes: int = 0) -> None:
         """:meth:`add_step` of each of consecutive checked steps (``first``: the index of the first).
 
         ``raw``: the agent steps kept their 1-D ``observation_space`` (see
         :meth:`pipeline.ingestion.rules.EpisodeChecker.check_steps`) instead of ``observation`` and its shape.
         ``frames``: the steps' decoded frames, taken out of them, as lengths (-1: none) and the
         bytes joined (see :class:`ImageColumn`).
+        ``text_bytes``: how much of the file the steps came from (see :data:`BATCH_TEXT_BYTES`).
         Steps whose numbers increase past every number seen go through in bulk; others one by one.
         """
+        self._pending_text += text_bytes
         numbers = [step["number"] for step in steps]
         last = self.last_step
         if (last is not None and numbers[0] <= last) or not all(map(lt, numbers, islice(numbers, 1, None))):
@@ -175,7 +185,8 @@ class EpisodeTables:
         if self._small and self._still_small():
             return
         if (self._pending_values >= self._batch_values or len(self._step_numbers) >= self._batch_rows
-                or self._batch_agent_rows >= self._batch_rows or self._batch_unit_rows >= self._batch_rows):
+                or self._batch_agent_rows >= self._batch_rows or self._batch_unit_rows >= self._batch_rows
+                or self._pending_text >= BATCH_TEXT_BYTES):
             self.flush()
         elif len(self._agent_rows) >= CONVERT_ROWS or len(self._unit_rows) >= CONVERT_ROWS:
             self._convert()
@@ -279,7 +290,8 @@ class EpisodeTables:
         if self._small and self._still_small():
             return
         if (self._pending_values >= self._batch_values or len(self._step_numbers) >= self._batch_rows
-                or self._batch_agent_rows >= self._batch_rows or self._batch_unit_rows >= self._batch_rows):
+                or self._batch_agent_rows >= self._batch_rows or self._batch_unit_rows >= self._batch_rows
+                or self._pending_text >= BATCH_TEXT_BYTES):
             self.flush()
         elif len(self._agent_rows) >= CONVERT_ROWS or len(self._unit_rows) >= CONVERT_ROWS:
             self._convert()
@@ -321,7 +333,7 @@ class EpisodeTables:
         """Whether the episode so far is within the small limits (once it is not, it never is again)."""
         if (len(self._step_numbers) <= self._small_rows and len(self._agent_rows) <= self._small_rows
                 and len(self._unit_rows) <= self._small_rows and self._pending_values <= self._small_values
-                and self._image_bytes <= IMAGE_GROUP_BYTES):
+                and self._image_bytes <= IMAGE_GROUP_BYTES and self._pending_text < BATCH_TEXT_BYTES):
             return True
         self._small = False
         return False

@@ -380,16 +380,27 @@ def test_header_parts_between_steps_and_without_optional_parts():
 
 def test_prefixes_object_matches_each_wanted_path_and_records_it():
     prefixes = _Prefixes()
-    paths = ["inference.steps.item", "training", "inference", "action_mapping", "inference.config",
-             "inference.parallel", "inference.steps", "inference.steps.item"]
+    # The paths ijson compares for {"training": {..}, "inference": {"config": {..}, "parallel": true,
+    # "steps": [{..}, {..}]}, "action_mapping": {..}}: one per event outside a matched value, the
+    # path of a map key's event being that of the object holding it.
+    paths = ["", "", "training", "", "inference", "inference", "inference.config", "inference",
+             "inference.parallel", "inference", "inference.steps", "inference.steps.item",
+             "inference.steps.item", "inference.steps", "inference", "", "action_mapping", ""]
     # ijson compares ``current_path == prefix`` with the plain str on the left, as here.
-    assert [path == prefixes for path in paths] == [True, True, False, True, True, True, False, True]
-    assert list(prefixes.matched) == ["inference.steps.item", "training", "action_mapping",
-                                      "inference.config", "inference.parallel", "inference.steps.item"]
+    matches = [path == prefixes for path in paths]
+    assert [path for path, match in zip(paths, matches, strict=True) if match] == [
+        "training", "inference.config", "inference.parallel", "inference.steps.item", "inference.steps.item",
+        "action_mapping"]
+    assert list(prefixes.matched) == ["training", "inference.config", "inference.parallel",
+                                      "inference.steps.item", "inference.steps.item", "action_mapping"]
     assert prefixes.unknown is None
     other = "inference.extra"  # any other path is remembered as the first unknown key
     assert (other == prefixes) is False
     assert prefixes.unknown == other
+    # A step's path right after the root's key event is a root key "inference.steps.item", not a step.
+    prefixes = _Prefixes()
+    assert [path == prefixes for path in ["", "", "inference.steps.item"]] == [False, False, False]
+    assert (prefixes.unknown, prefixes.unknown_parent) == ("inference.steps.item", "")
 
 
 @pytest.mark.parametrize("order", ["training first", "inference first"])

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import Lake, ingest, ingest_many
@@ -247,8 +247,26 @@ def cases(draw: Any) -> Case:
     # compressed
     codec = draw(st.sampled_from(["gz", "bz2", "zst"]))
     damage = draw(st.one_of(st.none(), st.tuples(st.sampled_from(["cut", "flip"]), st.floats(0.05, 0.999))))
-    return Case(text, name=f"e.json.{codec}", codec=codec, damage=damage,
+    case = Case(text, name=f"e.json.{codec}", codec=codec, damage=damage,
                 expect="valid" if damage is None else "invalid", what=f"{codec} {damage}")
+    if damage is not None and _decompresses_to(case) == text.encode("utf-8", "surrogatepass"):
+        # A flip the format cannot see and that changes nothing (a gzip header's time stamp; bits of a
+        # bzip2 block's tables no symbol uses): the text is whole, and ingesting it is right.
+        case.expect = "valid"
+    return case
+
+
+def _decompresses_to(case: Case) -> bytes | None:
+    """What the codec's own library reads from the case's bytes, or None if it refuses them."""
+    data = case.data()
+    try:
+        if case.codec == "gz":
+            return gzip.decompress(data)
+        if case.codec == "bz2":
+            return bz2.decompress(data)
+        return zstandard.ZstdDecompressor().decompress(data)
+    except Exception:  # any refusal: the damage shows
+        return None
 
 
 def strict_json(data: bytes) -> Any:
@@ -328,8 +346,17 @@ def check_case(folder: Path, case: Case) -> None:
         assert a[table].equals(b[table]), (case.what, table)
 
 
+_BZ2_UNSEEN_FLIP = Case(  # found by this test: the flipped byte is in tables no symbol uses; bzip2 reads it whole
+    '{"training": {"environment": "gymnasium/CartPole-v1", "algorithm": "minari", "iterations": 1}, "inference": '
+    '{"steps": [{"number": 0, "agent_steps": [{"agent": "agent_0", "action": 0, "reward": 1.0, "observation_space": '
+    '[0.0]}]}, {"number": 1, "agent_steps": [{"agent": "agent_0", "action": 1, "reward": 1.0, "observation_space": '
+    '[0.1]}]}]}}', name="e.json.bz2", codec="bz2", damage=("flip", 0.2421875), expect="valid",
+    what="bz2 ('flip', 0.2421875), unseen")
+
+
 @FUZZ
 @given(case=cases())
+@example(case=_BZ2_UNSEEN_FLIP)
 def test_mutated_text_is_refused_the_same_way_in_both_modes_or_reads_back_exactly(case):
     with tempfile.TemporaryDirectory() as folder:
         check_case(Path(folder), case)

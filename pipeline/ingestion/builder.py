@@ -1,6 +1,6 @@
 """Everything after parsing: an episode's parts, in file order, checked, tabulated and written.
 
-The header parts and steps that :func:`pipeline.ingestion.source.read_document` yields go, in the same
+The header parts and steps that :func:`pipeline.ingestion.parts.read_document` yields go, in the same
 order, through two halves: :class:`EpisodeChecks` runs the schema and the other rules and
 normalises each part in place; :class:`EpisodeTabulator` fills the table batches and (with a
 folder) writes the Parquet files. :class:`EpisodeBuilder` runs both in one process; the
@@ -232,7 +232,7 @@ class EpisodeBuilder:
         self._tabulator.step(step)
 
     def steps_batch(self, steps: list[Any], text_bytes: int = 0) -> None:
-        """The next steps of ``inference.steps``, in order (a batch from :func:`~.source.read_batches`,
+        """The next steps of ``inference.steps``, in order (a batch from :func:`~.parts.read_batches`,
         read from ``text_bytes`` of the file)."""
         self._tabulator.steps_batch(steps, self._checks.steps_batch(steps), text_bytes=text_bytes)
 

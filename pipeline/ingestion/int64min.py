@@ -22,7 +22,7 @@ can run out of stand-ins, and then fails; no real file comes near.
 
 A token may be cut between two reads: bytes at the end of a read that may begin one are held back and
 handed over with the next read. Outside a string or not is read from the depth guard's state at the start
-of the read (:class:`~.source._DepthGuard` tracks it exactly), counting the quotes up to the token.
+of the read (:class:`~.guards.DepthGuard` tracks it exactly), counting the quotes up to the token.
 """
 
 from __future__ import annotations

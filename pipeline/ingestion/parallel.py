@@ -2,7 +2,7 @@
 
 Parsing (ijson), the rules (schema and the rest) and the Arrow conversion all hold the GIL, so
 one process keeps one core busy while the other mostly idles. Here the reading process parses
-and streams the parts, in the batches :func:`~pipeline.ingestion.source.read_batches` hands over, marshalled
+and streams the parts, in the batches :func:`~pipeline.ingestion.parts.read_batches` hands over, marshalled
 through a pipe to a forked child that runs :class:`~pipeline.ingestion.builder.EpisodeChecks` and the
 :class:`~pipeline.ingestion.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 # Whether ingest(parallel=None) may split at all; see the measurements above.
 # Files at least this large (as stored) are split when forking is safe.
 SPLIT_MIN_BYTES = 32 * 1024 * 1024
-# Steps travel in the batches the parser hands over (pipeline.ingestion.source.read_batches: up to 256 steps
+# Steps travel in the batches the parser hands over (pipeline.ingestion.parts.read_batches: up to 256 steps
 # or ~64 KiB of the file): large enough to amortise a pipe write, small enough to keep both sides busy.
 
 
@@ -184,7 +184,7 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
 
 def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
-    from .source import PROGRESS_EVERY, STEPS, read_batches
+    from .parts import PROGRESS_EVERY, STEPS, read_batches
 
     conn = sender.conn
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)

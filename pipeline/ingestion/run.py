@@ -169,7 +169,8 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     """
     from ..lake.segments import with_id
     from .builder import EpisodeBuilder, Facts
-    from .source import STEPS, open_source, read_batches
+    from .parts import STEPS, read_batches
+    from .source import open_source
 
     result = IngestResult(source=source, status="failed")
     started = time.perf_counter()
@@ -218,7 +219,7 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
 
 def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
     from .builder import EpisodeBuilder, Facts
-    from .source import PROGRESS_EVERY, STEPS, read_batches
+    from .parts import PROGRESS_EVERY, STEPS, read_batches
 
     builder = EpisodeBuilder(folder)
     reader, read = src.reader, 0

@@ -1,6 +1,6 @@
 """Steps checked and tabulated in batches (issue 15) behave exactly as one step at a time.
 
-The parser hands over steps in lists (``pipeline.ingestion.source.read_batches``); the rules, the schema and
+The parser hands over steps in lists (``pipeline.ingestion.parts.read_batches``); the rules, the schema and
 the tables then work on a whole batch when it has the common shape, and step by step otherwise,
 and the two-process ingest leaves the checks to its writer. None of that may change a result: the
 same first error (rule, path, step, message) and the same tables. The reference here is the
@@ -24,7 +24,8 @@ import pytest
 from benchmarks.generate import write_episode
 from pipeline import PipelineError, ingest
 from pipeline.ingestion.builder import EpisodeChecks
-from pipeline.ingestion.source import STEP, open_source, read_document
+from pipeline.ingestion.parts import STEP, read_document
+from pipeline.ingestion.source import open_source
 from pipeline.ingestion.tabulate import EpisodeTables
 
 SHAPES = {"vector": 1200, "teams_metrics": 70, "teams_nounits": 140, "pixels": 20, "frames64": 90,

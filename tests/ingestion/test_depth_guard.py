@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingestion.source import MAX_DEPTH, _DepthGuard, _LoneSurrogate, _TooDeep
+from pipeline.ingestion.guards import MAX_DEPTH, DepthGuard, LoneSurrogate, TooDeep
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
@@ -29,7 +29,7 @@ def reference_max_depth(value) -> int:
 def guard_max_depth(text: bytes, chunk: int) -> int:
     """Feed ``text`` in chunks, lowering nothing: the guard raises only past MAX_DEPTH, so wrap the
     value in enough levels that its own depth decides whether the limit is crossed."""
-    guard = _DepthGuard()
+    guard = DepthGuard()
     for i in range(0, len(text), chunk):
         guard.feed(text[i:i + chunk])
     return guard.depth
@@ -45,25 +45,25 @@ def test_guard_tracks_exact_depth_across_any_chunking(value, chunk, escape_ascii
     fits = b"[" * pad + text + b"]" * pad
     assert guard_max_depth(fits, chunk) == 0
     over = b"[" + fits + b"]"
-    guard = _DepthGuard()
+    guard = DepthGuard()
     try:
         for i in range(0, len(over), chunk):
             guard.feed(over[i:i + chunk])
-    except _TooDeep:
+    except TooDeep:
         return
     raise AssertionError("a document nested past MAX_DEPTH was not refused")
 
 
 def test_brackets_and_escaped_quotes_inside_strings_do_not_count():
     text = json.dumps({"a": "[[[[{{{{ \\\" ]]]] \\\\", "b": ["]]]]"]}).encode()
-    guard = _DepthGuard()
+    guard = DepthGuard()
     guard.feed(text)
     assert guard.depth == 0
 
 
-def _feed_all(text: bytes, chunks: list[int]) -> _DepthGuard:
+def _feed_all(text: bytes, chunks: list[int]) -> DepthGuard:
     """Feed ``text`` cut into pieces of the given sizes (cycled), then the end of the stream."""
-    guard, i, k = _DepthGuard(), 0, 0
+    guard, i, k = DepthGuard(), 0, 0
     while i < len(text):
         size = chunks[k % len(chunks)]
         guard.feed(text[i:i + size])
@@ -97,7 +97,7 @@ def test_lone_high_surrogate_escapes_are_found_across_any_chunking(pieces, chunk
     try:
         _feed_all(text.encode(), chunks)
         found = False
-    except _LoneSurrogate:
+    except LoneSurrogate:
         found = True
     assert found == reference_has_lone_high_surrogate(text), text
 
@@ -105,11 +105,11 @@ def test_lone_high_surrogate_escapes_are_found_across_any_chunking(pieces, chunk
 def test_nesting_past_the_limit_right_after_an_escape_at_the_end_is_refused():
     # The escape's bytes are carried to the next chunk; at the end of the stream they are still counted.
     text = b"[" * (MAX_DEPTH - 1) + b'"\\n", [[]]' + b"]" * (MAX_DEPTH - 1)
-    guard = _DepthGuard()
+    guard = DepthGuard()
     try:
         guard.feed(text[: MAX_DEPTH + 8])
         guard.feed(text[MAX_DEPTH + 8:])
         guard.feed(b"")
-    except _TooDeep:
+    except TooDeep:
         return
     raise AssertionError("a document nested past MAX_DEPTH was not refused")

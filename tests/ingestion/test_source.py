@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from cli import cli
 from pipeline import SourceError, ingest
-from pipeline.ingestion.source import READ_SIZE, STEP, _BackgroundSha256, _Prefixes, open_source, read_document
+from pipeline.ingestion.hashing import BackgroundSha256
+from pipeline.ingestion.parts import STEP, _Prefixes, read_document
+from pipeline.ingestion.source import READ_SIZE, open_source
 from tests.helpers import episode, full_episode, lake_snapshot, staging_leftovers, write_json
 
 COMPRESSORS = {
@@ -454,7 +456,7 @@ def test_zst_file_of_several_frames_ingests_whole(tmp_path, lake):
 def test_background_hash_equals_sha256_of_the_whole_stream(chunks, batch, pending, digests):
     """The hash runs on a helper thread in hand-overs of ``batch`` bytes; order and completeness
     decide the episode id, so it must equal hashlib's over the concatenation, asked any number of times."""
-    hasher = _BackgroundSha256()
+    hasher = BackgroundSha256()
     hasher.BATCH_BYTES, hasher.MAX_PENDING = batch, pending
     for chunk in chunks:
         hasher.update(chunk)
@@ -467,7 +469,7 @@ def test_background_hash_equals_sha256_of_the_whole_stream(chunks, batch, pendin
        first=st.integers(1, 64))
 def test_background_hash_copies_what_it_is_given(chunks, batch, first):
     """The reader hands the hash the parser's own buffer, which the next read overwrites at once."""
-    hasher = _BackgroundSha256()
+    hasher = BackgroundSha256()
     hasher.BATCH_BYTES, hasher.FIRST_BLOCK_BYTES = batch, first
     buffer = bytearray(300)
     for chunk in chunks:
@@ -479,7 +481,7 @@ def test_background_hash_copies_what_it_is_given(chunks, batch, first):
 
 def test_the_parser_reads_into_its_own_buffer_and_the_hash_sees_every_byte(tmp_path):
     path = tmp_path / "big.bin"
-    data = bytes(range(256)) * (3 * _BackgroundSha256.BATCH_BYTES // 256 + 77)
+    data = bytes(range(256)) * (3 * BackgroundSha256.BATCH_BYTES // 256 + 77)
     path.write_bytes(data)
     with open_source(path) as src:
         reader, buffer, got = src.reader, bytearray(READ_SIZE), bytearray()
@@ -494,7 +496,7 @@ def test_the_parser_reads_into_its_own_buffer_and_the_hash_sees_every_byte(tmp_p
 def test_the_hash_helper_thread_is_gone_once_the_source_is_closed(tmp_path):
     before = threading.active_count()
     path = tmp_path / "big.bin"
-    path.write_bytes(b"0123456789abcdef" * (3 * _BackgroundSha256.BATCH_BYTES // 32))  # 1.5 hand-overs
+    path.write_bytes(b"0123456789abcdef" * (3 * BackgroundSha256.BATCH_BYTES // 32))  # 1.5 hand-overs
     with open_source(path) as src:
         while src.reader.read(READ_SIZE):
             pass

@@ -695,8 +695,9 @@ def render(report: dict[str, Any]) -> str:
         "(`benchmarks.generate.random_shape`: agents, observation shape and number style, reward kind, units, "
         "metrics, frames).",
         "- **ingest**: the whole `ingest-pipeline run FILE --lake LAKE --jobs 1 --json` command, start-up "
-        "included: parse, validate, build batches, write zstd Parquet (frames only when zstd shrinks "
-        "them: PNG and JPEG are compressed already), commit. **CPU/wall** above 1 means more than one core was busy.",
+        "included: parse, validate, build batches, write zstd Parquet (frames with LZ4, and only when it "
+        "shrinks them: PNG and JPEG are compressed already), commit. **CPU/wall** above 1 means more than one "
+        "core was busy.",
         "- **parse floor**: `for step in ijson.items(f, 'inference.steps.item', use_float=True)` with the yajl2_c "
         "backend and 256 KiB reads, nothing else: the speed limit of any ijson-based design.",
         "- **baseline**: what a user writes without this tool: `json.load` of the whole file, the same compiled "

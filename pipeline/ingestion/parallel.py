@@ -308,8 +308,9 @@ class _Sender:
     slower half. So the pipe's end is non-blocking: :meth:`send` writes what fits and keeps the rest,
     which the next calls write, and waits only once :data:`MAX_PENDING_BYTES` of messages are kept
     (bounded memory). A helper thread did this before (issue 15): waking it for each message cost
-    the parser a GIL hand-over and a futex wake-up, ~0.1 s of the reader's wall time on frames'
-    388 messages per 100 MB (py-spy: the parser in ``sem_post`` under ``Condition.notify``).
+    the parser a GIL hand-over and a futex wake-up (py-spy found the parser in ``sem_post`` under
+    ``Condition.notify`` for 0.09-0.16 s of a 100 MB frames ingest); without it the whole command
+    took ~5% less wall time on frames (BENCHMARKS.md, session 7).
 
     The framing is :class:`multiprocessing.connection.Connection`'s (a signed 4-byte big-endian
     length, or -1 then an 8-byte one), so the child reads with ``recv_bytes``.

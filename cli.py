@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc as _gc  # `gc` is a command below
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +41,7 @@ def cli() -> None:
 def _echo_result(result: pipeline.IngestResult, as_json: bool, quiet: bool) -> None:
     """One file's outcome: a JSON line, an error line on stderr, or (unless quiet) a summary line."""
     if as_json:
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        click.echo(console.json_line(result.to_dict()))
     elif not result.ok:
         click.echo(console.result_line(result), err=True)
     elif not quiet:
@@ -206,7 +205,7 @@ def ls(environment: str | None, as_json: bool, lake: str | None) -> None:
         rows = _open_lake(lake).listing(environment).to_dicts()
     if as_json:
         for row in rows:
-            click.echo(json.dumps({**row, "ingested_at": console.timestamp(row["ingested_at"])}, ensure_ascii=False))
+            click.echo(console.json_line({**row, "ingested_at": console.timestamp(row["ingested_at"])}))
     elif rows:
         click.echo(console.listing(rows))
 
@@ -229,7 +228,7 @@ def show(episode_id: str, as_json: bool, lake: str | None) -> None:
         info = _open_lake(lake).describe(episode_id)
     if as_json:
         info["episode"]["ingested_at"] = console.timestamp(info["episode"]["ingested_at"])
-        click.echo(json.dumps(info, ensure_ascii=False))
+        click.echo(console.json_line(info))
     else:
         click.echo(console.describe(info))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import shutil
 import sys
 import time
@@ -19,6 +20,17 @@ import click
 if TYPE_CHECKING:
     from .ingestion.batch import BatchSummary
     from .ingestion.run import IngestResult
+
+
+# Characters str.splitlines() breaks a line at that json.dumps(ensure_ascii=False) leaves raw in strings.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON for ``--json`` output: text other than ASCII stays readable, but the
+    characters that ``str.splitlines()`` (and JavaScript) also end a line at are escaped, so one record
+    is one line for every reader."""
+    return json.dumps(value, ensure_ascii=False).translate(_LINE_BREAKS)
 
 
 class FileProgress:

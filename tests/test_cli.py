@@ -266,6 +266,22 @@ def test_validate_valid_file_exits_0_and_json(good, tmp_path, monkeypatch):
     assert not (tmp_path / "lake").exists()
 
 
+def test_json_lines_stay_one_line_for_every_line_splitter(tmp_path):
+    """A file name and an error holding U+2028, U+2029 and U+0085 (line breaks to str.splitlines and to
+    JavaScript) still give one record a line; the text reads back exactly, other non-ASCII text as it is."""
+    doc = episode()
+    doc["training"]["config"] = {}
+    doc["trainingé\u2028x\x85y\u2029"] = 1  # an unknown root key: its name is in the message
+    path = write_json(tmp_path / "épisode\u2028.json", doc)
+    result = invoke("validate", str(path), "--json")
+    assert result.exit_code == 1
+    (line,) = result.stdout.splitlines()
+    record = json.loads(line)
+    assert record["source"] == str(path) and record["status"] == "invalid"
+    assert "trainingé\u2028x\x85y\u2029" in record["error"]["message"]
+    assert "é" in line and "\u2028" not in line
+
+
 def test_validate_quiet_and_standard_input(good, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("validate", "-", "--quiet", input=good.read_bytes())

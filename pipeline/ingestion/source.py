@@ -275,6 +275,11 @@ def _opening(name: str) -> Iterator[None]:
     except SourceError:
         raise
     except FileNotFoundError as exc:
+        cause = exc.__cause__
+        # fsspec's HTTP file system reports a server it cannot reach (refused, no such host) as a missing
+        # file, with the connection's error as the cause; a 404's cause is a response, not an OSError.
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+            raise SourceError(f"could not connect: {cause}", source=name) from exc
         raise SourceError("no such file", source=name) from exc
     except PermissionError as exc:
         raise SourceError("permission denied", source=name) from exc

@@ -190,6 +190,21 @@ def test_http_404_is_a_clean_failure(http_folder, lake):
     assert "Traceback" not in cli_result.output
 
 
+def test_a_server_that_cannot_be_reached_is_not_a_missing_file(lake):
+    """A refused connection says so (it read "no such file", which sent people looking for a typo)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/episode.json"
+    result = ingest(url, lake=lake)
+    assert result.status == "failed" and isinstance(result.error, SourceError)
+    assert str(result.error).startswith(f"{url}: could not connect: ")
+    assert f"127.0.0.1:{port}" in str(result.error).removeprefix(url)
+    assert list(lake.glob("environment=*")) == []
+
+
 def test_http_url_is_downloaded_once(plain, http_folder, lake):
     base, folder, requests = http_folder
     (folder / "episode.json").write_bytes(plain.read_bytes())

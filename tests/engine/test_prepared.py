@@ -65,6 +65,18 @@ def standard_lake(root: Path) -> Lake:
     return _lake(root, documents)
 
 
+def compacted_prepared_lake(root: Path) -> tuple[Lake, FrameOptions]:
+    """Three episodes with an atari store, then compacted into a segment (the ids, and so the store's
+    entries, unchanged); shared with test_prepared_episode."""
+    lake = _lake(root, [_episode(n, 6) for n in range(3)])
+    options = FrameOptions.atari()
+    lake.prepare_frames(options, workers=1)
+    lake.compact()
+    lake = Lake(lake.path)
+    assert all(location.segment for location in lake.locations)
+    return lake, options
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     return standard_lake(tmp_path_factory.mktemp("prepared"))
@@ -339,12 +351,7 @@ def test_an_episode_removed_and_collected_while_sampling_asks_for_a_refresh(tmp_
 
 
 def test_the_store_still_serves_episodes_after_compaction(tmp_path: Path) -> None:
-    lake = _lake(tmp_path, [_episode(n, 6) for n in range(3)])
-    options = FrameOptions.atari()
-    lake.prepare_frames(options, workers=1)
-    lake.compact()
-    lake = Lake(lake.path)
-    assert all(location.segment for location in lake.locations)  # ids unchanged: the entries still apply
+    lake, options = compacted_prepared_lake(tmp_path)
     common = {"batch_size": 48, "observation": "frames", "frames": options, "seed": 6}
     stored = lake.sampler(**common)
     assert stored.prepared == store_key(options)

@@ -18,7 +18,7 @@ from pipeline.engine.prepared import store_key
 from pipeline.engine.prepared_episode import DamagedFramesWarning, StoredFrames, prepare_command
 from pipeline.lake.framestore import DamagedEntry
 from pipeline.lake.layout import FRAMES, frame_entry_name
-from tests.engine.test_prepared import OPTIONS, _episode, _lake, standard_lake
+from tests.engine.test_prepared import OPTIONS, _episode, _lake, compacted_prepared_lake, standard_lake
 
 
 @pytest.fixture(scope="module")
@@ -255,12 +255,7 @@ def test_a_damaged_entry_never_gives_wrong_frames(small: tuple[Lake, dict[str, A
 
 
 def test_the_store_still_serves_trajectories_after_compaction(tmp_path: Path) -> None:
-    lake = _lake(tmp_path, [_episode(n, 6) for n in range(3)])
-    options = FrameOptions.atari()
-    lake.prepare_frames(options, workers=1)
-    lake.compact()
-    lake = Lake(lake.path)
-    assert all(location.segment for location in lake.locations)
+    lake, options = compacted_prepared_lake(tmp_path)
     for location in lake.locations:
         _same(lake.trajectory(location.episode_id, frames=options, prepared=True).frames,
               lake.trajectory(location.episode_id, frames=options, prepared=False).frames)

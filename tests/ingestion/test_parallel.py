@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import ingest, validate
+from pipeline.ingestion import parallel
 from pipeline.lake.check import check
 from pipeline.lake.layout import list_episodes
 from pipeline.lake.maintenance import gc
@@ -36,8 +37,18 @@ def _tables(lake: Path) -> dict[str, object]:
     return tables
 
 
-# pixels: observations that cross the pipe as bytes, next to ones that cross as numbers.
-@pytest.mark.parametrize("make", [full_episode, pixel_episode, lambda: None], ids=["full", "pixels", "multi-agent-units"])
+def _large_pixel_episode() -> dict[str, object]:
+    """pixel_episode's kinds after a first observation large enough for the reader to check (checks_here)."""
+    document = pixel_episode()
+    first = document["inference"]["steps"][0]["agent_steps"][0]
+    first["observation_space"] = [[(row * 32 + column) % 256 for column in range(32)] for row in range(32)]
+    return document
+
+
+# pixels: observations that cross the pipe as bytes, next to ones that cross as numbers (checked by
+# the reader when the first is large, by the child when it is a few integers).
+@pytest.mark.parametrize("make", [full_episode, pixel_episode, _large_pixel_episode, lambda: None],
+                         ids=["full", "pixels", "large-pixels", "multi-agent-units"])
 def test_both_paths_write_identical_tables(tmp_path, make):
     document = make()
     path = write_json(tmp_path / "e.json", document) if document else big_episode(tmp_path / "e.json", 400)
@@ -49,6 +60,28 @@ def test_both_paths_write_identical_tables(tmp_path, make):
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     for table in TABLES:
         assert one[table].equals(two[table]), table
+
+
+def _steps_with(observation: object, image: str | None = None) -> list[dict[str, object]]:
+    steps = episode(steps=3)["inference"]["steps"]
+    for step in steps:
+        step["agent_steps"][0]["observation_space"] = observation
+        if image is not None:
+            step["image"] = image
+    return steps
+
+
+@pytest.mark.parametrize("observation,image,here", [
+    ([[1] * 84] * 84, None, True),  # pixels: one byte a value across the pipe
+    ([5] * parallel.INTEGER_VALUES_HERE, None, True),
+    ([5] * (parallel.INTEGER_VALUES_HERE - 1), None, False),  # a few integers: sent as they are
+    ([[1, 2], [3, 4]], None, False),
+    ([0.5] * 4096, None, False),  # floats: always the child's
+    ([], None, False),
+    ([0.5, 1.5], PNG_B64, True),  # frames: decoded here
+])
+def test_who_checks_is_chosen_by_the_first_batch(observation, image, here):
+    assert parallel.checks_here(_steps_with(observation, image)) is here
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])

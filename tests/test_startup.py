@@ -28,8 +28,9 @@ NOT_ON_RUN = ("polars", "pandas", "numpy", "fsspec", "PIL", "zstandard", "multip
 # Nor, for a small episode, pyarrow: pipeline/lake/smallparquet.py writes its tables (~0.12 s of imports).
 NOT_ON_SMALL_RUN = (*NOT_ON_RUN, "pyarrow")
 # Nor these parts of packages it does import: pyarrow.compute (~30 ms: only compaction, segments and
-# checks sort or filter), pyarrow.dataset, ctypes (compaction's folder swap, and the -2**63 search from a
-# file's 16th MiB on: pipeline/ingestion/int64min.py).
+# checks sort or filter), pyarrow.dataset, ctypes (compaction's folder swap, the -2**63 search from a
+# file's 16th MiB on: pipeline/ingestion/int64min.py, and the early writeback of a table from its 16th MiB
+# on: pipeline/lake/writer.py).
 NOT_ON_RUN_MODULES = ("pyarrow.compute", "pyarrow.dataset", "ctypes")
 # Not even that: --help needs click and the package's light modules.
 NOT_ON_HELP = (*NOT_ON_RUN, "pyarrow", "ijson", "jsonschema_rs", "orjson", "pybase64")

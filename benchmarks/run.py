@@ -235,9 +235,10 @@ def bench_startup(data: Path, *, repeat: int, scratch: Path) -> dict[str, list[d
 
 
 def bench_file(path: Path, profile: str, *, repeat: int, scratch: Path,
-               seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Every file measurement of one file, ``repeat`` rounds, interleaved."""
-    kinds = ["ingest", "parse_floor", "baseline"] + (["frames_work"] if has_frames(profile, seed) else [])
+               seed: int = 0, baseline: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Every file measurement of one file, ``repeat`` rounds, interleaved (``baseline``: with the baseline)."""
+    kinds = (["ingest", "parse_floor"] + (["baseline"] if baseline else [])
+             + (["frames_work"] if has_frames(profile, seed) else []))
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     _warm(path)
     for round_ in range(1, repeat + 1):
@@ -251,6 +252,67 @@ def bench_file(path: Path, profile: str, *, repeat: int, scratch: Path,
             runs[kind].append(result)
             log(f"  {path.name} {kind} run {round_}/{repeat}: {_describe(result)}")
     return runs
+
+
+def bench_shapes(data: Path, *, count: int, size: int, first_seed: int, repeat: int,
+                 scratch: Path) -> list[dict[str, Any]]:
+    """The ingest and its reference on ``count`` random-profile files, one shape per seed (issue 15:
+    speed that holds on every shape of file, not only on the profiles')."""
+    shapes = []
+    for seed in range(first_seed, first_seed + count):
+        path, info = episode_file(data, "random", size, seed)
+        log(f"random shape {seed} {format_size(size)}: {random_shape(seed)}")
+        runs = bench_file(path, "random", repeat=repeat, scratch=scratch, seed=seed, baseline=False)
+        shapes.append({**info, "seed": seed, "shape": random_shape(seed).__dict__, "runs": runs,
+                       "summary": {k: summarise(v) for k, v in runs.items()}})
+    return shapes
+
+
+def shape_ratio(entry: dict[str, Any]) -> tuple[str, float | None, float]:
+    """(reference, reference / ingest, its target) of one random shape: the frames reference when
+    the shape has frames, else the parse floor."""
+    s = entry["summary"]
+    if "frames_work" in s:
+        return "parse + frame work", _ratio(s.get("frames_work"), s.get("ingest"), "seconds"), 0.8
+    return "parse floor", _ratio(s.get("parse_floor"), s.get("ingest"), "seconds"), 0.6
+
+
+def _shape_label(shape: dict[str, Any]) -> str:
+    observation = "x".join(str(n) for n in shape["observation"])
+    parts = [f"{shape['agents']} agent{'s' if shape['agents'] > 1 else ''}", f"{observation} {shape['numbers']}",
+             f"{shape['reward_components']}-part rewards" if shape["reward_components"] else "scalar reward"]
+    if shape["units"]:
+        parts.append(f"up to {shape['units']} units")
+    if shape["metrics"]:
+        parts.append(f"metrics on {shape['metrics']:.0%}")
+    if shape["frame"]:
+        parts.append(f"{shape['frame'][0]}x{shape['frame'][1]} PNG")
+    return ", ".join(parts)
+
+
+def render_shapes(shapes: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "### Random shapes",
+        "",
+        "`random`-profile files, one shape per seed (`benchmarks.generate.random_shape`), each measured as the "
+        "profiles above: the whole command against the parse floor, or against the frames reference when every "
+        "step has a frame.",
+        "",
+        "| seed | shape | MB | steps | floor s | frames ref. s | ingest s | reference / ingest | target | met |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for entry in shapes:
+        s = entry["summary"]
+        _, ratio, target = shape_ratio(entry)
+        ing = s.get("ingest") or {}
+        lines.append(
+            f"| {entry['seed']} | {_shape_label(entry['shape'])} | {entry['bytes'] / 1e6:.3g} "
+            f"| {_num(ing.get('steps') or (s.get('parse_floor') or {}).get('steps'))} "
+            f"| {_cell(s.get('parse_floor'), 'seconds')} "
+            f"| {_cell(s.get('frames_work'), 'seconds') if 'frames_work' in s else '–'} | {_cell(ing, 'seconds')} "
+            f"| {_x(ratio)} | {target}x | {'–' if ratio is None else 'yes' if ratio >= target else '**no**'} |")
+    return lines
 
 
 # -- the read side ------------------------------------------------------------------------------------
@@ -418,7 +480,8 @@ def _x(value: float | None) -> str:
 
 
 def targets(files: list[dict[str, Any]], reads: dict[str, dict[str, Any]],
-            startup: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str, str, str]]:
+            startup: dict[str, dict[str, Any]] | None = None,
+            shapes: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str, str]]:
     """The targets of issues 5 and 15 against what was measured: (target, where, measured, verdict).
 
     Ingest times are the whole command's (start-up included, issue 15).
@@ -473,6 +536,16 @@ def targets(files: list[dict[str, Any]], reads: dict[str, dict[str, Any]],
             smaller = _ratio(base, ingest, "peak_rss_mib")
             rows.append(("memory ≥ 5x smaller than the baseline at 1 GB", f"{profile} {largest['size']}{note}",
                          _x(smaller) + " smaller", verdict(None if smaller is None or not gigabyte else smaller >= 5)))
+    for kind in ("parse floor", "parse + frame work"):
+        measured = [(entry, ratio, target) for entry in shapes or [] for what, ratio, target in [shape_ratio(entry)]
+                    if what == kind and ratio is not None]
+        if measured:
+            met = sum(ratio >= target for _, ratio, target in measured)
+            worst_entry, worst, target = min(measured, key=lambda item: item[1])
+            rows.append((f"ingest ≥ {target}x the {kind} on random shapes",
+                         f"{len(measured)} random shape{'s' if len(measured) > 1 else ''}, {worst_entry['size']}",
+                         f"{met} of {len(measured)}; lowest {_x(worst)} (seed {worst_entry['seed']})",
+                         verdict(met == len(measured))))
     for how, label in (("help", "`ingest-pipeline --help`"), ("run", "`ingest-pipeline run` on a 20-step file")):
         s = (startup or {}).get(how)
         if s:
@@ -613,7 +686,11 @@ def render(report: dict[str, Any]) -> str:
                     f"| {_cell(ing, 'seconds')} | {_x(_ratio(ing, work, 'seconds'))} "
                     f"| {_x(_ratio(work, ing, 'seconds'))} |"
                 )
-        failures = [(e, kind, s) for e in files for kind, s in e["summary"].items() if s.get("status") != "ok"]
+    if report.get("shapes"):
+        lines += render_shapes(report["shapes"])
+    if files or report.get("shapes"):
+        failures = [(e, kind, s) for e in [*files, *(report.get("shapes") or [])]
+                    for kind, s in e["summary"].items() if s.get("status") != "ok"]
         if failures:
             lines += ["", "Runs that did not succeed:", ""]
             for entry, kind, s in failures:
@@ -637,7 +714,7 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(f"| {label} | {_cell(startup[how], 'seconds')} | {_cell(startup[how], 'peak_rss_mib')} |")
     lines += ["", "## Targets (issue 5), extended by issue 15", "", "| target | where | measured | met |",
               "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(files, reads, startup)]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(files, reads, startup, report.get("shapes"))]
     if reads:
         manifest = report["read_manifest"]
         lines += [
@@ -744,6 +821,9 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
                         help="transitions in the sampler section's lakes, e.g. 200000,2000000 (benchmarks/sampler.py; "
                              "0 skips it; lakes and prepared frame stores are cached in the data folder)")
     parser.add_argument("--sampler-seconds", type=float, default=8.0, help="seconds of sampling per run")
+    parser.add_argument("--shapes", type=int, default=8,
+                        help="random-profile files, one shape each, seeds SEED+1 on (default 8; 0 skips them)")
+    parser.add_argument("--shapes-size", default="100MB", help="size of each random-shape file (default 100MB)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     global pipeline_root
     pipeline_root = Path(args.pipeline).absolute() if args.pipeline else REPO
@@ -776,6 +856,9 @@ def main(argv: Iterable[str] | None = None) -> dict[str, Any]:
                 log(f"{profile} {format_size(size)}: {info['bytes'] / 1e6:.1f} MB, {args.repeat} rounds")
                 runs = bench_file(path, profile, repeat=args.repeat, scratch=scratch, seed=args.seed)
                 report["files"].append({**info, "runs": runs, "summary": {k: summarise(v) for k, v in runs.items()}})
+    if args.shapes and not args.no_files:
+        report["shapes"] = bench_shapes(data, count=args.shapes, size=parse_size(args.shapes_size),
+                                        first_seed=args.seed + 1, repeat=args.repeat, scratch=scratch)
     if not args.no_read:
         manifest = read_lakes(data, lake_sizes=[int(n) for n in _parse_list(args.lake_sizes)],
                               trajectory_steps=args.trajectory_steps, seed=args.seed)

@@ -127,7 +127,7 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     output = tmp_path / "BENCHMARKS.md"
     report = run.main(["--sizes", "100KB", "--profiles", "pixels", "--repeat", "1", "--lake-sizes", "3",
                        "--trajectory-steps", "300", "--scale", "40", "--sampler", "2100", "--sampler-seconds", "0.2",
-                       "--data", str(tmp_path / "data"),
+                       "--shapes", "2", "--shapes-size", "100KB", "--data", str(tmp_path / "data"),
                        "--output", str(output)])
     summary = report["files"][0]["summary"]
     assert {kind: s["status"] for kind, s in summary.items()} == {
@@ -137,7 +137,13 @@ def test_whole_suite_on_tiny_inputs(tmp_path: Path) -> None:
     sampled = report["sampler"]["sizes"]["2100"]["runs"]
     assert sampled["frames/yes"]["prepared"] == "v2-84x84-gray-max2-area-opencv-error"
     assert sampled["frames/no"]["prepared"] is None and sampled["frames/yes"]["transitions_per_second"] > 0
+    shapes = report["shapes"]
+    assert [entry["seed"] for entry in shapes] == [1, 2]
+    for entry in shapes:  # seed 1 has frames: measured against the frames reference too
+        expected = {"ingest", "parse_floor"} | ({"frames_work"} if entry["shape"]["frame"] else set())
+        assert {kind: s["status"] for kind, s in entry["summary"].items()} == dict.fromkeys(expected, "ok")
     text = output.read_text()
     for heading in ("## Machine", "## Ingest and its references", "### Ratios", "## Targets (issue 5)",
-                    "## Read side", "## Scale", "## Sampler (issue 16)"):
+                    "### Random shapes", "## Read side", "## Scale", "## Sampler (issue 16)"):
         assert heading in text
+    assert "on random shapes" in text

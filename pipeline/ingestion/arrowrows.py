@@ -41,7 +41,10 @@ def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema,
     cannot become float64 exactly, which pyarrow refuses; docs/format.md accepts the rounding.
     """
     columns = columns or {}
-    fields = [field for field in schema if field.name not in columns]
+    # Only the fields some row holds go through the converter, which looks every field up in every
+    # row: most episodes fill 3-5 of agent_steps' 11 optional fields (100k rows of 4 keys: 29 -> 20 ms).
+    present = set().union(*rows) if rows else set()
+    fields = [field for field in schema if field.name not in columns and field.name in present]
     struct = pa.struct(fields)
     try:
         array = pa.array(rows, type=struct)
@@ -50,7 +53,9 @@ def rows_to_batch(rows: list[dict[str, Any]], schema: pa.Schema,
         array = pa.array(rows, type=struct)
     converted = dict(zip([field.name for field in fields], array.flatten(), strict=True))
     converted.update(columns)
-    return pa.RecordBatch.from_arrays([converted[field.name] for field in schema], schema=schema)
+    return pa.RecordBatch.from_arrays(
+        [converted[field.name] if field.name in converted else pa.nulls(len(rows), field.type) for field in schema],
+        schema=schema)
 
 
 def _floats(values: list[Any]) -> pa.Array:

@@ -11,7 +11,8 @@ has to place values in columns. Its per-step and per-batch checks must agree exa
 from __future__ import annotations
 
 import binascii
-from itertools import chain, islice
+from bisect import bisect_right
+from itertools import accumulate, chain, islice
 from operator import itemgetter, lt
 from typing import Any
 
@@ -234,7 +235,7 @@ class EpisodeChecker:
         images = [step.get("image") for step in steps].count(None) != len(steps)
         metrics = ([row.get("custom_metrics") for row in rows].count(None) != len(rows)
                    or [unit.get("custom_metrics") for unit in units].count(None) != len(units))
-        if images or metrics:
+        if images or (metrics and not _agent_metrics_as_text(steps, first, rows, units)):
             self._normalise_in_order(steps, first, images, metrics)
         if not raw:
             for row, obs in zip(rows, observations, strict=True):
@@ -396,6 +397,29 @@ class EpisodeChecker:
             why = (f'"training.reward_mapping" names {expected} reward components, '
                    f'so "rewards" must have {expected} elements')
         raise InvalidEpisode("reward.length", f"{why}, found {length}", path=path, step=step)
+
+
+def _agent_metrics_as_text(steps: list[dict[str, Any]], first: int, rows: list[dict[str, Any]],
+                           units: list[dict[str, Any]]) -> bool:
+    """Store the agent steps' ``custom_metrics`` as JSON text, in file order, visiting only the rows that
+    hold some; False, with nothing done, if a unit step holds some too (then step by step, as
+    :meth:`EpisodeChecker._normalise_in_order` does).
+
+    Metrics on a few agent steps made every batch a Python loop over each step, agent and unit, with a
+    path built per step (random shapes with metrics on 5% of agent steps: ~6% of the checking process).
+    """
+    if [unit.get("custom_metrics") for unit in units].count(None) != len(units):
+        return False
+    holders = [r for r, metrics in enumerate([row.get("custom_metrics") for row in rows]) if metrics is not None]
+    if holders:
+        ends = list(accumulate(len(step.get("agent_steps") or ()) for step in steps))
+        for r in holders:
+            i = bisect_right(ends, r)
+            j = r - (ends[i - 1] if i else 0)
+            rows[r]["custom_metrics"] = json_text(
+                rows[r]["custom_metrics"], path=f"{STEPS_PATH}[{first + i}].agent_steps[{j}].custom_metrics",
+                step=steps[i]["number"])
+    return True
 
 
 def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) -> None:

@@ -182,3 +182,37 @@ def test_batches_give_the_results_of_one_step_at_a_time(tmp_path: Path, shape: s
             assert result.status == "invalid", (what, parallel, result.status, result.error)
             found = result.error
             assert (found.rule, found.path, found.step, found.message) == error, (what, parallel)
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"y": [1.0]}
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize("where", [(1, 0), (17, 3), (39, 4)])
+def test_metrics_too_deep_for_text_are_reported_where_they_are_in_a_batch(where: tuple[int, int]) -> None:
+    """Metrics on a few agent steps are turned into text without a walk over every step (rules.py);
+    a value that cannot be (nested past MAX_JSON_DEPTH, which only a direct caller can send) still names
+    its own step and agent step, as one step at a time does."""
+    document = _base("random3")  # five agents, metrics on some agent steps
+    header = {key: document[key] for key in ("training", "action_mapping")}
+    steps = document["inference"]["steps"][:40]
+    step, agent = where
+    steps[step]["agent_steps"][agent]["custom_metrics"] = _deep(300)
+    errors = []
+    for batch in (True, False):
+        checks = EpisodeChecks()
+        for name, value in header.items():
+            checks.part(name, value)
+        with pytest.raises(PipelineError) as raised:
+            if batch:  # the first step alone sets the episode's reward kind, as the parser's first batch does
+                checks.steps_batch(copy.deepcopy(steps[:1]))
+                checks.steps_batch(copy.deepcopy(steps[1:]))
+            else:
+                for value in copy.deepcopy(steps):
+                    checks.step(value)
+        errors.append((raised.value.rule, raised.value.path, raised.value.step))
+    assert errors[0] == errors[1] == (
+        "document.depth", f"inference.steps[{step}].agent_steps[{agent}].custom_metrics", steps[step]["number"])

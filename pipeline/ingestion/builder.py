@@ -171,6 +171,10 @@ class EpisodeTabulator:
         self._tables.add_steps(steps, self.steps, bool(state & RAW), frames, text_bytes)
         self.steps += len(steps)
 
+    def flush_ahead(self) -> None:
+        """The file ends soon: write what is pending now (see ``parts.FLUSH_AHEAD_BYTES``)."""
+        self._tables.flush_ahead()
+
     def finish(self, facts: Facts) -> Built:
         """Flush the last batches, write the two summary tables, close and fsync every file."""
         from .columns import python_columns
@@ -235,6 +239,9 @@ class EpisodeBuilder:
         """The next steps of ``inference.steps``, in order (a batch from :func:`~.parts.read_batches`,
         read from ``text_bytes`` of the file)."""
         self._tabulator.steps_batch(steps, self._checks.steps_batch(steps), text_bytes=text_bytes)
+
+    def flush_ahead(self) -> None:
+        self._tabulator.flush_ahead()
 
     def finish(self, facts: Facts) -> Built:
         return self._tabulator.finish(facts)

@@ -184,13 +184,14 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
 
 def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
-    from .parts import PROGRESS_EVERY, STEPS, read_batches
+    from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
 
     conn = sender.conn
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
     headers: list[tuple[str, Any]] = []  # parts before the first steps, until the choice is made
     chosen = False
     steps = 0
+    flush_due = flush_ahead_due(src)
     try:
         for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
@@ -205,6 +206,8 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                 else:
                     state = checks.steps_batch(value, defer_schema=True)
                     _send(sender, ("steps", value, state, _frames_out(value)))
+                if flush_due():
+                    _send(sender, ("ahead",))
                 before, steps = steps, steps + len(value)
                 if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
@@ -461,6 +464,8 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
                 tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":
                 tabulator.header(message[1])
+            elif kind == "ahead":  # the file ends soon: write what is pending (parts.FLUSH_AHEAD_BYTES)
+                tabulator.flush_ahead()
             elif kind == "finish":
                 source, digest, consumed = message[1]
                 conn.send(("done", tabulator.finish(Facts(source, digest, consumed))))

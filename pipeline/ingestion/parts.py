@@ -16,7 +16,7 @@ with the rule, the path and the byte where they were found.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ijson
@@ -148,6 +148,30 @@ def read_document(source: Source) -> Iterator[tuple[str, Any]]:
 BATCH_STEPS = 256
 BATCH_BYTES = 64 * 1024
 STEPS = "inference.steps[]"  # the part name of a batch of steps
+# Close to the end of the file the tables hand their pending rows to the writer early: once this much
+# of the input is left, and again at the second figure. What is written after the last step, while
+# the command waits, is then the rows of the last 2 MiB, not up to a whole batch (a random shape of
+# 40 MB: 1M values, 35-70 ms of zstd after the parse; BENCHMARKS.md, session 8).
+FLUSH_AHEAD_BYTES = (8 * 1024 * 1024, 2 * 1024 * 1024)
+
+
+def flush_ahead_due(source: Source) -> Callable[[], bool]:
+    """A check to call after each batch of steps: True once each time the input left first falls to
+    one of :data:`FLUSH_AHEAD_BYTES` (never for an input of unknown size, such as a pipe)."""
+    size = source.size
+    marks = list(FLUSH_AHEAD_BYTES) if size else []
+
+    def due() -> bool:
+        if not marks or size is None:
+            return False
+        left = size - source.bytes_read
+        if left > marks[0]:
+            return False
+        while marks and left <= marks[0]:
+            marks.pop(0)
+        return True
+
+    return due
 
 
 def read_batches(source: Source, *, batch_steps: int = BATCH_STEPS,

@@ -219,16 +219,19 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
 
 def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
     from .builder import EpisodeBuilder, Facts
-    from .parts import PROGRESS_EVERY, STEPS, read_batches
+    from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
 
     builder = EpisodeBuilder(folder)
     reader, read = src.reader, 0
+    flush_due = flush_ahead_due(src)
     try:
         for part, value in read_batches(src):
             if part == STEPS:
                 before = builder.steps
                 builder.steps_batch(value, reader.consumed - read)
                 read = reader.consumed
+                if flush_due():
+                    builder.flush_ahead()
                 if progress is not None and builder.steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
                     progress(src.bytes_read, src.size)
             else:

@@ -384,6 +384,15 @@ class EpisodeTables:
                 self._sink(table, pieces[0] if len(pieces) == 1 else pa.Table.from_batches(pieces))
         self._new_batches()
 
+    def flush_ahead(self) -> None:
+        """Hand the pending rows to the sink now, because the file ends soon
+        (:data:`~pipeline.ingestion.parts.FLUSH_AHEAD_BYTES`), unless the episode is still small
+        (written whole at the end)."""
+        if self._small and self._still_small():
+            return
+        if self._step_numbers or self._agent_rows or self._unit_rows:
+            self.flush()
+
     def agent_rows(self) -> Piece:
         """The ``episode_agents`` rows: one per agent, in order of appearance (first step, then as
         that step lists them)."""

@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import ingest, validate
-from pipeline.ingestion import parallel
+from pipeline.ingestion import parallel, parts
 from pipeline.lake.check import check
 from pipeline.lake.layout import list_episodes
 from pipeline.lake.maintenance import gc
@@ -353,3 +354,38 @@ def test_a_last_message_larger_than_the_pipe_is_written_before_the_reply_is_awai
     assert results[0].status == "ingested"
     steps = pq.read_table(next((tmp_path / "lake").rglob("steps.parquet"))).column("image").to_pylist()
     assert steps[-1] == big.getvalue()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "two-processes"])
+def test_rows_written_ahead_of_the_end_change_nothing_but_row_groups(tmp_path, monkeypatch, split):
+    """Near the end of the file the pending rows go to the writer early (parts.FLUSH_AHEAD_BYTES),
+    so that less is left to write after the parse: the tables are the same, in more row groups."""
+    path = big_episode(tmp_path / "e.json", 1500)  # past the small-episode limits
+    monkeypatch.setattr(parts, "FLUSH_AHEAD_BYTES", ())
+    assert ingest(path, lake=tmp_path / "plain", parallel=split).status == "ingested"
+    size = path.stat().st_size
+    monkeypatch.setattr(parts, "FLUSH_AHEAD_BYTES", (size // 2, size // 4))
+    assert ingest(path, lake=tmp_path / "ahead", parallel=split).status == "ingested"
+    plain, ahead = _tables(tmp_path / "plain"), _tables(tmp_path / "ahead")
+    for table in TABLES:
+        assert ahead[table].equals(plain[table]), table
+    groups = {lake: pq.ParquetFile(list_episodes(tmp_path / lake)[0].table("agent_steps")).num_row_groups
+              for lake in ("plain", "ahead")}
+    assert groups["ahead"] == groups["plain"] + 2
+
+
+def test_the_flush_ahead_marks_fire_once_each_and_never_for_a_stream(monkeypatch):
+    monkeypatch.setattr(parts, "FLUSH_AHEAD_BYTES", (800, 300))
+    source = SimpleNamespace(size=1000, bytes_read=0)
+    due = parts.flush_ahead_due(source)
+    fired = []
+    for read in (100, 150, 300, 600, 650, 750, 1000, 1000):
+        source.bytes_read = read
+        fired.append(due())
+    assert fired == [False, False, True, False, False, True, False, False]
+    source.bytes_read = 0
+    jump = parts.flush_ahead_due(source)  # both marks passed between two batches: one flush
+    source.bytes_read = 900
+    assert [jump(), jump()] == [True, False]
+    stream = SimpleNamespace(size=None, bytes_read=10**9)  # a pipe: its size is unknown
+    assert not parts.flush_ahead_due(stream)()

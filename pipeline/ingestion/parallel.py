@@ -154,6 +154,9 @@ class _Channel:
     def outgoing_fileno(self) -> int:
         return self._out.fileno()
 
+    def incoming_fileno(self) -> int:
+        return self._in.fileno()
+
     def send_bytes(self, data: bytes) -> None:
         self._out.send_bytes(data)
 
@@ -205,7 +208,11 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                     _send(sender, ("check", value))
                 else:
                     state = checks.steps_batch(value, defer_schema=True)
-                    _send(sender, ("steps", value, state, _frames_out(value)))
+                    frames = _frames_out(value)
+                    if frames is None:
+                        _send(sender, ("steps", value, state, None))
+                    else:
+                        _send(sender, ("steps", value, state, frames[0]), frames[1])
                 if flush_due():
                     _send(sender, ("ahead",))
                 before, steps = steps, steps + len(value)
@@ -232,19 +239,21 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
     return reply[1]
 
 
-def _frames_out(steps: list[Any]) -> tuple[list[int], bytes] | None:
-    """Take the checked steps' decoded frames out of them: their lengths (-1: none) and their bytes
-    joined, or None if no step has one.
+def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
+    """Take the checked steps' decoded frames out of them: their lengths (-1: none) and the frames,
+    or None if no step has one.
 
-    One bytes object crosses the pipe for a batch's frames, and the writer builds its image column
-    from it (:class:`~.columns.ImageColumn`) without making a bytes object per frame: with each
-    frame marshalled on its own, ``marshal.loads`` and the join into the column took ~0.2 s of
-    the writer's CPU on 100 MB of frames (py-spy, loaded machine).
+    The frames follow their message as one more message, written straight from these bytes objects
+    (:meth:`_Sender.send`, ``writev``) and received as one bytes object, from which the writer builds
+    its image column (:class:`~.columns.ImageColumn`) without a bytes object per frame. Marshalled
+    one by one, ``marshal.loads`` and the join into the column took ~0.2 s of the writer's CPU on
+    100 MB of frames (py-spy, loaded machine); joined and marshalled, every frame was copied three
+    times on the way (the join, marshal's buffer, ``marshal.loads``).
     """
     images = [step.pop("image", None) for step in steps]
     if images.count(None) == len(images):
         return None
-    return [-1 if image is None else len(image) for image in images], b"".join(filter(None, images))
+    return [-1 if image is None else len(image) for image in images], [image for image in images if image]
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
@@ -343,24 +352,36 @@ class _Sender:
         os.set_blocking(self._fd, False)
         self._writable = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
         self._writable.register(self._fd, select.POLLOUT)
+        # The child's replies, checked before every message: Connection.poll() builds a selector each
+        # time (~1,500 times per 100 MB of frames), one poll object registered once does not.
+        self._replies = select.poll()
+        self._replies.register(conn.incoming_fileno(), select.POLLIN)
         self._limit = self.STARTING_PENDING_BYTES
         self._queue: deque[memoryview] = deque()
         self._pending = 0
         self._broken = False
 
-    def send(self, data: bytes) -> bool:
-        """Queue ``data`` and write what the pipe takes (waiting while too much is queued); False if
-        the pipe broke (the writer died)."""
+    def send(self, data: bytes, pieces: list[bytes] | None = None) -> bool:
+        """Queue ``data`` (and, if given, a second message made of ``pieces``, never joined) and write
+        what the pipe takes (waiting while too much is queued); False if the pipe broke (the writer died)."""
         if self._broken:
             return False
-        size = len(data)
-        header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
-        self._queue.append(memoryview(header))
-        if size:
-            self._queue.append(memoryview(data))
-        self._pending += len(header) + size
+        self._queue_message([data])
+        if pieces is not None:
+            self._queue_message(pieces)
         self._write(wait=self._pending >= self._limit)
         return not self._broken
+
+    def _queue_message(self, pieces: list[bytes]) -> None:
+        size = sum(map(len, pieces))
+        header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+        self._queue.append(memoryview(header))
+        self._queue.extend(memoryview(piece) for piece in pieces if piece)
+        self._pending += len(header) + size
+
+    def replied(self) -> bool:
+        """Whether the child has written to us (or hung up): its replies are waiting."""
+        return bool(self._replies.poll(0))
 
     def child_started(self) -> None:
         """The child is ready: hold the queue to :attr:`MAX_PENDING_BYTES` from now on."""
@@ -404,13 +425,14 @@ class _Sender:
         self.flush()
 
 
-def _send(sender: _Sender, message: tuple[Any, ...]) -> None:
+def _send(sender: _Sender, message: tuple[Any, ...], frames: list[bytes] | None = None) -> None:
+    """Send ``message`` (and ``frames``, the message after it; see :func:`_frames_out`)."""
     conn = sender.conn
-    if conn.poll():  # the child has started, or stopped at an error (then nothing after it matters)
+    if sender.replied():  # the child has started, or stopped at an error (then nothing after it matters)
         reply = _receive(conn, started=sender)
         if reply != _STARTED:
             raise _ChildReported(reply[1])
-    if not sender.send(marshal.dumps(message)):
+    if not sender.send(marshal.dumps(message), frames):
         raise _ChildReported(_receive(conn)[1])
 
 
@@ -459,7 +481,13 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             if kind == "check":
                 tabulator.steps_batch(message[1], checks.steps_batch(message[1]), text_bytes=len(data))
             elif kind == "steps":
-                tabulator.steps_batch(message[1], message[2], message[3], text_bytes=len(data))
+                lengths = message[3]
+                if lengths is None:
+                    tabulator.steps_batch(message[1], message[2], text_bytes=len(data))
+                else:  # the batch's frames: the next message (see _frames_out)
+                    frames = conn.recv_bytes()
+                    tabulator.steps_batch(message[1], message[2], (lengths, frames),
+                                          text_bytes=len(data) + len(frames))
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":

@@ -214,9 +214,13 @@ class _Pipe:
 
         self._read, self._write = os.pipe()
         self.reader = Connection(self._read, writable=False)
+        self._replies, self._reply = os.pipe()  # the child's replies: none here
 
     def outgoing_fileno(self) -> int:
         return self._write
+
+    def incoming_fileno(self) -> int:
+        return self._replies
 
     def messages(self, count: int) -> list[bytes]:
         return [self.reader.recv_bytes() for _ in range(count)]
@@ -227,6 +231,8 @@ class _Pipe:
 
     def close(self) -> None:
         os.close(self._write)
+        os.close(self._replies)
+        os.close(self._reply)
         if not self.reader.closed:
             self.reader.close()
 
@@ -253,6 +259,24 @@ def test_the_sender_writes_every_message_in_order():
     reader.join()
     pipe.close()
     assert received == messages
+
+
+def test_a_message_sent_in_pieces_arrives_as_one_after_the_one_it_follows():
+    """A batch's frames follow its message, written from the frames themselves (never joined) and
+    received by the child as one bytes object; pieces may be empty or larger than the pipe."""
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe()
+    batches = [[bytes([k]) * (k * 7919) for k in range(n)] for n in (0, 1, 3, 90)] + [[b"a", b"", b"b" * 2_000_000]]
+    reader, received = _reading(pipe, 2 * len(batches))
+    sender = _Sender(pipe)
+    for i, pieces in enumerate(batches):
+        assert sender.send(b"message %d" % i, pieces)
+    assert sender.flush()
+    sender.close()
+    reader.join()
+    pipe.close()
+    assert received == [m for i, pieces in enumerate(batches) for m in (b"message %d" % i, b"".join(pieces))]
 
 
 @pytest.mark.parametrize("started", [True, False], ids=["child-started", "child-starting"])

@@ -79,7 +79,7 @@ class EpisodeChecks:
         self._checker.check_step(step, index)
         self.steps = index + 1
 
-    def steps_batch(self, steps: list[Any], *, defer_schema: bool = False) -> int:
+    def steps_batch(self, steps: list[Any], *, defer_schema: bool = False, schema_valid: bool = False) -> int:
         """:meth:`step` for each of the next steps, in order; returns NORMALISED or RAW (| UNCHECKED).
 
         One schema call checks the whole batch; if it fails, or the batch is not in the common shape
@@ -91,6 +91,9 @@ class EpisodeChecks:
         is returned ``RAW | UNCHECKED`` without its schema check, which the tabulator then runs. No
         other rule is broken in it, so a schema error there is the first error of the file from
         that batch on; the two-process ingest reports the writer's errors before its own later ones.
+
+        ``schema_valid``: the batch is known to pass the schema (the reader checked it; see
+        ``parallel._feed_through``), so that check is not run again.
         """
         index = self.steps
         checker = self._checker
@@ -100,7 +103,7 @@ class EpisodeChecks:
             if checker.check_steps_as_they_are(steps, plan):
                 self.steps = index + len(steps)
                 return RAW | UNCHECKED
-        if steps_are_valid(steps):
+        if schema_valid or steps_are_valid(steps):
             state = RAW if checker.check_steps(steps, index, plan) else NORMALISED
         else:
             for i, step in enumerate(steps):

@@ -14,6 +14,8 @@ lists of integers take longer to marshal than to check; and frames, whose base64
 and checked here, so that 3 bytes cross the pipe for every 4 of text, a batch's frames as one bytes
 object (:func:`_frames_out`). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
+other way round, while the child is behind (:meth:`_Sender.behind`), the reader takes the schema
+check of the batches it leaves to the child: it needs no state, so either side can run it. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
 messages go to a non-blocking pipe (:class:`_Sender`), so the parser goes on while the writer is busy
@@ -188,6 +190,7 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
 def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
     from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
+    from .schema import steps_are_valid
 
     conn = sender.conn
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
@@ -205,7 +208,10 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                     headers.clear()
                     chosen = True
                 if checks is None:
-                    _send(sender, ("check", value))
+                    # While the child is behind, the reader has time to spare: it takes the schema check, the
+                    # one check that needs no state, for batches that pass it (one that does not is left
+                    # whole to the child, which reports the file's first error in order).
+                    _send(sender, ("check", value, sender.behind() and steps_are_valid(value)))
                 else:
                     state = checks.steps_batch(value, defer_schema=True)
                     frames = _frames_out(value)
@@ -344,6 +350,8 @@ class _Sender:
     # reader parses MAX_PENDING_BYTES of frames in ~0.03 s and would then wait with a core idle),
     # the reader may run this far ahead instead.
     STARTING_PENDING_BYTES = 16 * 1024 * 1024
+    # After the reader waits for room in the pipe, the child counts as behind for this many messages.
+    BEHIND_MESSAGES = 4
 
     def __init__(self, conn: _Channel) -> None:
         self.conn = conn
@@ -360,6 +368,7 @@ class _Sender:
         self._queue: deque[memoryview] = deque()
         self._pending = 0
         self._broken = False
+        self._waited = 0  # messages left for which the child counts as behind (see behind())
 
     def send(self, data: bytes, pieces: list[bytes] | None = None) -> bool:
         """Queue ``data`` (and, if given, a second message made of ``pieces``, never joined) and write
@@ -378,6 +387,16 @@ class _Sender:
         self._queue.append(memoryview(header))
         self._queue.extend(memoryview(piece) for piece in pieces if piece)
         self._pending += len(header) + size
+
+    def behind(self) -> bool:
+        """Whether the child is the slower half just now: the reader had to wait for room in the pipe
+        within its last :attr:`BEHIND_MESSAGES` messages, so work it takes on fills time it would
+        spend waiting. (A queue that is merely long is no sign: it grows for a moment whenever the
+        child converts or writes a batch, also where the reader is the slower half.)"""
+        if not self._waited:
+            return False
+        self._waited -= 1
+        return True
 
     def replied(self) -> bool:
         """Whether the child has written to us (or hung up): its replies are waiting."""
@@ -399,6 +418,7 @@ class _Sender:
                 if not wait:
                     return
                 self._writable.poll()  # writable, or the other end closed (then writev fails)
+                self._waited = self.BEHIND_MESSAGES
                 continue
             except OSError:  # BrokenPipeError, ConnectionResetError: the writer is gone
                 self._broken = True
@@ -479,7 +499,8 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             kind = message[0]
             # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
-                tabulator.steps_batch(message[1], checks.steps_batch(message[1]), text_bytes=len(data))
+                state = checks.steps_batch(message[1], schema_valid=message[2])
+                tabulator.steps_batch(message[1], state, text_bytes=len(data))
             elif kind == "steps":
                 lengths = message[3]
                 if lengths is None:

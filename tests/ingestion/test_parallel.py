@@ -93,6 +93,27 @@ def test_both_paths_report_the_same_first_error(path):
         (single.error.rule, single.error.path, single.error.step, str(single.error))
 
 
+@pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])
+def test_the_same_first_error_when_the_reader_takes_the_schema_check(path, monkeypatch):
+    """While the child is behind, the reader schema-checks batches for it (_Sender.behind); a batch
+    that fails is left whole to the child, so the file's first error is still the one reported."""
+    monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
+    single, split = validate(path, parallel=False), validate(path, parallel=True)
+    assert single.status == split.status == "invalid"
+    assert (split.error.rule, split.error.path, split.error.step, str(split.error)) == \
+        (single.error.rule, single.error.path, single.error.step, str(single.error))
+
+
+def test_tables_are_the_same_when_the_reader_takes_the_schema_check(tmp_path, monkeypatch):
+    path = big_episode(tmp_path / "e.json", 600)
+    assert ingest(path, lake=tmp_path / "one", parallel=False).status == "ingested"
+    monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
+    assert ingest(path, lake=tmp_path / "two", parallel=True).status == "ingested"
+    one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table
+
+
 SCRIPT = ("import sys; from pipeline import ingest; "
           "print(ingest(sys.argv[1], lake=sys.argv[2], parallel=True).status)")
 
@@ -331,6 +352,25 @@ def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
     reader.join()
     pipe.close()
     assert len(received) == count + 1
+
+
+def test_the_child_counts_as_behind_only_after_the_reader_waited_for_it():
+    """The reader takes on the schema check only while it would otherwise wait for room in the pipe."""
+    from pipeline.ingestion.parallel import _Sender
+
+    pipe = _Pipe()
+    sender = _Sender(pipe)
+    sender.child_started()
+    reader, received = _reading(pipe, 2)
+    assert sender.send(b"small")  # fits in the pipe: no wait
+    assert not sender.behind()
+    assert sender.send(b"x" * (3 * _Sender.MAX_PENDING_BYTES)) and sender.flush()  # larger than pipe and queue
+    reader.join()
+    assert [sender.behind() for _ in range(_Sender.BEHIND_MESSAGES + 2)] == \
+        [True] * _Sender.BEHIND_MESSAGES + [False, False]
+    sender.close()
+    pipe.close()
+    assert len(received) == 2
 
 
 def test_the_sender_reports_a_broken_pipe():

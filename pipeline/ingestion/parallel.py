@@ -7,15 +7,15 @@ through a pipe to a forked child that runs :class:`~pipeline.ingestion.builder.E
 :class:`~pipeline.ingestion.builder.EpisodeTabulator` (Arrow conversion and the Parquet writer thread).
 
 Parsing alone is the slower half on most files, so the reader does nothing else (issue 15: with
-the checks in the reader, it was the bottleneck on small steps and short numbers). Two kinds of
-file are the exception, chosen on the first batch (:func:`checks_here`): large integer observations
+the checks in the reader, it was the bottleneck on small steps and short numbers). One kind of
+file is the exception, chosen on the first batch (:func:`checks_here`): large integer observations
 (pixels), which checked and flattened here cross the pipe as one byte a value, where nested
-lists of integers take longer to marshal than to check; and frames, whose base64 text is decoded
-and checked here, so that 3 bytes cross the pipe for every 4 of text, a batch's frames as one bytes
-object (:func:`_frames_out`). Either way the reader leaves the
+lists of integers take longer to marshal than to check; their frames, if any, are decoded and
+checked here too, and cross as a message of their own (:func:`_frames_out`). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
-other way round, while the child is behind (:meth:`_Sender.behind`), the reader takes the schema
-check of the batches it leaves to the child: it needs no state, so either side can run it. The
+other way round, while the child is behind (:meth:`_Sender.behind`), the reader takes the checks
+that need no state from the batches it leaves to the child (decoding the frames, the schema check):
+either side can run those. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
 messages go to a non-blocking pipe (:class:`_Sender`), so the parser goes on while the writer is busy
@@ -208,10 +208,16 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                     headers.clear()
                     chosen = True
                 if checks is None:
-                    # While the child is behind, the reader has time to spare: it takes the schema check, the
-                    # one check that needs no state, for batches that pass it (one that does not is left
-                    # whole to the child, which reports the file's first error in order).
-                    _send(sender, ("check", value, sender.behind() and steps_are_valid(value)))
+                    # While the child is behind, the reader has time to spare: it takes the checks that need
+                    # no state, for batches that pass them: decoding the frames and the schema check (a batch
+                    # that fails one is left whole to the child, which reports the file's first error in order).
+                    behind = sender.behind()
+                    frames = _frames_decoded_here(value, steps) if behind else None
+                    checked = behind and steps_are_valid(value)
+                    if frames is None:
+                        _send(sender, ("check", value, checked, None))
+                    else:
+                        _send(sender, ("check", value, checked, frames[0]), frames[1])
                 else:
                     state = checks.steps_batch(value, defer_schema=True)
                     frames = _frames_out(value)
@@ -262,6 +268,25 @@ def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
     return [-1 if image is None else len(image) for image in images], [image for image in images if image]
 
 
+def _frames_decoded_here(steps: list[Any], first: int) -> tuple[list[int], list[bytes]] | None:
+    """Decode and check the frames of ``steps`` (the batch from step ``first`` on) here, and take them
+    out of the steps as :func:`_frames_out` does; None, with the steps left whole, if no step has a
+    frame or one does not pass (the child then decodes them and reports the file's first error)."""
+    from .rules import decode_image
+
+    try:
+        texts = [step.get("image") for step in steps]
+        if texts.count(None) == len(texts):
+            return None
+        frames = [None if text is None else decode_image(text, index=first + i, step=0)
+                  for i, text in enumerate(texts)]
+    except (PipelineError, TypeError, AttributeError, ValueError):
+        return None
+    for step in steps:
+        step.pop("image", None)
+    return [-1 if frame is None else len(frame) for frame in frames], [frame for frame in frames if frame is not None]
+
+
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
                          waiting: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
     """``parts``; if they end in an error while header parts still wait for the first steps
@@ -294,14 +319,14 @@ def checks_here(steps: list[Any]) -> bool:
     a value (see :func:`pipeline.ingestion.rules.flatten_observation`) instead of nested lists of
     integers, which take longer to send and to receive than to check. (A few integers a step take
     less time to send as they are than to check here, where the parser is the slower half.)
-    Nor for steps with frames: decoded here, an image crosses as its bytes, a quarter fewer than its
-    base64 text (frames, frames64, random at 100 MB: 3-8% less CPU in all, measured); the child
-    checks the image.
+    Frames are the child's to decode and check too: decoded here, they crossed the pipe as their
+    bytes, a quarter fewer than their base64 text, but the reader, the slower half, took the
+    per-step work of it (pairs of whole-process runs, decoding in the child against here: 64x64 PNG
+    on every step 0.925-0.935x the wall time; 32x32 and 96x72, 0.98x; 600x400, 1.00x). A file of
+    frames and large integer observations has both checked here (:func:`_frames_out`).
     Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
     """
     try:
-        if [step.get("image") for step in steps].count(None) != len(steps):
-            return True
         for step in steps:
             for agent_step in step.get("agent_steps") or ():
                 obs = agent_step["observation_space"]
@@ -499,8 +524,11 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             kind = message[0]
             # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
+                lengths = message[3]
+                decoded = None if lengths is None else (lengths, conn.recv_bytes())  # frames the reader decoded
                 state = checks.steps_batch(message[1], schema_valid=message[2])
-                tabulator.steps_batch(message[1], state, text_bytes=len(data))
+                tabulator.steps_batch(message[1], state, decoded,
+                                      text_bytes=len(data) + (len(decoded[1]) if decoded is not None else 0))
             elif kind == "steps":
                 lengths = message[3]
                 if lengths is None:

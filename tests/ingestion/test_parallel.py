@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import signal
@@ -79,7 +80,8 @@ def _steps_with(observation: object, image: str | None = None) -> list[dict[str,
     ([[1, 2], [3, 4]], None, False),
     ([0.5] * 4096, None, False),  # floats: always the child's
     ([], None, False),
-    ([0.5, 1.5], PNG_B64, True),  # frames: decoded here
+    ([0.5, 1.5], PNG_B64, False),  # frames: decoded by the child
+    ([[1] * 84] * 84, PNG_B64, True),  # frames next to pixels: both here
 ])
 def test_who_checks_is_chosen_by_the_first_batch(observation, image, here):
     assert parallel.checks_here(_steps_with(observation, image)) is here
@@ -104,8 +106,16 @@ def test_the_same_first_error_when_the_reader_takes_the_schema_check(path, monke
         (single.error.rule, single.error.path, single.error.step, str(single.error))
 
 
-def test_tables_are_the_same_when_the_reader_takes_the_schema_check(tmp_path, monkeypatch):
+@pytest.mark.parametrize("frames", [False, True], ids=["no-frames", "frames"])
+def test_tables_are_the_same_when_the_reader_takes_the_schema_check(tmp_path, monkeypatch, frames):
+    """... and decodes the frames (steps without one among them)."""
     path = big_episode(tmp_path / "e.json", 600)
+    if frames:
+        document = json.loads(path.read_text())
+        for k, step in enumerate(document["inference"]["steps"]):
+            if k % 7:
+                step["image"] = PNG_B64
+        path = write_json(tmp_path / "frames.json", document)
     assert ingest(path, lake=tmp_path / "one", parallel=False).status == "ingested"
     monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
     assert ingest(path, lake=tmp_path / "two", parallel=True).status == "ingested"
@@ -199,8 +209,9 @@ def test_the_writer_process_works_without_importing_pandas(tmp_path):
         assert one[table].equals(two[table]), table
 
 
-# Frames are decoded and checked by the reading process (parallel.checks_here), the rest of a step
-# by the child: whichever finds it, the first broken rule in file order is the one reported.
+# Frames are decoded and checked by the child, or, next to large integer observations, by the reading
+# process (parallel.checks_here), which leaves the schema check of deferred batches to the child: whichever
+# finds it, the first broken rule in file order is the one reported.
 _BREAKS = {
     "base64": lambda step: step.update(image=PNG_B64[:-3] + "!=="),
     "damaged": lambda step: step.update(image=base64.b64encode(PNG[:-5] + b"\0" * 5).decode()),
@@ -209,13 +220,20 @@ _BREAKS = {
 }
 
 
+@pytest.mark.parametrize("who", ["child", "reader-behind", "reader-pixels"])
 @pytest.mark.parametrize("first,second", [(10, 700), (700, 10), (300, 301), (301, 300), (0, 899)])
 @pytest.mark.parametrize("kinds", [("base64", "schema"), ("schema", "damaged"), ("damaged", "number"),
                                    ("number", "base64")], ids="-then-".join)
-def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, kinds, first, second):
+def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, monkeypatch, kinds, first, second, who):
+    """Frames decoded by the child; by the reader while the child is behind (stateless checks, batch by
+    batch); or by the reader next to large integer observations (every check)."""
     document = episode(900)
     for step in document["inference"]["steps"]:
         step["image"] = PNG_B64
+        if who == "reader-pixels":
+            step["agent_steps"][0]["observation_space"] = [[7] * 32] * 32
+    if who == "reader-behind":
+        monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
     for kind, at in zip(kinds, (first, second), strict=True):
         _BREAKS[kind](document["inference"]["steps"][at])
     path = write_json(tmp_path / "frames.json", document)

@@ -190,7 +190,6 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
 def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
     from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
-    from .schema import steps_are_valid
 
     conn = sender.conn
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
@@ -207,24 +206,7 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
                         _send_part(sender, checks, name, header)
                     headers.clear()
                     chosen = True
-                if checks is None:
-                    # While the child is behind, the reader has time to spare: it takes the checks that need
-                    # no state, for batches that pass them: decoding the frames and the schema check (a batch
-                    # that fails one is left whole to the child, which reports the file's first error in order).
-                    behind = sender.behind()
-                    frames = _frames_decoded_here(value, steps) if behind else None
-                    checked = behind and steps_are_valid(value)
-                    if frames is None:
-                        _send(sender, ("check", value, checked, None))
-                    else:
-                        _send(sender, ("check", value, checked, frames[0]), frames[1])
-                else:
-                    state = checks.steps_batch(value, defer_schema=True)
-                    frames = _frames_out(value)
-                    if frames is None:
-                        _send(sender, ("steps", value, state, None))
-                    else:
-                        _send(sender, ("steps", value, state, frames[0]), frames[1])
+                _send_steps(sender, checks, value, steps)
                 if flush_due():
                     _send(sender, ("ahead",))
                 before, steps = steps, steps + len(value)
@@ -249,6 +231,25 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
     if reply[0] == "error":
         raise reply[1]
     return reply[1]
+
+
+def _send_steps(sender: _Sender, checks: EpisodeChecks | None, steps: list[Any], first: int) -> None:
+    """Send a batch of steps (from step ``first`` on): checked here, if ``checks`` is given (see
+    :func:`checks_here`), else left to the child, but for the checks that need no state while the
+    child is behind (:meth:`_Sender.behind`): then the reader has time to spare, and decodes the
+    frames and runs the schema check. A batch that fails either is left whole to the child, which
+    reports the file's first error in order."""
+    from .schema import steps_are_valid
+
+    if checks is not None:
+        state = checks.steps_batch(steps, defer_schema=True)
+        frames = _frames_out(steps)
+        message: tuple[Any, ...] = ("steps", steps, state, None if frames is None else frames[0])
+    else:
+        behind = sender.behind()
+        frames = _frames_decoded_here(steps, first) if behind else None
+        message = ("check", steps, behind and steps_are_valid(steps), None if frames is None else frames[0])
+    _send(sender, message, None if frames is None else frames[1])
 
 
 def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
@@ -278,7 +279,7 @@ def _frames_decoded_here(steps: list[Any], first: int) -> tuple[list[int], list[
         texts = [step.get("image") for step in steps]
         if texts.count(None) == len(texts):
             return None
-        frames = [None if text is None else decode_image(text, index=first + i, step=0)
+        frames = [None if text is None else decode_image(text, index=first + i, step=0)  # its error: not used
                   for i, text in enumerate(texts)]
     except (PipelineError, TypeError, AttributeError, ValueError):
         return None
@@ -319,10 +320,11 @@ def checks_here(steps: list[Any]) -> bool:
     a value (see :func:`pipeline.ingestion.rules.flatten_observation`) instead of nested lists of
     integers, which take longer to send and to receive than to check. (A few integers a step take
     less time to send as they are than to check here, where the parser is the slower half.)
-    Frames are the child's to decode and check too: decoded here, they crossed the pipe as their
-    bytes, a quarter fewer than their base64 text, but the reader, the slower half, took the
-    per-step work of it (pairs of whole-process runs, decoding in the child against here: 64x64 PNG
-    on every step 0.925-0.935x the wall time; 32x32 and 96x72, 0.98x; 600x400, 1.00x). A file of
+    Frames are the child's to decode and check too, but while it is behind (see :func:`_send_steps`):
+    decoded here always, they crossed the pipe as their bytes, a quarter fewer than their base64
+    text, but the reader, the slower half on most such files, took the per-step work of it (against
+    that, 9 pairs of whole-process runs each, 100 MB: 64x64 PNG on every step 0.934x the wall time;
+    32x32, 0.956x; 96x72 next to 128 short floats, 0.933x; frames' 600x400, 0.964x). A file of
     frames and large integer observations has both checked here (:func:`_frames_out`).
     Either way every error is reported in file order: the writer's come first (see :func:`_feed`).
     """

@@ -117,6 +117,8 @@ class GcReport:
 # A staging folder without a lock file is either being created right now or was left by a crash
 # in the microseconds between mkdir and lock; only this old is it certainly the latter.
 _UNLOCKED_GRACE_SECONDS = 60.0
+# A staging folder being removed by gc is first renamed with this suffix (see _remove_staging).
+_REMOVING = ".removing"
 
 
 def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -> GcReport:
@@ -161,8 +163,7 @@ def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -
             if age < max(older_than, _UNLOCKED_GRACE_SECONDS):
                 report.recent.append(folder)
                 continue
-            shutil.rmtree(folder, ignore_errors=True)
-            report.removed.append(folder)
+            (report.removed if _remove_staging(folder) else report.running).append(folder)
             continue
         try:
             try:
@@ -171,8 +172,28 @@ def gc(lake: str | os.PathLike[str] | None = None, *, older_than: float = 0.0) -
                 report.running.append(folder)
                 continue
             log.info("gc: removing %s", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            report.removed.append(folder)
+            (report.removed if _remove_staging(folder) else report.running).append(folder)
         finally:
             os.close(fd)
     return report
+
+
+def _remove_staging(folder: Path) -> bool:
+    """Remove a dead ingest's staging folder; False if some of it is left (reported running, for the
+    next gc).
+
+    The lock dies with the ingest's own process, but the process that writes its tables (two-process
+    ingest) may live on for a moment, until it sees the pipe from its reader close, and open a table
+    file meanwhile: removed in place, the folder then kept that file, and gc reported it removed all
+    the same. So the folder is first renamed out of the writer's way (its paths then lead nowhere, and
+    a file it opens fails), then removed.
+    """
+    doomed = folder.with_name(folder.name + _REMOVING)
+    try:
+        os.rename(folder, doomed)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
+    return not doomed.exists()

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,34 @@ def test_gc_keeps_a_running_ingest_and_removes_a_dead_one(tmp_path):
         pipe.write(data[len(data) // 2:])
     assert process.communicate(timeout=120)[0].decode().strip() == "ingested"
     assert check(lake, deep=True).ok
+
+
+def test_gc_removes_a_dead_ingest_even_while_its_writer_opens_a_file(tmp_path, monkeypatch):
+    """A killed two-process ingest: its lock is free, but its writer process may still open a table file
+    while gc removes the folder (this left the folder behind, reported removed). gc renames the folder
+    out of the writer's way first: the writer's file fails to open, and the folder is gone."""
+    from pipeline.lake import maintenance
+
+    lake = tmp_path / "lake"
+    dead = lake / STAGING / "19700101T000000-host-1-deadbeef"
+    (dead / "episode").mkdir(parents=True)
+    (dead / "episode" / "agent_steps.parquet").write_bytes(b"PAR1")
+    (dead / OWNER_LOCK).write_text("host 1\n")
+    real_rmtree, opened = shutil.rmtree, []
+
+    def rmtree_while_the_writer_opens_a_file(path, ignore_errors=False):
+        try:
+            with open(dead / "episode" / "steps.parquet", "wb"):  # the writer's path to its next table
+                opened.append(True)
+        except FileNotFoundError:
+            opened.append(False)
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(maintenance.shutil, "rmtree", rmtree_while_the_writer_opens_a_file)
+    report = gc(lake)
+    assert opened == [False]
+    assert (report.removed, report.running) == ([dead], [])
+    assert list((lake / STAGING).iterdir()) == []
 
 
 def _staging(lake: Path) -> list[Path]:

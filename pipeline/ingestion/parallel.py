@@ -13,13 +13,13 @@ file is the exception, chosen on the first batch (:func:`checks_here`): large in
 lists of integers take longer to marshal than to check; their frames, if any, are decoded and
 checked here too, and cross as a message of their own (:func:`_frames_out`). Either way the reader leaves the
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
-other way round, while the child is behind (:meth:`_Sender.behind`), the reader takes the checks
+other way round, while the child is behind (:meth:`Sender.behind`), the reader takes the checks
 that need no state from the batches it leaves to the child (decoding the frames, the schema check):
 either side can run those. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
-messages go to a non-blocking pipe (:class:`_Sender`), so the parser goes on while the writer is busy
-for a moment, up to :attr:`_Sender.MAX_PENDING_BYTES` ahead (more while the child starts, until its
+messages go to a non-blocking pipe (:class:`Sender`), so the parser goes on while the writer is busy
+for a moment, up to :attr:`Sender.MAX_PENDING_BYTES` ahead (more while the child starts, until its
 first message says it has).
 
 Measured on the 2-core development machine, CPU seconds per 100 MB (reader, child): vector
@@ -41,14 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import marshal
 import os
-import select
-import struct
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ..cores import usable_cores
 from ..errors import LakeError, PipelineError
 from .nopandas import keep_pandas_out
+from .sender import Sender
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -79,8 +76,6 @@ SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # instead of running side by side (frames, 100 MB: 0.75 s of the reader's 1.6 s spent waiting in
 # write, 0.75 s of the child's in read, measured). With room for four batches they overlap.
 PIPE_BYTES = 1024 * 1024
-# At most this many buffers a writev call (POSIX guarantees 16; Linux takes 1024).
-_IOV_MAX = 64
 
 
 def split_pays(size: int | None) -> bool:
@@ -180,14 +175,14 @@ class _Channel:
 
 
 def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
-    sender = _Sender(conn)
+    sender = Sender(conn)
     try:
         return _feed_through(sender, src, progress)
     finally:
         sender.close()
 
 
-def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
     from .builder import EpisodeChecks
     from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
 
@@ -233,10 +228,10 @@ def _feed_through(sender: _Sender, src: Source, progress: Callable[[int, int | N
     return reply[1]
 
 
-def _send_steps(sender: _Sender, checks: EpisodeChecks | None, steps: list[Any], first: int) -> None:
+def _send_steps(sender: Sender, checks: EpisodeChecks | None, steps: list[Any], first: int) -> None:
     """Send a batch of steps (from step ``first`` on): checked here, if ``checks`` is given (see
     :func:`checks_here`), else left to the child, but for the checks that need no state while the
-    child is behind (:meth:`_Sender.behind`): then the reader has time to spare, and decodes the
+    child is behind (:meth:`Sender.behind`): then the reader has time to spare, and decodes the
     frames and runs the schema check. A batch that fails either is left whole to the child, which
     reports the file's first error in order."""
     from .schema import steps_are_valid
@@ -257,7 +252,7 @@ def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
     or None if no step has one.
 
     The frames follow their message as one more message, written straight from these bytes objects
-    (:meth:`_Sender.send`, ``writev``) and received as one bytes object, from which the writer builds
+    (:meth:`Sender.send`, ``writev``) and received as one bytes object, from which the writer builds
     its image column (:class:`~.columns.ImageColumn`) without a bytes object per frame. Marshalled
     one by one, ``marshal.loads`` and the join into the column took ~0.2 s of the writer's CPU on
     100 MB of frames (py-spy, loaded machine); joined and marshalled, every frame was copied three
@@ -341,7 +336,7 @@ def checks_here(steps: list[Any]) -> bool:
     return False
 
 
-def _send_part(sender: _Sender, checks: Any, name: str, value: Any) -> None:
+def _send_part(sender: Sender, checks: Any, name: str, value: Any) -> None:
     """A header part: checked here (``checks``), or sent as it is for the writer to check."""
     if checks is None:
         _send(sender, ("part", name, value))
@@ -354,125 +349,7 @@ class _ChildReported(Exception):
         self.error = error
 
 
-class _Sender:
-    """Writes the reader's messages to the pipe, in order, without a thread and without stopping the
-    parser while the pipe is full.
-
-    The pipe holds :data:`PIPE_BYTES` (where the system lets us widen it), a few batches of large
-    steps; whenever the writer is busy for a moment (converting a full batch to Arrow, importing
-    pyarrow at the start) a parser writing itself would wait on the full pipe, although it is the
-    slower half. So the pipe's end is non-blocking: :meth:`send` writes what fits and keeps the rest,
-    which the next calls write, and waits only once :data:`MAX_PENDING_BYTES` of messages are kept
-    (bounded memory). A helper thread did this before (issue 15): waking it for each message cost
-    the parser a GIL hand-over and a futex wake-up (py-spy found the parser in ``sem_post`` under
-    ``Condition.notify`` for 0.09-0.16 s of a 100 MB frames ingest); without it the whole command
-    took ~5% less wall time on frames (BENCHMARKS.md, session 7).
-
-    The framing is :class:`multiprocessing.connection.Connection`'s (a signed 4-byte big-endian
-    length, or -1 then an 8-byte one), so the child reads with ``recv_bytes``.
-    """
-
-    MAX_PENDING_BYTES = 4 * 1024 * 1024
-    # Until the child has started (imported pyarrow and the rest: ~0.15 s on a quiet machine, when the
-    # reader parses MAX_PENDING_BYTES of frames in ~0.03 s and would then wait with a core idle),
-    # the reader may run this far ahead instead.
-    STARTING_PENDING_BYTES = 16 * 1024 * 1024
-    # After the reader waits for room in the pipe, the child counts as behind for this many messages.
-    BEHIND_MESSAGES = 4
-
-    def __init__(self, conn: _Channel) -> None:
-        self.conn = conn
-        self.started = False
-        self._fd = conn.outgoing_fileno()
-        os.set_blocking(self._fd, False)
-        self._writable = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
-        self._writable.register(self._fd, select.POLLOUT)
-        # The child's replies, checked before every message: Connection.poll() builds a selector each
-        # time (~1,500 times per 100 MB of frames), one poll object registered once does not.
-        self._replies = select.poll()
-        self._replies.register(conn.incoming_fileno(), select.POLLIN)
-        self._limit = self.STARTING_PENDING_BYTES
-        self._queue: deque[memoryview] = deque()
-        self._pending = 0
-        self._broken = False
-        self._waited = 0  # messages left for which the child counts as behind (see behind())
-
-    def send(self, data: bytes, pieces: list[bytes] | None = None) -> bool:
-        """Queue ``data`` (and, if given, a second message made of ``pieces``, never joined) and write
-        what the pipe takes (waiting while too much is queued); False if the pipe broke (the writer died)."""
-        if self._broken:
-            return False
-        self._queue_message([data])
-        if pieces is not None:
-            self._queue_message(pieces)
-        self._write(wait=self._pending >= self._limit)
-        return not self._broken
-
-    def _queue_message(self, pieces: list[bytes]) -> None:
-        size = sum(map(len, pieces))
-        header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
-        self._queue.append(memoryview(header))
-        self._queue.extend(memoryview(piece) for piece in pieces if piece)
-        self._pending += len(header) + size
-
-    def behind(self) -> bool:
-        """Whether the child is the slower half just now: the reader had to wait for room in the pipe
-        within its last :attr:`BEHIND_MESSAGES` messages, so work it takes on fills time it would
-        spend waiting. (A queue that is merely long is no sign: it grows for a moment whenever the
-        child converts or writes a batch, also where the reader is the slower half.)"""
-        if not self._waited:
-            return False
-        self._waited -= 1
-        return True
-
-    def replied(self) -> bool:
-        """Whether the child has written to us (or hung up): its replies are waiting."""
-        return bool(self._replies.poll(0))
-
-    def child_started(self) -> None:
-        """The child is ready: hold the queue to :attr:`MAX_PENDING_BYTES` from now on."""
-        self.started = True
-        self._limit = self.MAX_PENDING_BYTES
-
-    def _write(self, *, wait: bool) -> None:
-        """Write queued bytes until the pipe is full; with ``wait``, until the queue is under the
-        limit (everything, when the limit is 0)."""
-        queue = self._queue
-        while queue:
-            try:
-                written = os.writev(self._fd, list(itertools.islice(queue, _IOV_MAX)))
-            except BlockingIOError:
-                if not wait:
-                    return
-                self._writable.poll()  # writable, or the other end closed (then writev fails)
-                self._waited = self.BEHIND_MESSAGES
-                continue
-            except OSError:  # BrokenPipeError, ConnectionResetError: the writer is gone
-                self._broken = True
-                queue.clear()
-                self._pending = 0
-                return
-            self._pending -= written
-            while queue and written >= len(queue[0]):
-                written -= len(queue.popleft())
-            if written:
-                queue[0] = queue[0][written:]
-            if wait and self._pending < self._limit:
-                wait = False
-
-    def flush(self) -> bool:
-        """Write everything queued (waiting for the pipe); False if the pipe broke."""
-        limit, self._limit = self._limit, 0
-        self._write(wait=True)
-        self._limit = limit
-        return not self._broken
-
-    def close(self) -> None:
-        """Write what is queued (or stop at a broken pipe)."""
-        self.flush()
-
-
-def _send(sender: _Sender, message: tuple[Any, ...], frames: list[bytes] | None = None) -> None:
+def _send(sender: Sender, message: tuple[Any, ...], frames: list[bytes] | None = None) -> None:
     """Send ``message`` (and ``frames``, the message after it; see :func:`_frames_out`)."""
     conn = sender.conn
     if sender.replied():  # the child has started, or stopped at an error (then nothing after it matters)
@@ -486,7 +363,7 @@ def _send(sender: _Sender, message: tuple[Any, ...], frames: list[bytes] | None 
 _STARTED = ("started",)  # the child's first message, once it has imported what it needs
 
 
-def _receive(conn: _Channel, started: _Sender | None = None) -> tuple[Any, ...]:
+def _receive(conn: _Channel, started: Sender | None = None) -> tuple[Any, ...]:
     """The child's next reply, past its "started" message (which tells ``started``, if given)."""
     try:
         reply = conn.recv()
@@ -500,7 +377,7 @@ def _receive(conn: _Channel, started: _Sender | None = None) -> tuple[Any, ...]:
         return ("error", LakeError("the process checking and writing the episode died"))
 
 
-def _stop(sender: _Sender) -> PipelineError | None:
+def _stop(sender: Sender) -> PipelineError | None:
     """Ask the child to stop, after what was queued for it; return the error it found first, if any."""
     conn = sender.conn
     if sender.send(marshal.dumps(("stop",))):

@@ -97,9 +97,9 @@ def test_both_paths_report_the_same_first_error(path):
 
 @pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])
 def test_the_same_first_error_when_the_reader_takes_the_schema_check(path, monkeypatch):
-    """While the child is behind, the reader schema-checks batches for it (_Sender.behind); a batch
+    """While the child is behind, the reader schema-checks batches for it (Sender.behind); a batch
     that fails is left whole to the child, so the file's first error is still the one reported."""
-    monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
+    monkeypatch.setattr(parallel.Sender, "behind", lambda self: True)
     single, split = validate(path, parallel=False), validate(path, parallel=True)
     assert single.status == split.status == "invalid"
     assert (split.error.rule, split.error.path, split.error.step, str(split.error)) == \
@@ -117,7 +117,7 @@ def test_tables_are_the_same_when_the_reader_takes_the_schema_check(tmp_path, mo
                 step["image"] = PNG_B64
         path = write_json(tmp_path / "frames.json", document)
     assert ingest(path, lake=tmp_path / "one", parallel=False).status == "ingested"
-    monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
+    monkeypatch.setattr(parallel.Sender, "behind", lambda self: True)
     assert ingest(path, lake=tmp_path / "two", parallel=True).status == "ingested"
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     for table in TABLES:
@@ -233,7 +233,7 @@ def test_frames_report_the_first_error_in_file_order_on_both_paths(tmp_path, mon
         if who == "reader-pixels":
             step["agent_steps"][0]["observation_space"] = [[7] * 32] * 32
     if who == "reader-behind":
-        monkeypatch.setattr(parallel._Sender, "behind", lambda self: True)
+        monkeypatch.setattr(parallel.Sender, "behind", lambda self: True)
     for kind, at in zip(kinds, (first, second), strict=True):
         _BREAKS[kind](document["inference"]["steps"][at])
     path = write_json(tmp_path / "frames.json", document)
@@ -286,12 +286,12 @@ def _reading(pipe: _Pipe, count: int) -> tuple[threading.Thread, list[bytes]]:
 def test_the_sender_writes_every_message_in_order():
     """Every message arrives whole and in order, framed as the child's ``recv_bytes`` reads it, also
     those larger than the pipe and than what the sender queues at once."""
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()
     messages = [bytes([i % 256]) * (i * 997) for i in range(150)] + [b""]  # ~11 MB, and an empty one
     reader, received = _reading(pipe, len(messages))
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     assert all(sender.send(m) for m in messages)
     assert sender.flush()
     sender.close()
@@ -303,12 +303,12 @@ def test_the_sender_writes_every_message_in_order():
 def test_a_message_sent_in_pieces_arrives_as_one_after_the_one_it_follows():
     """A batch's frames follow its message, written from the frames themselves (never joined) and
     received by the child as one bytes object; pieces may be empty or larger than the pipe."""
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()
     batches = [[bytes([k]) * (k * 7919) for k in range(n)] for n in (0, 1, 3, 90)] + [[b"a", b"", b"b" * 2_000_000]]
     reader, received = _reading(pipe, 2 * len(batches))
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     for i, pieces in enumerate(batches):
         assert sender.send(b"message %d" % i, pieces)
     assert sender.flush()
@@ -320,15 +320,15 @@ def test_a_message_sent_in_pieces_arrives_as_one_after_the_one_it_follows():
 
 @pytest.mark.parametrize("started", [True, False], ids=["child-started", "child-starting"])
 def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read(started):
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()  # nobody reads yet: the writer is busy (or still starting)
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     if started:
         sender.child_started()
-    bound = _Sender.MAX_PENDING_BYTES if started else _Sender.STARTING_PENDING_BYTES
+    bound = Sender.MAX_PENDING_BYTES if started else Sender.STARTING_PENDING_BYTES
     chunk = b"x" * (256 * 1024)
-    count = 2 * _Sender.STARTING_PENDING_BYTES // len(chunk)
+    count = 2 * Sender.STARTING_PENDING_BYTES // len(chunk)
     sent: list[bool] = []
     feeder = threading.Thread(target=lambda: sent.extend(sender.send(chunk) for _ in range(count)))
     feeder.start()
@@ -347,12 +347,12 @@ def test_the_sender_queues_a_bounded_amount_while_the_writer_does_not_read(start
 def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
     import time
 
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     chunk = b"x" * (256 * 1024)
-    count = _Sender.STARTING_PENDING_BYTES // len(chunk) - 1
+    count = Sender.STARTING_PENDING_BYTES // len(chunk) - 1
     assert all(sender.send(chunk) for _ in range(count))  # room for all while the child starts
     sender.child_started()
     later = threading.Thread(target=sender.send, args=(chunk,))
@@ -362,7 +362,7 @@ def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
     reader, received = _reading(pipe, count + 1)
     deadline = time.monotonic() + 10
     while later.is_alive():
-        assert sender._pending <= _Sender.STARTING_PENDING_BYTES
+        assert sender._pending <= Sender.STARTING_PENDING_BYTES
         assert time.monotonic() < deadline
         time.sleep(0.001)
     assert sender.flush()
@@ -374,29 +374,29 @@ def test_the_sender_holds_the_queue_to_its_usual_size_once_the_child_started():
 
 def test_the_child_counts_as_behind_only_after_the_reader_waited_for_it():
     """The reader takes on the schema check only while it would otherwise wait for room in the pipe."""
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     sender.child_started()
     reader, received = _reading(pipe, 2)
     assert sender.send(b"small")  # fits in the pipe: no wait
     assert not sender.behind()
-    assert sender.send(b"x" * (3 * _Sender.MAX_PENDING_BYTES)) and sender.flush()  # larger than pipe and queue
+    assert sender.send(b"x" * (3 * Sender.MAX_PENDING_BYTES)) and sender.flush()  # larger than pipe and queue
     reader.join()
-    assert [sender.behind() for _ in range(_Sender.BEHIND_MESSAGES + 2)] == \
-        [True] * _Sender.BEHIND_MESSAGES + [False, False]
+    assert [sender.behind() for _ in range(Sender.BEHIND_MESSAGES + 2)] == \
+        [True] * Sender.BEHIND_MESSAGES + [False, False]
     sender.close()
     pipe.close()
     assert len(received) == 2
 
 
 def test_the_sender_reports_a_broken_pipe():
-    from pipeline.ingestion.parallel import _Sender
+    from pipeline.ingestion.sender import Sender
 
     pipe = _Pipe()
     reader, received = _reading(pipe, 3)
-    sender = _Sender(pipe)
+    sender = Sender(pipe)
     for _ in range(3):
         assert sender.send(b"m")
     assert sender.flush()

@@ -93,7 +93,7 @@ class EpisodeChecks:
         that batch on; the two-process ingest reports the writer's errors before its own later ones.
 
         ``schema_valid``: the batch is known to pass the schema (the reader checked it; see
-        ``parallel._feed_through``), so that check is not run again.
+        ``parallel._send_steps``), so that check is not run again.
         """
         index = self.steps
         checker = self._checker

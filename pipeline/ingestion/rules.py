@@ -233,10 +233,13 @@ class EpisodeChecker:
             return False
         numbers, rows, observations, raw, units = plan
         images = [step.get("image") for step in steps].count(None) != len(steps)
-        metrics = ([row.get("custom_metrics") for row in rows].count(None) != len(rows)
-                   or [unit.get("custom_metrics") for unit in units].count(None) != len(units))
-        if images or (metrics and not _agent_metrics_as_text(steps, first, rows, units)):
-            self._normalise_in_order(steps, first, images, metrics)
+        agent_metrics = [row.get("custom_metrics") for row in rows]
+        on_agents = agent_metrics.count(None) != len(rows)
+        on_units = [unit.get("custom_metrics") for unit in units].count(None) != len(units)
+        if images or on_units:
+            self._normalise_in_order(steps, first, images, on_agents or on_units)
+        elif on_agents:
+            _agent_metrics_as_text(steps, first, rows, agent_metrics)
         if not raw:
             for row, obs in zip(rows, observations, strict=True):
                 del row["observation_space"]
@@ -400,26 +403,20 @@ class EpisodeChecker:
 
 
 def _agent_metrics_as_text(steps: list[dict[str, Any]], first: int, rows: list[dict[str, Any]],
-                           units: list[dict[str, Any]]) -> bool:
-    """Store the agent steps' ``custom_metrics`` as JSON text, in file order, visiting only the rows that
-    hold some; False, with nothing done, if a unit step holds some too (then step by step, as
-    :meth:`EpisodeChecker._normalise_in_order` does).
+                           metrics: list[Any]) -> None:
+    """Store the agent steps' ``custom_metrics`` (``metrics``, one per row, None for none) as JSON text,
+    in file order, visiting only the rows that hold some: for batches without images and without
+    metrics on unit steps (those go step by step, :meth:`EpisodeChecker._normalise_in_order`).
 
     Metrics on a few agent steps made every batch a Python loop over each step, agent and unit, with a
     path built per step (random shapes with metrics on 5% of agent steps: ~6% of the checking process).
     """
-    if [unit.get("custom_metrics") for unit in units].count(None) != len(units):
-        return False
-    holders = [r for r, metrics in enumerate([row.get("custom_metrics") for row in rows]) if metrics is not None]
-    if holders:
-        ends = list(accumulate(len(step.get("agent_steps") or ()) for step in steps))
-        for r in holders:
-            i = bisect_right(ends, r)
-            j = r - (ends[i - 1] if i else 0)
-            rows[r]["custom_metrics"] = json_text(
-                rows[r]["custom_metrics"], path=f"{STEPS_PATH}[{first + i}].agent_steps[{j}].custom_metrics",
-                step=steps[i]["number"])
-    return True
+    ends = list(accumulate(len(step.get("agent_steps") or ()) for step in steps))
+    for r in [r for r, value in enumerate(metrics) if value is not None]:  # a comprehension: the rows are many
+        i = bisect_right(ends, r)
+        j = r - (ends[i - 1] if i else 0)
+        rows[r]["custom_metrics"] = json_text(
+            metrics[r], path=f"{STEPS_PATH}[{first + i}].agent_steps[{j}].custom_metrics", step=steps[i]["number"])
 
 
 def _check_unique(rows: list[dict[str, Any]], key: str, path: str, step: int) -> None:

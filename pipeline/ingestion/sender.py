@@ -48,7 +48,6 @@ class Sender:
 
     def __init__(self, conn: _Channel) -> None:
         self.conn = conn
-        self.started = False
         self._fd = conn.outgoing_fileno()
         os.set_blocking(self._fd, False)
         self._writable = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
@@ -97,7 +96,6 @@ class Sender:
 
     def child_started(self) -> None:
         """The child is ready: hold the queue to :attr:`MAX_PENDING_BYTES` from now on."""
-        self.started = True
         self._limit = self.MAX_PENDING_BYTES
 
     def _write(self, *, wait: bool) -> None:

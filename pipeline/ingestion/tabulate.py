@@ -388,9 +388,7 @@ class EpisodeTables:
         """Hand the pending rows to the sink now, because the file ends soon
         (:data:`~pipeline.ingestion.parts.FLUSH_AHEAD_BYTES`), unless the episode is still small
         (written whole at the end)."""
-        if self._small and self._still_small():
-            return
-        if self._step_numbers or self._agent_rows or self._unit_rows:
+        if not (self._small and self._still_small()):
             self.flush()
 
     def agent_rows(self) -> Piece:

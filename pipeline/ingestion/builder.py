@@ -57,8 +57,8 @@ class EpisodeChecks:
     ingest it runs in the reading process, so every rule error is raised there, in file order.
     """
 
-    def __init__(self) -> None:
-        self._checker = EpisodeChecker()
+    def __init__(self, *, integer_rows: bool = True) -> None:
+        self._checker = EpisodeChecker(integer_rows=integer_rows)  # see EpisodeChecker
         self.steps = 0
 
     def part(self, name: str, value: Any) -> dict[str, Any]:

@@ -196,7 +196,8 @@ def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | No
         for part, value in _parts_before_errors(read_batches(src), headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
-                    checks = EpisodeChecks() if checks_here(value) else None
+                    # Checked here, integer observations cross the pipe as bytes (see checks_here).
+                    checks = EpisodeChecks(integer_rows=False) if checks_here(value) else None
                     for name, header in headers:
                         _send_part(sender, checks, name, header)
                     headers.clear()

@@ -141,15 +141,39 @@ _FIRST = itemgetter(0)
 UNPLANNED: Any = object()
 
 
+# The types of an observation's first value that leave it as it is (see EpisodeChecker.check_steps).
+_NUMBER_KINDS = frozenset({int, float})
+_FLOAT_KIND = frozenset({float})
+
+
+def _agents_unique(lists: list[Any], rows: list[dict[str, Any]]) -> bool:
+    """Whether no step of a batch names an agent twice (``lists``: each step's agent steps; ``rows``: all
+    of them). The common batch, the same agents in the same order in every step, is two list
+    comparisons; any other, a set per step."""
+    width = len(lists[0])
+    if list(map(len, lists)).count(width) == len(lists):
+        names = [row["agent"] for row in rows]
+        first = names[:width]
+        if names == first * len(lists):
+            return len(set(first)) == width
+    return not any(len(agents) > 1 and len({row["agent"] for row in agents}) != len(agents) for agents in lists)
+
+
 def _is_rectangular(obs: list[Any]) -> bool:
     """Whether a non-empty 2-D observation's rows all have the length of its first."""
     return len(set(map(len, obs))) == 1
 
 
 class EpisodeChecker:
-    """Checks, across a whole episode, the rules a schema cannot state; one instance per file."""
+    """Checks, across a whole episode, the rules a schema cannot state; one instance per file.
 
-    def __init__(self) -> None:
+    ``integer_rows``: 1-D observations of integers are kept as they are, like those of floats (the
+    table stage packs a batch of them at once; see :meth:`check_steps`). False where the checked
+    rows cross a pipe (the two-process ingest's reader): there each becomes bytes (:func:`_flat`).
+    """
+
+    def __init__(self, *, integer_rows: bool = True) -> None:
+        self._raw_kinds = _NUMBER_KINDS if integer_rows else _FLOAT_KIND
         self._numbers = StepNumbers()
         self._numbers_sorted = True  # False once a number came that was not greater than every one before
         self._out_of_order: dict[int, int] = {}  # such numbers, each with its step's index
@@ -217,11 +241,12 @@ class EpisodeChecker:
         """:meth:`check_step` for consecutive schema-valid steps (``first`` is the index of the first).
 
         Returns whether their observations were left as they are: True when every agent step's
-        observation is a non-empty 1-D array starting with a float (it is its own flattening, so
-        ``observation_space`` is kept, and the table stage reads it); False when each agent step was
-        normalised as :meth:`check_step` does. A batch in the common shape (increasing integer step
-        numbers, the episode's reward kind and length, rectangular observations, unique names) is
-        checked with a few passes over the whole batch; anything else goes step by step through
+        observation is a non-empty 1-D array of numbers (it is its own flattening, so
+        ``observation_space`` is kept, and the table stage reads it; of floats only, without
+        ``integer_rows``); False when each agent step was normalised as :meth:`check_step` does.
+        A batch in the common shape (increasing integer step numbers, the episode's reward kind and
+        length, rectangular observations, unique names) is checked with a few passes over the
+        whole batch; anything else goes step by step through
         :meth:`check_step`, which raises the exact error. The fast path decides before it changes
         anything, and what it can still raise (images, metrics) it raises in file order.
         ``plan``: what :meth:`plan_of` returned for these steps, if it was asked before.
@@ -293,8 +318,7 @@ class EpisodeChecker:
             return None
         lists = [step.get("agent_steps") or () for step in steps]
         rows = list(chain.from_iterable(lists))
-        if max(map(len, lists), default=0) > 1 and any(
-                len(agents) > 1 and len({row["agent"] for row in agents}) != len(agents) for agents in lists):
+        if max(map(len, lists), default=0) > 1 and not _agents_unique(lists, rows):
             return None
         rewards = [row.get("rewards") for row in rows]
         absent = rewards.count(None)
@@ -307,7 +331,7 @@ class EpisodeChecker:
         if not all(observations):  # an empty observation: step by step
             return None
         kinds = set(map(type, map(_FIRST, observations)))
-        raw = kinds == {float}
+        raw = bool(kinds) and kinds <= self._raw_kinds
         if list in kinds and not all(_is_rectangular(obs) for obs in observations if type(obs[0]) is list):
             return None
         units: list[dict[str, Any]] = []

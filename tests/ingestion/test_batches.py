@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.generate import write_episode
 from pipeline import PipelineError, ingest
@@ -29,7 +31,7 @@ from pipeline.ingestion.source import open_source
 from pipeline.ingestion.tabulate import EpisodeTables
 
 SHAPES = {"vector": 1200, "teams_metrics": 70, "teams_nounits": 140, "pixels": 20, "frames64": 90,
-          "random0": 150, "random1": 90, "random3": 150, "random4": 100}
+          "random0": 150, "random1": 90, "random3": 150, "random4": 100, "random8": 700}
 
 
 def _base(shape: str) -> dict[str, Any]:
@@ -79,6 +81,19 @@ def _duplicate_unit(step: dict[str, Any], rng: random.Random) -> None:
         agent["unit_steps"].append(copy.deepcopy(agent["unit_steps"][0]))
 
 
+def _rename_agent(step: dict[str, Any], rng: random.Random) -> None:
+    """An agent step takes the name of another in its step (a repeat), or a new one."""
+    agents = step.get("agent_steps")
+    if isinstance(agents, list) and agents and all(isinstance(a, dict) for a in agents):
+        rng.choice(agents)["agent"] = rng.choice([a.get("agent") for a in agents] + ["newcomer"])
+
+
+def _reverse_agents(step: dict[str, Any], rng: random.Random) -> None:
+    """The step lists its agents in another order (valid; no longer the same order in every step)."""
+    if isinstance(step.get("agent_steps"), list):
+        step["agent_steps"].reverse()
+
+
 def _step_key(key: str, value: Any):
     def mutate(step: dict[str, Any], rng: random.Random) -> None:
         step[key] = value
@@ -97,6 +112,9 @@ MUTATIONS = {
     "ragged observation": _set("observation_space", [[1.0, 2.0], [3.0]]),
     "empty observation": _set("observation_space", []),
     "integer observation": _set("observation_space", [1, 2, 300]),
+    "negative integer observation": _set("observation_space", [4, -2, 3]),
+    "float after integers": _set("observation_space", [4, 2, 3.5]),
+    "byte observation": _set("observation_space", [4, 2, 255, 0]),
     "string in observation": _set("observation_space", [0.5, "x"]),
     "2-D observation": _set("observation_space", [[0.5, 1.5], [2.5, 3]]),
     "pixel observation": _set("observation_space", [[0, 255], [7, 8]]),
@@ -109,6 +127,8 @@ MUTATIONS = {
     "integer reward": _set("reward", 3),
     "swapped reward kind": _swap_reward_kind,
     "repeated agent": _duplicate_agent,
+    "renamed agent": _rename_agent,
+    "agents in another order": _reverse_agents,
     "repeated unit": _duplicate_unit,
 }
 
@@ -216,3 +236,32 @@ def test_metrics_too_deep_for_text_are_reported_where_they_are_in_a_batch(where:
         errors.append((raised.value.rule, raised.value.path, raised.value.step))
     assert errors[0] == errors[1] == (
         "document.depth", f"inference.steps[{step}].agent_steps[{agent}].custom_metrics", steps[step]["number"])
+
+
+agent_name = st.sampled_from(["a", "b", "c", "d"])
+
+
+@st.composite
+def _periodic_steps(draw: st.DrawFn) -> list[list[str]]:
+    """One period of names repeated over the batch, the first step that period, and as many steps as
+    repetitions, cut anywhere after it (so the batch can look like the same agents in every step)."""
+    period = draw(st.lists(agent_name, min_size=1, max_size=4))
+    repeats = draw(st.integers(1, 6))
+    names = period * repeats
+    room = range(len(period) + 1, len(names))
+    cuts = sorted(draw(st.sets(st.sampled_from(room), min_size=min(repeats - 2, len(room)),
+                               max_size=min(repeats - 2, len(room))))) if repeats > 2 and room else []
+    cuts = [len(period), *cuts] if repeats > 1 else []
+    return [names[i:j] for i, j in zip([0, *cuts], [*cuts, len(names)], strict=True)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(st.lists(agent_name, min_size=1, max_size=4), min_size=1, max_size=12), _periodic_steps()))
+def test_a_batch_has_a_repeated_agent_exactly_when_one_of_its_steps_has(names: list[list[str]]) -> None:
+    """The batch check of unique agent names (one comparison when every step lists the same agents in
+    the same order) agrees with a check of each step."""
+    from pipeline.ingestion.rules import _agents_unique
+
+    lists = [[{"agent": name} for name in step] for step in names]
+    rows = [row for step in lists for row in step]
+    assert _agents_unique(lists, rows) == all(len(set(step)) == len(step) for step in names)

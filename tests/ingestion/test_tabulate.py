@@ -71,6 +71,30 @@ def test_pixel_bytes_and_numbers_share_one_column_exactly() -> None:
     assert column.array().to_pylist() == [[0.0, 255.0, 7.0], [0.1, -2.5], [1.0]]
 
 
+observation_value = st.one_of(st.integers(-3, 300), st.floats(-1e6, 1e6, allow_nan=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.lists(observation_value, min_size=1, max_size=6), min_size=1,
+                                                  max_size=5)), max_size=8))
+def test_observation_rows_in_bulk_equal_rows_one_by_one(runs) -> None:
+    """A batch of 1-D observations added at once (small integers packed into bytes) holds the same
+    values, rows and offsets as the same rows added one at a time, whatever their mix of numbers."""
+    bulk, single, expected = FloatListColumn(), FloatListColumn(), []
+    for at_once, rows in runs:
+        if at_once:
+            bulk.extend([list(row) for row in rows])
+        else:
+            for row in rows:
+                bulk.append(list(row))
+        for row in rows:
+            single.append(list(row))
+        expected += [[float(v) for v in row] for row in rows]
+    assert bulk.offsets == single.offsets and bulk.values == single.values
+    assert bulk.array().to_pylist() == single.array().to_pylist() == expected
+    assert bulk.lists() == [list(row) for _, rows in runs for row in rows]
+
+
 def test_integers_beyond_2_53_are_rounded_not_refused() -> None:
     big = 2**63 - 1
     batch = rows_to_batch([{"step": 0, "agent": "a", "action": big, "total_reward": 0.0,

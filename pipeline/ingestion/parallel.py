@@ -95,8 +95,10 @@ def fork_is_safe() -> bool:
 
 def build_in_two_processes(src: Source, folder: Path | None,
                            progress: Callable[[int, int | None], None] | None,
-                           close_in_child: tuple[int, ...] = ()) -> Built:
-    """Parse ``src`` here and build the episode in a forked child; return what was built.
+                           close_in_child: tuple[int, ...] = (),
+                           walk: Callable[[Source], Iterator[tuple[str, Any]]] | None = None) -> Built:
+    """Parse ``src`` here (with ``walk``, by default the exact :func:`~.parts.read_batches`) and build
+    the episode in a forked child; return what was built.
 
     ``close_in_child`` names inherited file descriptors the child must not keep: the staging
     lock, so that once this process dies the lock dies with it and ``gc`` can clean up.
@@ -115,7 +117,7 @@ def build_in_two_processes(src: Source, folder: Path | None,
     child.start()
     theirs.close()
     try:
-        return _feed(ours, src, progress)
+        return _feed(ours, src, progress, walk)
     finally:
         ours.close()
         child.join(timeout=60)
@@ -174,15 +176,17 @@ class _Channel:
         self._out.close()
 
 
-def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], None] | None,
+          walk: Callable[[Source], Iterator[tuple[str, Any]]] | None) -> Built:
     sender = Sender(conn)
     try:
-        return _feed_through(sender, src, progress)
+        return _feed_through(sender, src, progress, walk)
     finally:
         sender.close()
 
 
-def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | None], None] | None) -> Built:
+def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | None], None] | None,
+                  walk: Callable[[Source], Iterator[tuple[str, Any]]] | None) -> Built:
     from .builder import EpisodeChecks
     from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
 
@@ -193,7 +197,7 @@ def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | No
     steps = 0
     flush_due = flush_ahead_due(src)
     try:
-        for part, value in _parts_before_errors(read_batches(src), headers):
+        for part, value in _parts_before_errors((walk or read_batches)(src), headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
                     # Checked here, integer observations cross the pipe as bytes (see checks_here).

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 Status = Literal["ingested", "exists", "valid", "invalid", "failed"]
 ProgressCallback = Callable[[int, "int | None"], None]
 SourceLike = str | os.PathLike[str] | IO[bytes]
+# A walk of the document: parts.read_batches (exact) or fastwalk.fast_batches.
+Walk = Callable[["Source"], Iterator[tuple[str, Any]]]
 EPISODE_ID_LENGTH = 32  # hex digits of the content hash: 128 bits
 
 
@@ -123,24 +125,24 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     result = IngestResult(source=label, status="failed")
     started = time.perf_counter()
     try:
-        from .source import open_source
+        from .fastwalk import NotFast
+        from .parts import read_batches
 
-        with open_source(source, name=name) as src:
-            result.source = src.name
-            if parallel is None:
-                parallel = split_pays(src.size)
+        if _can_read_again(source, name):
+            from .fastwalk import fast_batches
+
+            # The fast walk accepts what it can vouch for; anything it cannot, and every refusal, is
+            # the exact walk's to find and report, from the start (see fastwalk).
             try:
-                if lake is None:
-                    _build(src, None, result, progress, parallel)
-                    result.status = "valid"
-                else:
-                    with Staging(lake) as staging:
-                        inherited = (staging.lock_fd,) if staging.lock_fd is not None else ()
-                        built = _build(src, staging.folder, result, progress, parallel, inherited)
-                        committed = staging.commit(built.environment, result.episode_id or "")
-                        result.status = "ingested" if committed else "exists"
-            finally:
-                result.bytes_read = src.bytes_read
+                _attempt(source, lake=lake, name=name, result=result, progress=progress, parallel=parallel,
+                         walk=fast_batches)
+                return result
+            except (NotFast, InvalidEpisode):
+                pass
+        _attempt(source, lake=lake, name=name, result=result, progress=progress, parallel=parallel,
+                 walk=read_batches)
+    except NotFast as exc:  # pragma: no cover - the exact walk never raises it
+        raise AssertionError("the exact walk raised NotFast") from exc
     except (PipelineError, OSError) as exc:
         error = _record_error(result, exc)
         if raise_errors:
@@ -150,6 +152,36 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     finally:
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _can_read_again(source: SourceLike, name: str | None) -> bool:
+    """Whether ``source`` can be opened a second time and read from the start: a local file."""
+    from .source import _is_plain_local_path
+
+    return isinstance(source, (str, os.PathLike)) and name is None and _is_plain_local_path(os.fspath(source))
+
+
+def _attempt(source: SourceLike, *, lake: Path | None, name: str | None, result: IngestResult,
+             progress: ProgressCallback | None, parallel: bool | None, walk: Walk) -> None:
+    """Open ``source`` and ingest (or, without a lake, validate) it with ``walk``; fill ``result``."""
+    from .source import open_source
+
+    with open_source(source, name=name) as src:
+        result.source = src.name
+        if parallel is None:
+            parallel = split_pays(src.size)
+        try:
+            if lake is None:
+                _build(src, None, result, progress, parallel, walk=walk)
+                result.status = "valid"
+            else:
+                with Staging(lake) as staging:
+                    inherited = (staging.lock_fd,) if staging.lock_fd is not None else ()
+                    built = _build(src, staging.folder, result, progress, parallel, inherited, walk=walk)
+                    committed = staging.commit(built.environment, result.episode_id or "")
+                    result.status = "ingested" if committed else "exists"
+        finally:
+            result.bytes_read = src.bytes_read
 
 
 def _record_error(result: IngestResult, exc: PipelineError | OSError) -> PipelineError:
@@ -202,13 +234,13 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
 
 
 def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,
-           parallel: bool, inherited: tuple[int, ...] = ()) -> Built:
-    """Read the whole document and build the episode (writing it under ``folder``, if given)."""
+           parallel: bool, inherited: tuple[int, ...] = (), *, walk: Walk) -> Built:
+    """Read the whole document with ``walk`` and build the episode (writing it under ``folder``, if given)."""
     with _gc_paused():
         if parallel:
-            built = build_in_two_processes(src, folder, progress, close_in_child=inherited)
+            built = build_in_two_processes(src, folder, progress, close_in_child=inherited, walk=walk)
         else:
-            built = _build_here(src, folder, progress)
+            built = _build_here(src, folder, progress, walk)
     result.environment = built.environment
     result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
     result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]
@@ -217,15 +249,15 @@ def _build(src: Source, folder: Path | None, result: IngestResult, progress: Pro
     return built
 
 
-def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None) -> Built:
+def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | None, walk: Walk) -> Built:
     from .builder import EpisodeBuilder, Facts
-    from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
+    from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due
 
     builder = EpisodeBuilder(folder)
     reader, read = src.reader, 0
     flush_due = flush_ahead_due(src)
     try:
-        for part, value in read_batches(src):
+        for part, value in walk(src):
             if part == STEPS:
                 before = builder.steps
                 builder.steps_batch(value, reader.consumed - read)

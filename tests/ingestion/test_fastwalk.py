@@ -1,0 +1,265 @@
+"""The fast walk (orjson, batches cut by the text between steps) against the exact walk (ijson).
+
+What must hold: whenever the fast walk gets to the end of a file, the exact walk accepts the file too and
+hands over the same header parts and the same steps, value for value (floats bit for bit, integers as
+integers). Wherever it cannot vouch for that it raises NotFast, and the ingest starts over with the
+exact walk. And on the files users write it does get to the end, or it would be slower than before.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pipeline.ingestion.parts as parts
+from benchmarks.generate import write_episode
+from pipeline import PipelineError, ingest
+from pipeline.ingestion.fastwalk import NotFast, fast_batches
+from pipeline.ingestion.parts import STEPS, read_batches
+from pipeline.ingestion.source import open_source
+
+PROFILES = [("vector", 0, 300), ("teams_metrics", 0, 40), ("pixels", 0, 6), ("frames64", 0, 30),
+            ("random", 0, 40), ("random", 1, 20), ("random", 4, 40), ("random", 8, 200)]
+
+
+def _document(profile: str, seed: int, steps: int) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    write_episode(buffer, profile, steps=steps, seed=seed)
+    return json.loads(buffer.getvalue())
+
+
+def _flat(walk: Any, path: Path, **options: Any) -> tuple[list[tuple[str, str]], int]:
+    """What ``walk`` hands over for ``path``: (part, value as canonical JSON text) per header part and per
+    step (a float stays a float, -0.0 stays -0.0), and how many batches."""
+    out, batches = [], 0
+    with open_source(path) as source:
+        for part, value in walk(source, **options):
+            if part == STEPS:
+                batches += 1
+                out += [("step", json.dumps(step, sort_keys=True)) for step in value]
+            else:
+                out.append((part, json.dumps(value, sort_keys=True)))
+    return out, batches
+
+
+def _exact(path: Path) -> list[tuple[str, str]] | None:
+    try:
+        return _flat(read_batches, path)[0]
+    except PipelineError:
+        return None
+
+
+def _fast(path: Path, batch_bytes: int = parts.BATCH_BYTES) -> list[tuple[str, str]] | None:
+    try:
+        return _flat(fast_batches, path, batch_bytes=batch_bytes)[0]
+    except NotFast:
+        return None
+
+
+def _dumps(document: Any, style: str) -> bytes:
+    if style == "compact":
+        return json.dumps(document, separators=(",", ":")).encode()
+    if style == "spaced":
+        return json.dumps(document).encode()
+    if style == "indented":
+        return json.dumps(document, indent=2).encode()
+    if style == "sorted":  # every object's keys in another order: steps start with "agent_steps"
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    if style == "tabs":
+        return json.dumps(document, indent="\t", ensure_ascii=False).replace("\n", "\r\n").encode()
+    raise ValueError(style)
+
+
+STYLES = ["compact", "spaced", "indented", "sorted", "tabs"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("profile", "seed", "steps"), PROFILES, ids=[f"{p}{s}" for p, s, _ in PROFILES])
+def test_the_fast_walk_reads_what_generators_write_exactly_as_the_exact_walk(tmp_path: Path, profile: str,
+                                                                           seed: int, steps: int,
+                                                                           style: str) -> None:
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(_document(profile, seed, steps), style))
+    exact = _exact(path)
+    assert exact is not None
+    for batch_bytes in (parts.BATCH_BYTES, 300):  # 300: cut after nearly every step, windows doubled
+        assert _fast(path, batch_bytes) == exact, (style, batch_bytes)
+
+
+def test_batches_are_about_the_exact_walks_size(tmp_path: Path) -> None:
+    """The fast walk's batches hold ~BATCH_BYTES of text, as the exact walk's do (the writer's work per
+    message and the child's pace depend on it), not the whole file at once."""
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(_document("vector", 0, 3000), "compact"))
+    size = path.stat().st_size
+    _, batches = _flat(fast_batches, path)
+    assert size // parts.BATCH_BYTES - 1 <= batches <= size // parts.BATCH_BYTES + 3
+
+
+def _reordered(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The same document with its root and inference keys in another order."""
+    inference = dict(document["inference"])
+    keys = list(inference)
+    rng.shuffle(keys)
+    root = {**{k: v for k, v in document.items() if k != "inference"}, "inference": {k: inference[k] for k in keys}}
+    order = list(root)
+    rng.shuffle(order)
+    return {k: root[k] for k in order}
+
+
+# Text a file may hold that the fast walk must either read exactly or leave to the exact walk: integers
+# at and past int64's ends, a string holding the text between two steps, escapes, long decimals.
+AWKWARD_VALUES = [
+    2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**19, 18446744073709551615, 18446744073709551616, 10**40,
+    -9223372036854775807, 0.0020043393597006798, 1e-300, -0.0, 123456789012345678901234.5,
+    '},{"number":5,"agent_steps":[]}', '"]}', "\\", "\u00e9\U0001f600", "[{", "a\"b", "",
+]
+
+
+def _awkward(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """Put awkward values where the file's rules allow any JSON (metrics, configs) or numbers."""
+    steps = document["inference"]["steps"]
+    for _ in range(rng.randint(1, 4)):
+        value = rng.choice(AWKWARD_VALUES)
+        where = rng.choice(["metrics", "config", "mapping", "reward"])
+        step = rng.choice(steps)
+        agent = rng.choice(step["agent_steps"]) if step.get("agent_steps") else None
+        if where == "metrics" and agent is not None:
+            agent["custom_metrics"] = {"x": value, "y": [value]}
+        elif where == "config":
+            document["inference"]["config"] = {"awkward": value}
+        elif where == "mapping":
+            document.setdefault("action_mapping", {})["0"] = str(value)
+        elif agent is not None and isinstance(value, (int, float)) and "reward" in agent:
+            agent["reward"] = value
+    return document
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(PROFILES[:5]), st.sampled_from(STYLES), st.integers(0, 2**32), st.booleans(),
+       st.sampled_from([parts.BATCH_BYTES, 500]))
+def test_when_the_fast_walk_finishes_the_exact_walk_hands_over_the_same(tmp_path: Path, profile: Any, style: str,
+                                                                        seed: int, reorder: bool,
+                                                                        batch_bytes: int) -> None:
+    rng = random.Random(seed)
+    name, shape_seed, steps = profile
+    document = _awkward(_document(name, shape_seed, min(steps, 60)), rng)
+    if reorder:
+        document = _reordered(document, rng)
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(document, style))
+    fast = _fast(path, batch_bytes)
+    if fast is not None:
+        assert _exact(path) == fast
+
+
+MUTATIONS = ["flip", "delete", "insert", "duplicate", "cut"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32), st.sampled_from(MUTATIONS), st.integers(1, 3))
+def test_a_damaged_file_the_fast_walk_accepts_is_one_the_exact_walk_accepts_alike(tmp_path: Path, seed: int,
+                                                                                  mutation: str, count: int) -> None:
+    """Bytes flipped, deleted, inserted or repeated anywhere in the text (most of it is steps): the fast
+    walk may finish only where the exact walk finds the same values."""
+    rng = random.Random(seed)
+    data = bytearray(_dumps(_document("teams_metrics", 0, 8), rng.choice(STYLES)))
+    for _ in range(count):
+        at = rng.randrange(len(data))
+        if mutation == "flip":
+            data[at] = rng.choice(b'{}[]",:0123456789-.eE \\tnul')
+        elif mutation == "delete":
+            del data[at : at + rng.randint(1, 12)]
+        elif mutation == "insert":
+            data[at:at] = rng.choice([b",", b"}", b"]", b'"', b'},{"number":', b"1e400", b"99999999999999999999"])
+        elif mutation == "duplicate":
+            end = min(len(data), at + rng.randint(1, 400))
+            data[end:end] = data[at:end]
+        else:
+            del data[at:]
+    path = tmp_path / "e.json"
+    path.write_bytes(bytes(data))
+    fast = _fast(path, rng.choice([parts.BATCH_BYTES, 200]))
+    if fast is not None:
+        assert _exact(path) == fast
+
+
+@pytest.mark.parametrize("text", [
+    b'\xef\xbb\xbf  {"training": {}, "inference": {"steps": [{"number": 0}]}}\n',
+    b'{"inference": {"steps": [{"number": 0}, {"number": 1}]}, "training": {}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": 1}], "config": {"k": [1, [2]]}}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0},{"number": 1} ,\n{"number": 2}]}}',
+])
+def test_the_fast_walk_reads_unusual_but_valid_layouts(tmp_path: Path, text: bytes) -> None:
+    """A byte-order mark, the steps before training, a key after the steps, uneven spacing between steps."""
+    path = tmp_path / "e.json"
+    path.write_bytes(text)
+    exact = _exact(path)
+    assert exact is not None and _fast(path) == exact and _fast(path, 1) == exact
+
+
+@pytest.mark.parametrize("text", [
+    b'{"training": {}, "inference": {"steps": []}}',
+    b'{"training": {}, "training": {}, "inference": {"steps": [{"number": 0}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}], "steps": [{"number": 1}]}}',
+    b'{"training": {}, "bogus": 1, "inference": {"steps": [{"number": 0}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}]}} x',
+    b'{"training": {}, "inference": {"steps": [{"number": -9223372036854775808}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 9223372036854775808}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": 1e400}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": "\\ud800"}]}}',
+    b'{"training": {}, "inference": {"steps": [1, 2]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0},]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}',
+    b'[]',
+    b'',
+])
+def test_the_fast_walk_leaves_every_doubtful_file_to_the_exact_walk(tmp_path: Path, text: bytes) -> None:
+    path = tmp_path / "e.json"
+    path.write_bytes(text)
+    with pytest.raises(NotFast), open_source(path) as source:
+        for _ in fast_batches(source):
+            pass
+
+
+def test_an_ingest_of_a_local_file_takes_the_fast_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact walk is not run at all for a valid local file (one process and two), and a file the fast
+    walk leaves to it is still ingested."""
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(_document("vector", 0, 200), "compact"))
+    calls = []
+    monkeypatch.setattr(parts, "read_batches", lambda *a, **k: calls.append(1) or read_batches(*a, **k))
+    for parallel in (False, True):
+        result = ingest(path, lake=tmp_path / f"lake{parallel}", parallel=parallel)
+        assert result.status == "ingested" and result.steps == 200
+    assert calls == []
+    doubtful = tmp_path / "d.json"
+    document = _document("vector", 0, 50)
+    document["inference"]["config"] = {"seed": -(2**63)}  # rewritten for yajl: the exact walk's to read
+    doubtful.write_bytes(_dumps(document, "compact"))
+    result = ingest(doubtful, lake=tmp_path / "lake-d", parallel=False)
+    assert result.status == "ingested" and result.steps == 50 and calls == [1]
+
+
+def test_an_invalid_file_is_refused_with_the_exact_walks_error(tmp_path: Path) -> None:
+    """A rule broken in a step the fast walk reads well: the error is the one the exact walk reports
+    (the same message, step and path), for a file and for the same bytes from a stream."""
+    document = _document("vector", 0, 300)
+    document["inference"]["steps"][250]["agent_steps"][0]["action"] = "left"
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(document, "compact"))
+    from_file = ingest(path, lake=tmp_path / "lake")
+    with open(path, "rb") as stream:
+        from_stream = ingest(stream, lake=tmp_path / "lake2")
+    assert from_file.status == from_stream.status == "invalid"
+    assert from_file.error is not None and from_stream.error is not None
+    assert (from_file.error.rule, from_file.error.path, from_file.error.step, from_file.error.message) == (
+        from_stream.error.rule, from_stream.error.path, from_stream.error.step, from_stream.error.message)
+    assert not list((tmp_path / "lake").rglob("*.parquet"))

@@ -8,7 +8,9 @@ exact walk does: the header parts by name, in file order, and the steps in batch
 
 - The text around the steps (the root object, ``training``, ``action_mapping``, ``inference``'s
   other keys) is cut into tokens with one regular expression; each header value is parsed whole.
-- The steps array is cut into batches of about :data:`~.parts.BATCH_BYTES`, each ending where the text
+- The steps array is cut into batches of about :data:`~.parts.BATCH_STEPS` steps (as many as the last
+  batch's steps took text, at most a read, :data:`~.source.READ_SIZE`: what the exact walk's batches
+  come to), each ending where the text
   that separates two steps last appears: the end of one step, the separator, and the start of the next
   up to its first key (``},{"number":``, learnt from the first two steps, so that any spacing,
   indentation or key order a generator writes is its own). ``orjson.loads`` of ``[`` + text + ``]``
@@ -36,7 +38,7 @@ from typing import Any
 import orjson
 
 from .guards import LoneSurrogate, TooDeep
-from .parts import BATCH_BYTES, STEPS
+from .parts import BATCH_STEPS, STEPS
 from .source import MAX_PART_BYTES, READ_SIZE, PartTooLarge, Source
 
 
@@ -180,7 +182,7 @@ class _Text:
                 return -1
 
 
-def fast_batches(source: Source, *, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[str, Any]]:
+def fast_batches(source: Source, *, batch_bytes: int = READ_SIZE) -> Iterator[tuple[str, Any]]:
     """:func:`.parts.read_batches` of ``source``, walked fast (see the module doc), or NotFast."""
     reader = source.reader
     try:
@@ -272,9 +274,13 @@ def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, An
     reader.mark()
     yield STEPS, first
     text.drop()
+    size = min(batch_bytes, BATCH_STEPS * (end - start))
     while True:
-        steps, done = _batch(text, pattern, len(separator), batch_bytes)
+        begin = text.pos
+        steps, done = _batch(text, pattern, len(separator), size)
         reader.mark()
+        # The next batch: BATCH_STEPS steps of the size these had, at most batch_bytes of text.
+        size = max(1, min(batch_bytes, BATCH_STEPS * (text.pos - begin) // len(steps)))
         yield STEPS, steps
         text.drop()
         if done:

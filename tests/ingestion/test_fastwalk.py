@@ -93,14 +93,15 @@ def test_the_fast_walk_reads_what_generators_write_exactly_as_the_exact_walk(tmp
         assert _fast(path, batch_bytes) == exact, (style, batch_bytes)
 
 
-def test_batches_are_about_the_exact_walks_size(tmp_path: Path) -> None:
-    """The fast walk's batches hold ~BATCH_BYTES of text, as the exact walk's do (the writer's work per
-    message and the child's pace depend on it), not the whole file at once."""
+@pytest.mark.parametrize(("profile", "steps"), [("vector", 3000), ("teams_metrics", 200)])
+def test_batches_are_about_the_exact_walks_size(tmp_path: Path, profile: str, steps: int) -> None:
+    """The fast walk's batches are about as many as the exact walk's (BATCH_STEPS steps, or a read of
+    text): the checks' and the writer's work per batch, and the two processes' pace, depend on it."""
     path = tmp_path / "e.json"
-    path.write_bytes(_dumps(_document("vector", 0, 3000), "compact"))
-    size = path.stat().st_size
-    _, batches = _flat(fast_batches, path)
-    assert size // parts.BATCH_BYTES - 1 <= batches <= size // parts.BATCH_BYTES + 3
+    path.write_bytes(_dumps(_document(profile, 0, steps), "compact"))
+    _, fast = _flat(fast_batches, path)
+    _, exact = _flat(read_batches, path)
+    assert exact * 0.7 <= fast <= exact * 1.3 + 2, (fast, exact)
 
 
 def _reordered(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:

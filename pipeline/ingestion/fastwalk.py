@@ -46,6 +46,10 @@ class NotFast(Exception):
     """The fast walk cannot vouch for this file; the caller walks it again with the exact walk."""
 
 
+class _NotJson(NotFast):
+    """orjson refused a text: not JSON, or (for a batch) a cut that is not between two steps."""
+
+
 # One token of JSON text after any whitespace: a string (group 1), a structural character (2), or a
 # run of anything else (3: a number or a literal, checked by orjson when its value is parsed).
 _TOKEN = re.compile(rb'[ \t\r\n]*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([\[\]{}:,])|([^ \t\r\n\[\]{}:,"]+))')
@@ -80,7 +84,7 @@ def _parse(text: bytes | bytearray) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise NotFast from None
+        raise _NotJson from None
 
 
 class _Text:
@@ -290,24 +294,56 @@ def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, An
 def _batch(text: _Text, pattern: bytes, separator: int, batch_bytes: int) -> tuple[list[Any], bool]:
     """The next batch of steps (``text.pos`` is at the start of one) and whether it ends the array.
 
-    The batch ends at the last ``pattern`` within ``batch_bytes`` of text, or, if none is there, within
-    twice as much, and so on; at the end of the input, at the array's closing bracket.
+    The batch ends at one of the last ``pattern`` within ``batch_bytes`` of text whose cut parses (or,
+    for steps that start with another key than the second did, at the end of an object followed by
+    the separator and an opening brace); if there is none, within twice as much, and so on; at the
+    end of the input, at the array's closing bracket. ``pattern`` cuts that are there but do not parse
+    mean text that is not JSON, most likely: the walk gives up.
     """
     window = batch_bytes
+    generic = pattern[: 1 + separator] + b"{"
     while True:
         limit = text.pos + window + len(pattern)
         while len(text.data) < limit and text.more():
             pass
-        at = text.data.rfind(pattern, text.pos, limit)
-        if at >= 0:
-            steps = _parse(b"[" + text.data[text.pos : at + 1] + b"]")
-            text.pos = at + 1 + separator
-            return steps, False
-        if text.eof:
+        steps = _cut(text, pattern, separator, limit)
+        if steps is _NO_CUT:
+            raise NotFast
+        if steps is None and text.eof:
             return _last_batch(text), True
+        if steps is None and generic != pattern:  # best effort: it also matches objects inside a step
+            steps = _cut(text, generic, separator, limit)
+        if steps is not None and steps is not _NO_CUT:
+            return steps, False
         if window >= MAX_PART_BYTES:
             raise NotFast
         window *= 2
+
+
+# How many of a window's last separators are tried as a batch's end before the window is widened.
+_CUT_TRIES = 4
+
+
+_NO_CUT: list[Any] = []  # what _cut returns when cuts were there and none parsed
+
+
+def _cut(text: _Text, needle: bytes, separator: int, limit: int) -> list[Any] | None:
+    """The steps from ``text.pos`` to one of the last ``needle`` before ``limit`` (``}``, the separator,
+    the next step's start) that parse, moving past them; None if there is no ``needle``, ``_NO_CUT`` if
+    none of the last few parses."""
+    high, found = limit, None
+    for _ in range(_CUT_TRIES):
+        at = text.data.rfind(needle, text.pos, high)
+        if at < 0:
+            return found
+        try:
+            steps = _parse(b"[" + text.data[text.pos : at + 1] + b"]")
+        except _NotJson:  # inside a string, or inside a step: an earlier one
+            high, found = at + len(needle) - 1, _NO_CUT
+            continue
+        text.pos = at + 1 + separator
+        return steps
+    return _NO_CUT
 
 
 # The closing brackets tried, from the end of the input backwards, for the end of the steps array.
@@ -326,7 +362,7 @@ def _last_batch(text: _Text) -> list[Any]:
         if body.endswith(b"}"):
             try:
                 steps = _parse(b"[" + body + b"]")
-            except NotFast:
+            except _NotJson:
                 continue
             text.pos = close + 1
             return steps

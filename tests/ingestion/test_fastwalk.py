@@ -197,6 +197,8 @@ def test_a_damaged_file_the_fast_walk_accepts_is_one_the_exact_walk_accepts_alik
     b'{"inference": {"steps": [{"number": 0}, {"number": 1}]}, "training": {}}',
     b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": 1}], "config": {"k": [1, [2]]}}}',
     b'{"training": {}, "inference": {"steps": [{"number": 0},{"number": 1} ,\n{"number": 2}]}}',
+    b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": 1}, {"image": null, "number": 2}, '
+    b'{"image": null, "number": 3}, {"number": 4, "m": "}, {\\"number\\": 9}"}, {"image": null, "number": 5}]}}',
 ])
 def test_the_fast_walk_reads_unusual_but_valid_layouts(tmp_path: Path, text: bytes) -> None:
     """A byte-order mark, the steps before training, a key after the steps, uneven spacing between steps."""
@@ -264,3 +266,36 @@ def test_an_invalid_file_is_refused_with_the_exact_walks_error(tmp_path: Path) -
     assert (from_file.error.rule, from_file.error.path, from_file.error.step, from_file.error.message) == (
         from_stream.error.rule, from_stream.error.path, from_stream.error.step, from_stream.error.message)
     assert not list((tmp_path / "lake").rglob("*.parquet"))
+
+
+def _number_texts() -> st.SearchStrategy[str]:
+    """Numbers as generators write them: repr, fixed and exponent forms with many or few digits, integers."""
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    return st.one_of(
+        finite.map(repr),
+        st.tuples(finite, st.integers(0, 30)).map(lambda fd: f"{fd[0]:.{fd[1]}e}"),
+        st.tuples(st.floats(-1e6, 1e6, allow_nan=False), st.integers(0, 25)).map(lambda fd: f"{fd[0]:.{fd[1]}f}"),
+        st.integers(-(2**63), 2**63 - 1).map(str),
+        st.sampled_from(["0", "-0", "-0.0", "5e-324", "2.2250738585072014e-308", "1.7976931348623157e308",
+                         "0.1000000000000000055511151231257827", "1e-400", "9007199254740993"]),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_number_texts(), min_size=1, max_size=20))
+def test_numbers_are_read_bit_for_bit_as_the_exact_walk_reads_them(tmp_path: Path, numbers: list[str]) -> None:
+    """orjson and yajl (strtod) must agree on every number the file writes: the same type (int or float)
+    and the same float, bit for bit; where the fast walk cannot vouch for one, it leaves the file."""
+    values = ",".join(numbers)
+    text = ('{"training": {"config": {"v": [VALUES]}}, "inference": {"steps": [{"number": 0, "x": [VALUES]}, '
+            '{"number": 1, "x": [VALUES]}]}}').replace("VALUES", values)
+    path = tmp_path / "e.json"
+    path.write_text(text)
+    fast = _fast(path)
+    exact = _exact(path)
+    if exact is None:  # a number beyond a float's range ("2e+308", rounded up from the largest float)
+        assert fast is None
+        return
+    assert fast is None or fast == exact
+    if not any(n.lstrip("-").isdigit() and int(n) <= -9223372036854700000 for n in numbers):
+        assert fast is not None  # only -2**63 and its window (int64min) are the exact walk's alone

@@ -10,7 +10,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -199,38 +199,51 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     Returns the result (status ``"valid"``, or ``"invalid"``/``"failed"`` with the error) and,
     when valid, the episode's rows of each table as Arrow tables with an ``episode_id`` column.
     """
-    from ..lake.segments import with_id
-    from .builder import EpisodeBuilder, Facts
-    from .parts import STEPS, read_batches
-    from .source import open_source
+    from .fastwalk import NotFast, fast_batches
+    from .parts import read_batches
 
     result = IngestResult(source=source, status="failed")
     started = time.perf_counter()
     tables = None
     try:
-        with open_source(source) as src:
-            result.source = src.name
-            try:
-                with _gc_paused():
-                    builder = EpisodeBuilder(None, collect=True)
-                    for part, value in read_batches(src):
-                        if part == STEPS:
-                            builder.steps_batch(value)
-                        else:
-                            builder.part(part, value)
-                    built = builder.finish(Facts(src.name, src.reader.hexdigest(), src.reader.consumed))
-                result.environment = built.environment
-                result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
-                result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]
-                tables = {name: with_id(name, rows, result.episode_id) for name, rows in builder.tables().items()}
-                result.status = "valid"
-            finally:
-                result.bytes_read = src.bytes_read
+        if _can_read_again(source, None):  # as _run does: the fast walk first, the exact one for any doubt
+            with suppress(NotFast, InvalidEpisode):
+                tables = _tabulate(source, result, fast_batches)
+        if tables is None:
+            tables = _tabulate(source, result, read_batches)
     except (PipelineError, OSError) as exc:
         _record_error(result, exc)
     finally:
         result.seconds = time.perf_counter() - started
     return result, tables
+
+
+def _tabulate(source: str, result: IngestResult, walk: Walk) -> dict[str, Any]:
+    """:func:`tabulate_file`'s work with ``walk``: fill ``result``, return the tables."""
+    from ..lake.segments import with_id
+    from .builder import EpisodeBuilder, Facts
+    from .parts import STEPS
+    from .source import open_source
+
+    with open_source(source) as src:
+        result.source = src.name
+        try:
+            with _gc_paused():
+                builder = EpisodeBuilder(None, collect=True)
+                for part, value in walk(src):
+                    if part == STEPS:
+                        builder.steps_batch(value)
+                    else:
+                        builder.part(part, value)
+                built = builder.finish(Facts(src.name, src.reader.hexdigest(), src.reader.consumed))
+            result.environment = built.environment
+            result.steps, result.agent_steps, result.unit_steps = built.steps, built.agent_steps, built.unit_steps
+            result.episode_id = src.reader.hexdigest()[:EPISODE_ID_LENGTH]
+            tables = {name: with_id(name, rows, result.episode_id) for name, rows in builder.tables().items()}
+            result.status = "valid"
+            return tables
+        finally:
+            result.bytes_read = src.bytes_read
 
 
 def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,

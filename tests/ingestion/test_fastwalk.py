@@ -299,3 +299,28 @@ def test_numbers_are_read_bit_for_bit_as_the_exact_walk_reads_them(tmp_path: Pat
     assert fast is None or fast == exact
     if not any(n.lstrip("-").isdigit() and int(n) <= -9223372036854700000 for n in numbers):
         assert fast is not None  # only -2**63 and its window (int64min) are the exact walk's alone
+
+
+def test_a_group_commits_small_files_through_the_fast_walk_with_the_same_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch runs tabulate small files in memory for a group commit (run.tabulate_file): a valid local
+    file takes the fast walk, with the tables the exact walk makes; a doubtful one the exact walk."""
+    from pipeline.ingestion.run import IngestResult, _tabulate, tabulate_file
+
+    path = tmp_path / "e.json"
+    path.write_bytes(_dumps(_document("teams_metrics", 0, 30), "indented"))
+    exact = _tabulate(str(path), IngestResult(source="", status="failed"), read_batches)
+    calls = []
+    monkeypatch.setattr(parts, "read_batches", lambda *a, **k: calls.append(1) or read_batches(*a, **k))
+    result, tables = tabulate_file(str(path))
+    assert result.status == "valid" and calls == [] and tables is not None
+    assert set(tables) == set(exact)
+    for name in exact:  # the same rows, but for the time each was made
+        kept = [column for column in exact[name].column_names if column != "ingested_at"]
+        assert tables[name].select(kept).equals(exact[name].select(kept)), name
+    document = _document("vector", 0, 20)
+    document["inference"]["steps"][5]["agent_steps"][0]["reward"] = "high"
+    path.write_bytes(_dumps(document, "compact"))
+    result, tables = tabulate_file(str(path))
+    assert result.status == "invalid" and tables is None and calls == [1]
+    assert result.error is not None and result.error.step == 5

@@ -52,8 +52,19 @@ class _NotJson(NotFast):
 
 # One token of JSON text after any whitespace: a string (group 1), a structural character (2), or a
 # run of anything else (3: a number or a literal, checked by orjson when its value is parsed).
-_TOKEN = re.compile(rb'[ \t\r\n]*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([\[\]{}:,])|([^ \t\r\n\[\]{}:,"]+))')
+_TOKEN = re.compile(rb'[ \t\r\n]*+(?:("[^"\\]*+(?:\\.[^"\\]*+)*+")|([\[\]{}:,])|([^ \t\r\n\[\]{}:,"]++))')
 _STRING, _MARK, _SCALAR = 1, 2, 3
+# What the end of an object or an array is found by: strings (skipped whole), brackets, and a quote that
+# opens a string the text read so far does not close.
+# Each match starts with the run of anything else before it, taken whole (possessive: sre skips a
+# character class in a tight loop, where trying the alternatives at every byte took ~30 ns a byte, and
+# never gives it back), and at the end of the text read matches that run alone (no group).
+_NESTING = re.compile(rb'[^"\[\]{}]*+(?:("[^"\\]*+(?:\\.[^"\\]*+)*+")|([\[{])|([\]}])|(")|\Z)')
+_CLOSED_STRING, _OPENING, _CLOSING, _OPEN_STRING = 1, 2, 3, 4
+# A header value or a first step longer than this is left to the exact walk (from the start of the file,
+# where little is lost): its end is looked for again after each read, which a long string full of
+# escaped quotes makes quadratic.
+_LONGEST_WALKED = 4 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
 _ROOT_PARTS = frozenset({"training", "action_mapping"})
 _INFERENCE_PARTS = frozenset({"parallel", "config"})
@@ -127,7 +138,9 @@ class _Text:
             # A token that reaches the end of what was read may go on in the next read.
             if match is not None and (match.end() < len(self.data) or self.eof):
                 break
-            if not self.more() and match is None:
+            if match is None and self.data[self.pos:].lstrip(_WHITESPACE)[:1] == b'"':
+                self.more_after_quote()  # a string not closed yet
+            elif not self.more() and match is None:
                 raise NotFast
         kind = match.lastindex or 0
         self.pos = match.end()
@@ -155,19 +168,44 @@ class _Text:
         kind, start, end = self.token()
         if kind != _MARK:
             return start, end
-        opening = self.data[start]
-        if opening not in b"[{":
+        if self.data[start] not in b"[{":
             raise NotFast
-        depth = 1
-        while depth:
-            kind, _, end = self.token()
-            if kind == _MARK:
-                character = self.data[end - 1]
-                if character in b"[{":
+        depth, at = 1, end
+        while True:  # brackets and strings only: runs of numbers, commas and colons are skipped in C
+            found: int | None = None
+            for match in _NESTING.finditer(self.data, at):
+                found = match.lastindex
+                if found == _OPENING:
                     depth += 1
-                elif character in b"]}":
+                elif found == _CLOSING:
                     depth -= 1
-        return start, end
+                    if not depth:
+                        self.pos = match.end()
+                        return start, match.end()
+                elif found == _OPEN_STRING:  # a string that goes on in the next read: look again from it
+                    at = match.start(_OPEN_STRING)
+                    break
+                elif found is None:  # \Z: the end of what was read
+                    at = match.end()
+                    break
+            # (Out of the loop: the data cannot grow while the regex holds it.)
+            if len(self.data) - start > _LONGEST_WALKED:
+                raise NotFast
+            if found == _OPEN_STRING:
+                self.more_after_quote()
+            elif not self.more():
+                raise NotFast
+
+    def more_after_quote(self) -> None:
+        """Read until a quote comes in what is read (a long string's end, or an escaped quote in it), so
+        that a string spanning many reads is scanned again once, not once a read."""
+        seen = len(self.data)
+        while True:
+            if not self.more():
+                raise NotFast
+            if self.data.find(b'"', seen) >= 0:
+                return
+            seen = len(self.data)
 
     def value(self) -> Any:
         """The next value, parsed."""

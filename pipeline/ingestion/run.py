@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -128,7 +129,7 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
         from .fastwalk import NotFast
         from .parts import read_batches
 
-        if _can_read_again(source, name):
+        if _can_read_again(source):
             from .fastwalk import fast_batches
 
             # The fast walk accepts what it can vouch for; anything it cannot, and every refusal, is
@@ -154,11 +155,17 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     return result
 
 
-def _can_read_again(source: SourceLike, name: str | None) -> bool:
-    """Whether ``source`` can be opened a second time and read from the start: a local file."""
+def _can_read_again(source: SourceLike) -> bool:
+    """Whether ``source`` can be opened a second time and read from the start: a regular local file (a
+    stream, or a path to a pipe such as ``<(zcat ep.json.gz)``, is read once; a URL would be fetched twice)."""
     from .source import _is_plain_local_path
 
-    return isinstance(source, (str, os.PathLike)) and name is None and _is_plain_local_path(os.fspath(source))
+    if not isinstance(source, (str, os.PathLike)) or not _is_plain_local_path(os.fspath(source)):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(source).st_mode)
+    except OSError:  # missing, or no permission: the exact walk's open reports it
+        return False
 
 
 def _attempt(source: SourceLike, *, lake: Path | None, name: str | None, result: IngestResult,
@@ -206,7 +213,7 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     started = time.perf_counter()
     tables = None
     try:
-        if _can_read_again(source, None):  # as _run does: the fast walk first, the exact one for any doubt
+        if _can_read_again(source):  # as _run does: the fast walk first, the exact one for any doubt
             with suppress(NotFast, InvalidEpisode):
                 tables = _tabulate(source, result, fast_batches)
         if tables is None:

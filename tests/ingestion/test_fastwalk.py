@@ -352,3 +352,25 @@ def test_a_first_step_with_a_long_string_is_read_alike_or_left(tmp_path: Path, v
     assert exact is not None and (fast is None or fast == exact)
     if '"' not in value:
         assert fast == exact
+
+
+def test_a_pipe_given_by_its_path_is_read_once_by_the_exact_walk(tmp_path: Path) -> None:
+    """A path that is a pipe (``<(zcat ep.json.gz)``, a FIFO) cannot be read again after a doubt: it takes
+    the exact walk, and a file the fast walk would leave (here, -2**63) is still ingested from it."""
+    import os
+    import threading
+
+    document = _document("vector", 0, 50)
+    document["inference"]["config"] = {"seed": -(2**63)}
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    data = _dumps(document, "compact")
+    results = []
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    reader = threading.Thread(target=lambda: results.append(ingest(fifo, lake=tmp_path / "lake", parallel=False)),
+                              daemon=True)
+    writer.start()
+    reader.start()
+    reader.join(timeout=60)
+    assert results, "the ingest waits for the pipe to be written again (it opened it a second time)"
+    assert results[0].status == "ingested" and results[0].steps == 50, results[0].error

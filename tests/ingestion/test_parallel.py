@@ -471,3 +471,15 @@ def test_the_flush_ahead_marks_fire_once_each_and_never_for_a_stream(monkeypatch
     assert [jump(), jump()] == [True, False]
     stream = SimpleNamespace(size=None, bytes_read=10**9)  # a pipe: its size is unknown
     assert not parts.flush_ahead_due(stream)()
+
+
+def test_small_rows_are_checked_by_the_reader_only_when_the_fast_walk_parses():
+    """A few numbers an agent step (~150 bytes marshalled): the writer's per-row work is the slower half
+    once orjson parses, so the reader checks them; with ijson parsing, the reader stays the slower half.
+    Large rows (a 600-float observation) stay with the writer either way."""
+    small = _steps_with([0.5, 1.5])
+    large = _steps_with([0.5] * 600)
+    assert parallel.checks_here(small, fast_reader=True) is True
+    assert parallel.checks_here(small) is False
+    assert parallel.checks_here(large, fast_reader=True) is False
+    assert parallel.checks_here([{"number": 0}], fast_reader=True) is False  # no agent steps: nothing to weigh

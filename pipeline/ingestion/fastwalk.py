@@ -32,7 +32,8 @@ Only files that can be read again from the start take it (local paths).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from typing import Any
 
 import orjson
@@ -233,34 +234,25 @@ def fast_batches(source: Source, *, batch_bytes: int = READ_SIZE) -> Iterator[tu
     except (TooDeep, LoneSurrogate, PartTooLarge):
         raise NotFast from None
     text = _Text(source)
-    seen: set[str] = set()
-    if text.mark() != b"{":
-        raise NotFast
-    while True:
-        key = text.key()
-        if key in seen:
-            raise NotFast
-        seen.add(key)
-        if key in _ROOT_PARTS:
-            value = text.value()
-            reader.mark()
-            yield key, value
-        elif key == "inference":
-            yield from _inference(text, reader, batch_bytes)
-        else:
-            raise NotFast
-        text.drop()
-        ending = text.mark()
-        if ending == b"}":
-            break
-        if ending != b",":
-            raise NotFast
+    inference = partial(_inference, text, reader, batch_bytes)
+    seen = yield from _object(text, reader, "", _ROOT_PARTS, {"inference": inference})
     if "training" not in seen or "inference" not in seen or text.skip_whitespace() != -1:
         raise NotFast
 
 
 def _inference(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, Any]]:
     """The parts of ``inference`` (its opening brace next), up to and with its closing brace."""
+    steps = partial(_steps, text, reader, batch_bytes)
+    seen = yield from _object(text, reader, "inference.", _INFERENCE_PARTS, {"steps": steps})
+    if "steps" not in seen:
+        raise NotFast
+
+
+def _object(text: _Text, reader: Any, prefix: str, parts: frozenset[str],
+            inner: dict[str, Callable[[], Iterator[tuple[str, Any]]]]) -> Generator[tuple[str, Any], None, set[str]]:
+    """The members of the object whose opening brace comes next, up to and with its closing brace: each
+    of ``parts`` yielded as ``prefix + key``, each of ``inner`` walked by its function; the keys seen.
+    Any other key, or a key twice, is the exact walk's to report."""
     if text.mark() != b"{":
         raise NotFast
     seen: set[str] = set()
@@ -269,29 +261,27 @@ def _inference(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str
         if key in seen:
             raise NotFast
         seen.add(key)
-        if key in _INFERENCE_PARTS:
+        if key in parts:
             value = text.value()
             reader.mark()
-            yield f"inference.{key}", value
-        elif key == "steps":
-            if text.mark() != b"[":
-                raise NotFast
-            yield from _steps(text, reader, batch_bytes)
+            yield prefix + key, value
+        elif key in inner:
+            yield from inner[key]()
         else:
             raise NotFast
         text.drop()
         ending = text.mark()
         if ending == b"}":
-            break
+            return seen
         if ending != b",":
             raise NotFast
-    if "steps" not in seen:
-        raise NotFast
 
 
 def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, Any]]:
-    """The steps, in batches (the array's opening bracket walked past), up to and with its closing bracket."""
-    # The first step, found token by token, teaches the separator; then the batches are cut by it.
+    """The steps, in batches (the array's opening bracket next), up to and with its closing bracket."""
+    if text.mark() != b"[":
+        raise NotFast
+    # The first step, found whole, teaches the separator; then the batches are cut by it.
     if text.skip_whitespace() != ord("{"):
         raise NotFast  # an empty array, or a step that is not an object: the exact walk says which
     start, end = text.value_span()

@@ -74,25 +74,29 @@ _INFERENCE_PARTS = frozenset({"parallel", "config"})
 # a search for a 1 before 19 digits. A fraction's digits follow a point (class 2): float32 values
 # written as doubles often have 19 of them, and are no concern. Each hit is then read on its own.
 _CLASSES = bytes(0 if chr(b).isdigit() and b < 128 else 1 if b in b"[,: \t\r\n-" else 2 for b in range(256))
-_INTEGER_START = b"\x01" + b"\x00" * 19
+_NINETEEN_DIGITS = b"\x00" * 19
+_INTEGER_START = b"\x01" + _NINETEEN_DIGITS
 _DIGITS = re.compile(rb"[0-9]+")
 _INT64 = range(-(2**63), 2**63)
 
 
 def _parse(text: bytes | bytearray) -> Any:
     """``orjson.loads(text)``, for text that holds no integer outside int64; NotFast otherwise."""
-    classes = b"\x01" + text.translate(_CLASSES)  # the text's start is where a number may start too
-    hit = classes.find(_INTEGER_START)
-    while hit >= 0:  # text[hit - 1] is what the digits follow (nothing, at the start), text[hit] the first
-        digits = _DIGITS.match(text, hit)
+    classes = text.translate(_CLASSES)
+    # A hit is the byte the digits follow, or, for digits that start the text (a number may start there
+    # too), the first of them.
+    hit = 0 if classes.startswith(_NINETEEN_DIGITS) else classes.find(_INTEGER_START)
+    while hit >= 0:
+        first = hit if classes[hit] == 0 else hit + 1
+        digits = _DIGITS.match(text, first)
         assert digits is not None
         if text[digits.end():digits.end() + 1] not in (b".", b"e", b"E"):  # not a float's integer part
-            if digits.end() - hit > 19:  # beyond int64 (or a leading zero, which JSON forbids)
+            if digits.end() - first > 19:  # beyond int64 (or a leading zero, which JSON forbids)
                 raise NotFast
             value = int(digits.group())
-            if (-value if hit and text[hit - 1] == ord("-") else value) not in _INT64:
+            if (-value if first and text[first - 1] == ord("-") else value) not in _INT64:
                 raise NotFast
-        hit = classes.find(_INTEGER_START, digits.end() + 1)
+        hit = classes.find(_INTEGER_START, digits.end())
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..errors import InvalidEpisode, LakeError, PipelineError
 from ..lake.commit import Staging
@@ -33,6 +33,7 @@ ProgressCallback = Callable[[int, "int | None"], None]
 SourceLike = str | os.PathLike[str] | IO[bytes]
 # A walk of the document: parts.read_batches (exact) or fastwalk.fast_batches.
 Walk = Callable[["Source"], Iterator[tuple[str, Any]]]
+_T = TypeVar("_T")
 EPISODE_ID_LENGTH = 32  # hex digits of the content hash: 128 bits
 
 
@@ -126,24 +127,8 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     result = IngestResult(source=label, status="failed")
     started = time.perf_counter()
     try:
-        from .fastwalk import NotFast
-        from .parts import read_batches
-
-        if _can_read_again(source):
-            from .fastwalk import fast_batches
-
-            # The fast walk accepts what it can vouch for; anything it cannot, and every refusal, is
-            # the exact walk's to find and report, from the start (see fastwalk).
-            try:
-                _attempt(source, lake=lake, name=name, result=result, progress=progress, parallel=parallel,
-                         walk=fast_batches)
-                return result
-            except (NotFast, InvalidEpisode):
-                pass
-        _attempt(source, lake=lake, name=name, result=result, progress=progress, parallel=parallel,
-                 walk=read_batches)
-    except NotFast as exc:  # pragma: no cover - the exact walk never raises it
-        raise AssertionError("the exact walk raised NotFast") from exc
+        _walked(source, lambda walk: _attempt(source, lake=lake, name=name, result=result, progress=progress,
+                                              parallel=parallel, walk=walk))
     except (PipelineError, OSError) as exc:
         error = _record_error(result, exc)
         if raise_errors:
@@ -153,6 +138,20 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     finally:
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _walked(source: SourceLike, attempt: Callable[[Walk], _T]) -> _T:
+    """``attempt(walk)``: with the fast walk first when ``source`` can be read again, and with the exact
+    walk, from the start, if the fast walk could not vouch for the file or the file is invalid. The
+    fast walk accepts what it can vouch for; every doubt and every refusal is the exact walk's, so
+    an error is always reported with its usual message (see fastwalk)."""
+    from .fastwalk import NotFast, fast_batches
+    from .parts import read_batches
+
+    if _can_read_again(source):
+        with suppress(NotFast, InvalidEpisode):
+            return attempt(fast_batches)
+    return attempt(read_batches)
 
 
 def _can_read_again(source: SourceLike) -> bool:
@@ -206,18 +205,11 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     Returns the result (status ``"valid"``, or ``"invalid"``/``"failed"`` with the error) and,
     when valid, the episode's rows of each table as Arrow tables with an ``episode_id`` column.
     """
-    from .fastwalk import NotFast, fast_batches
-    from .parts import read_batches
-
     result = IngestResult(source=source, status="failed")
     started = time.perf_counter()
     tables = None
     try:
-        if _can_read_again(source):  # as _run does: the fast walk first, the exact one for any doubt
-            with suppress(NotFast, InvalidEpisode):
-                tables = _tabulate(source, result, fast_batches)
-        if tables is None:
-            tables = _tabulate(source, result, read_batches)
+        tables = _walked(source, lambda walk: _tabulate(source, result, walk))
     except (PipelineError, OSError) as exc:
         _record_error(result, exc)
     finally:

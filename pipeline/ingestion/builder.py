@@ -161,11 +161,11 @@ class EpisodeTabulator:
         self.steps += 1
 
     def steps_batch(self, steps: list[dict[str, Any]], state: int = NORMALISED,
-                    frames: tuple[list[int], bytes] | None = None, text_bytes: int = 0) -> None:
+                    frames: tuple[list[int], list[bytes]] | None = None, text_bytes: int = 0) -> None:
         """The next steps, as :meth:`EpisodeChecks.steps_batch` left them (``state``: what it returned).
 
         An UNCHECKED batch is schema-checked here first (the first invalid step raises its error).
-        ``frames``: their decoded frames, taken out of the steps and joined (see
+        ``frames``: their decoded frames, taken out of the steps, in chunks (see
         :meth:`~.tabulate.EpisodeTables.add_steps`). ``text_bytes``: how much of the file they came from.
         """
         if state & UNCHECKED and not steps_are_valid(steps):

@@ -52,7 +52,8 @@ class ImageColumn:
 
     The two-process ingest's reader sends a batch's frames as one bytes object and their lengths
     (:func:`pipeline.ingestion.parallel._frames_out`), so the writer never makes a bytes object per
-    frame; the single-process path appends each step's frame. Either way the Arrow array
+    frame, or their base64 text, which the writer decodes into a list of frames; the single-process
+    path appends each step's frame. Either way the Arrow array
     (:func:`pipeline.ingestion.arrowrows.image_array`) copies the bytes once, into memory of the
     right size, and the small writer gets each row's frame from :meth:`values`.
     """
@@ -73,11 +74,10 @@ class ImageColumn:
             self.chunks.append(value)
             self.count += 1
 
-    def extend_joined(self, lengths: list[int], data: bytes) -> None:
-        """Rows whose frames are ``data`` cut at ``lengths`` (-1: a row without a frame)."""
+    def extend_joined(self, lengths: list[int], chunks: list[bytes]) -> None:
+        """Rows whose frames are ``chunks`` joined, cut at ``lengths`` (-1: a row without a frame)."""
         self.lengths += lengths
-        if data:
-            self.chunks.append(data)
+        self.chunks += chunks
         self.count += len(lengths) - lengths.count(-1)
 
     def array(self) -> pa.Array:

@@ -34,13 +34,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Generator, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .guards import LoneSurrogate, TooDeep
 from .parts import BATCH_STEPS, STEPS
 from .source import MAX_PART_BYTES, READ_SIZE, PartTooLarge, Source
+
+if TYPE_CHECKING:
+    from .framesapart import FramesApart
 
 
 class NotFast(Exception):
@@ -80,7 +83,7 @@ _DIGITS = re.compile(rb"[0-9]+")
 _INT64 = range(-(2**63), 2**63)
 
 
-def _parse(text: bytes | bytearray) -> Any:
+def parse_checked(text: bytes | bytearray) -> Any:
     """``orjson.loads(text)``, for text that holds no integer outside int64; NotFast otherwise."""
     classes = text.translate(_CLASSES)
     # A hit is the byte the digits follow, or, for digits that start the text (a number may start there
@@ -163,7 +166,7 @@ class _Text:
         kind, start, end = self.token()
         if kind != _STRING:
             raise NotFast
-        key = _parse(self.data[start:end])
+        key = parse_checked(self.data[start:end])
         if self.mark() != b":":
             raise NotFast
         return key
@@ -215,7 +218,7 @@ class _Text:
     def value(self) -> Any:
         """The next value, parsed."""
         start, end = self.value_span()
-        return _parse(self.data[start:end])
+        return parse_checked(self.data[start:end])
 
     def skip_whitespace(self) -> int:
         """Move past whitespace (reading on as needed); the next byte, or -1 at the end of the input."""
@@ -229,8 +232,12 @@ class _Text:
                 return -1
 
 
-def fast_batches(source: Source, *, batch_bytes: int = READ_SIZE) -> Iterator[tuple[str, Any]]:
-    """:func:`.parts.read_batches` of ``source``, walked fast (see the module doc), or NotFast."""
+def fast_batches(source: Source, *, batch_bytes: int = READ_SIZE,
+                 frames_apart: FramesApart | None = None) -> Iterator[tuple[str, Any]]:
+    """:func:`.parts.read_batches` of ``source``, walked fast (see the module doc), or NotFast.
+
+    ``frames_apart``: once it is enabled, batches come with the steps' frames apart, as their text (see
+    :mod:`.framesapart`)."""
     reader = source.reader
     try:
         if reader.first_byte() != b"{":
@@ -238,15 +245,15 @@ def fast_batches(source: Source, *, batch_bytes: int = READ_SIZE) -> Iterator[tu
     except (TooDeep, LoneSurrogate, PartTooLarge):
         raise NotFast from None
     text = _Text(source)
-    inference = partial(_inference, text, reader, batch_bytes)
+    inference = partial(_inference, text, reader, batch_bytes, frames_apart.parse if frames_apart else _steps_text)
     seen = yield from _object(text, reader, "", _ROOT_PARTS, {"inference": inference})
     if "training" not in seen or "inference" not in seen or text.skip_whitespace() != -1:
         raise NotFast
 
 
-def _inference(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, Any]]:
+def _inference(text: _Text, reader: Any, batch_bytes: int, parse: _StepsParser) -> Iterator[tuple[str, Any]]:
     """The parts of ``inference`` (its opening brace next), up to and with its closing brace."""
-    steps = partial(_steps, text, reader, batch_bytes)
+    steps = partial(_steps, text, reader, batch_bytes, parse)
     seen = yield from _object(text, reader, "inference.", _INFERENCE_PARTS, {"steps": steps})
     if "steps" not in seen:
         raise NotFast
@@ -281,15 +288,24 @@ def _object(text: _Text, reader: Any, prefix: str, parts: frozenset[str],
             raise NotFast
 
 
-def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, Any]]:
-    """The steps, in batches (the array's opening bracket next), up to and with its closing bracket."""
+def _steps_text(body: bytes | bytearray) -> list[Any]:
+    """The steps whose text, without the array's brackets, is ``body``."""
+    return parse_checked(b"[" + body + b"]")
+
+
+_StepsParser = Callable[[bytearray], list[Any]]
+
+
+def _steps(text: _Text, reader: Any, batch_bytes: int, parse: _StepsParser) -> Iterator[tuple[str, Any]]:
+    """The steps, in batches (the array's opening bracket next), up to and with its closing bracket; each
+    batch's text parsed by ``parse``."""
     if text.mark() != b"[":
         raise NotFast
     # The first step, found whole, teaches the separator; then the batches are cut by it.
     if text.skip_whitespace() != ord("{"):
         raise NotFast  # an empty array, or a step that is not an object: the exact walk says which
     start, end = text.value_span()
-    first = [_parse(text.data[start:end])]
+    first = [parse_checked(text.data[start:end])]
     following = text.skip_whitespace()
     if following == ord("]"):
         text.pos += 1
@@ -313,7 +329,7 @@ def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, An
     size = min(batch_bytes, BATCH_STEPS * (end - start))
     while True:
         begin = text.pos
-        steps, done = _batch(text, pattern, len(separator), size)
+        steps, done = _batch(text, pattern, len(separator), size, parse)
         reader.mark()
         # The next batch: BATCH_STEPS steps of the size these had, at most batch_bytes of text.
         size = max(1, min(batch_bytes, BATCH_STEPS * (text.pos - begin) // len(steps)))
@@ -323,7 +339,8 @@ def _steps(text: _Text, reader: Any, batch_bytes: int) -> Iterator[tuple[str, An
             return
 
 
-def _batch(text: _Text, pattern: bytes, separator: int, batch_bytes: int) -> tuple[list[Any], bool]:
+def _batch(text: _Text, pattern: bytes, separator: int, batch_bytes: int,
+           parse: _StepsParser) -> tuple[list[Any], bool]:
     """The next batch of steps (``text.pos`` is at the start of one) and whether it ends the array.
 
     The batch ends at one of the last ``pattern`` within ``batch_bytes`` of text whose cut parses (or,
@@ -338,13 +355,13 @@ def _batch(text: _Text, pattern: bytes, separator: int, batch_bytes: int) -> tup
         limit = text.pos + window + len(pattern)
         while len(text.data) < limit and text.more():
             pass
-        steps = _cut(text, pattern, separator, limit)
+        steps = _cut(text, pattern, separator, limit, parse)
         if steps is _NO_CUT:
             raise NotFast
         if steps is None and text.eof:
-            return _last_batch(text), True
+            return _last_batch(text, parse), True
         if steps is None and generic != pattern:  # best effort: it also matches objects inside a step
-            steps = _cut(text, generic, separator, limit)
+            steps = _cut(text, generic, separator, limit, parse)
         if steps is not None and steps is not _NO_CUT:
             return steps, False
         if window >= MAX_PART_BYTES:
@@ -359,7 +376,7 @@ _CUT_TRIES = 4
 _NO_CUT: list[Any] = []  # what _cut returns when cuts were there and none parsed
 
 
-def _cut(text: _Text, needle: bytes, separator: int, limit: int) -> list[Any] | None:
+def _cut(text: _Text, needle: bytes, separator: int, limit: int, parse: _StepsParser) -> list[Any] | None:
     """The steps from ``text.pos`` to one of the last ``needle`` before ``limit`` (``}``, the separator,
     the next step's start) that parse, moving past them; None if there is no ``needle``, ``_NO_CUT`` if
     none of the last few parses."""
@@ -369,7 +386,7 @@ def _cut(text: _Text, needle: bytes, separator: int, limit: int) -> list[Any] | 
         if at < 0:
             return found
         try:
-            steps = _parse(b"[" + text.data[text.pos : at + 1] + b"]")
+            steps = parse(text.data[text.pos : at + 1])
         except _NotJson:  # inside a string, or inside a step: an earlier one
             high, found = at + len(needle) - 1, _NO_CUT
             continue
@@ -382,7 +399,7 @@ def _cut(text: _Text, needle: bytes, separator: int, limit: int) -> list[Any] | 
 _LAST_TRIES = 8
 
 
-def _last_batch(text: _Text) -> list[Any]:
+def _last_batch(text: _Text, parse: _StepsParser) -> list[Any]:
     """The steps from ``text.pos`` to the end of the array, whose closing bracket is among the input's last."""
     data, high = text.data, len(text.data)
     for _ in range(_LAST_TRIES):
@@ -393,7 +410,7 @@ def _last_batch(text: _Text) -> list[Any]:
         body = data[text.pos : close].rstrip(_WHITESPACE)
         if body.endswith(b"}"):
             try:
-                steps = _parse(b"[" + body + b"]")
+                steps = parse(body)
             except _NotJson:
                 continue
             text.pos = close + 1

@@ -47,7 +47,7 @@ import marshal
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from .builder import Built, EpisodeChecks
+    from .framesapart import StepsApart
     from .source import Source
 
 # builder, source and multiprocessing are imported when a file is split, not with this module:
@@ -190,6 +191,8 @@ def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], Non
 def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | None], None] | None,
                   walk: Callable[[Source], Iterator[tuple[str, Any]]] | None) -> Built:
     from .builder import EpisodeChecks
+    from .fastwalk import fast_batches
+    from .framesapart import FramesApart
     from .parts import PROGRESS_EVERY, STEPS, flush_ahead_due, read_batches
 
     conn = sender.conn
@@ -198,13 +201,19 @@ def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | No
     chosen = False
     steps = 0
     flush_due = flush_ahead_due(src)
+    walk = walk or read_batches
+    # The fast walk keeps the frames apart from the parse once the child is to check the steps.
+    apart = FramesApart() if walk is fast_batches else None
     try:
-        for part, value in _parts_before_errors((walk or read_batches)(src), headers):
+        parts = fast_batches(src, frames_apart=apart) if apart is not None else walk(src)
+        for part, value in _parts_before_errors(parts, headers):
             if part == STEPS:
                 if not chosen:  # the first steps: choose who checks, then send what waited
                     # Checked here, integer observations cross the pipe as bytes (see checks_here).
-                    here = checks_here(value, fast_reader=walk is not None and walk is not read_batches)
+                    here = checks_here(value, fast_reader=walk is not read_batches)
                     checks = EpisodeChecks(integer_rows=False) if here else None
+                    if apart is not None:
+                        apart.enabled = not here
                     for name, header in headers:
                         _send_part(sender, checks, name, header)
                     headers.clear()
@@ -241,9 +250,14 @@ def _send_steps(sender: Sender, checks: EpisodeChecks | None, steps: list[Any], 
     :func:`checks_here`), else left to the child, but for the checks that need no state while the
     child is behind (:meth:`Sender.behind`): then the reader has time to spare, and decodes the
     frames and runs the schema check. A batch that fails either is left whole to the child, which
-    reports the file's first error in order."""
+    reports the file's first error in order. Steps whose frames the fast walk kept apart
+    (:class:`~.framesapart.StepsApart`) are sent without them, their frames' text after them."""
+    from .framesapart import StepsApart
     from .schema import steps_are_valid
 
+    if type(steps) is StepsApart:
+        _send_apart(sender, steps, first)
+        return
     if checks is not None:
         state = checks.steps_batch(steps, defer_schema=True)
         frames = _frames_out(steps)
@@ -253,6 +267,42 @@ def _send_steps(sender: Sender, checks: EpisodeChecks | None, steps: list[Any], 
         frames = _frames_decoded_here(steps, first) if behind else None
         message = ("check", steps, behind and steps_are_valid(steps), None if frames is None else frames[0])
     _send(sender, message, None if frames is None else frames[1])
+
+
+def _send_apart(sender: Sender, steps: StepsApart, first: int) -> None:
+    """Send steps whose frames the fast walk kept apart: with the frames decoded here while the child is
+    behind (as :func:`_send_steps` would, if they all pass), else with their text, for the child to decode."""
+    from .schema import steps_are_valid
+
+    plain = list(steps)  # marshal takes lists, not their subclasses
+    if sender.behind():
+        decoded = _texts_decoded(steps.lengths, steps.texts, first)
+        if decoded is not None:
+            _send(sender, ("check", plain, steps_are_valid(plain), decoded[0]), decoded[1])
+            return
+    _send(sender, ("texts", plain, steps.lengths), steps.texts)
+
+
+def _texts_decoded(lengths: list[int], texts: Sequence[bytes | memoryview], first: int,
+                   steps: list[Any] | None = None) -> tuple[list[int], list[bytes]] | None:
+    """The frames whose base64 texts are ``texts`` (of the steps from ``first`` on; ``lengths``: the
+    texts', -1 for a step without one), decoded and checked: their lengths (-1: none) and the frames;
+    None if one does not pass, unless the ``steps`` are given: then its error is raised."""
+    from .rules import decode_image, decode_images
+
+    frames = decode_images(texts)
+    if frames is None:
+        if steps is None:
+            return None
+        at = 0
+        for i, length in enumerate(lengths):  # again, one by one, for the first error
+            if length >= 0:
+                number = steps[i].get("number")
+                decode_image(texts[at], index=first + i, step=number if type(number) is int else 0)
+                at += 1
+        raise AssertionError("decode_images refused a frame that decode_image accepts")  # pragma: no cover
+    sizes = iter(map(len, frames))
+    return [-1 if length < 0 else next(sizes) for length in lengths], frames
 
 
 def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
@@ -384,7 +434,7 @@ class _ChildReported(Exception):
         self.error = error
 
 
-def _send(sender: Sender, message: tuple[Any, ...], frames: list[bytes] | None = None) -> None:
+def _send(sender: Sender, message: tuple[Any, ...], frames: Sequence[bytes | memoryview] | None = None) -> None:
     """Send ``message`` (and ``frames``, the message after it; see :func:`_frames_out`)."""
     conn = sender.conn
     if sender.replied():  # the child has started, or stopped at an error (then nothing after it matters)
@@ -439,17 +489,23 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
                 lengths = message[3]
-                decoded = None if lengths is None else (lengths, conn.recv_bytes())  # frames the reader decoded
+                decoded = None if lengths is None else (lengths, [conn.recv_bytes()])  # frames the reader decoded
                 state = checks.steps_batch(message[1], schema_valid=message[2])
                 tabulator.steps_batch(message[1], state, decoded,
-                                      text_bytes=len(data) + (len(decoded[1]) if decoded is not None else 0))
+                                      text_bytes=len(data) + (len(decoded[1][0]) if decoded is not None else 0))
+            elif kind == "texts":  # steps without their frames, whose base64 text is the next message
+                texts = conn.recv_bytes()
+                steps, lengths = message[1], message[2]
+                decoded = _texts_decoded(lengths, _cut_at(texts, lengths), checks.steps, steps)
+                state = checks.steps_batch(steps)
+                tabulator.steps_batch(steps, state, decoded, text_bytes=len(data) + len(texts))
             elif kind == "steps":
                 lengths = message[3]
                 if lengths is None:
                     tabulator.steps_batch(message[1], message[2], text_bytes=len(data))
                 else:  # the batch's frames: the next message (see _frames_out)
                     frames = conn.recv_bytes()
-                    tabulator.steps_batch(message[1], message[2], (lengths, frames),
+                    tabulator.steps_batch(message[1], message[2], (lengths, [frames]),
                                           text_bytes=len(data) + len(frames))
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
@@ -475,6 +531,16 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
         _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
+
+
+def _cut_at(data: bytes, lengths: list[int]) -> list[memoryview]:
+    """``data`` cut into pieces of ``lengths`` (those of -1 skipped)."""
+    view, at, pieces = memoryview(data), 0, []
+    for length in lengths:
+        if length >= 0:
+            pieces.append(view[at : at + length])
+            at += length
+    return pieces
 
 
 def _report(conn: _Channel, error: PipelineError) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 from bisect import bisect_right
+from collections.abc import Sequence
 from itertools import accumulate, chain, islice
 from operator import itemgetter, lt
 from typing import Any
@@ -80,9 +81,9 @@ def json_text(value: Any, *, path: str, step: int | None = None) -> str | None:
         ) from None
 
 
-def decode_image(text: str, *, index: int, step: int) -> bytes:
-    """Decode the frame of step ``index`` (its base64 text) and check it is a whole, undamaged image
-    (see ``images``)."""
+def decode_image(text: str | bytes | memoryview, *, index: int, step: int) -> bytes:
+    """Decode the frame of step ``index`` (its base64 text, as a string or bytes) and check it is a whole,
+    undamaged image (see ``images``)."""
     try:
         data = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -95,6 +96,20 @@ def decode_image(text: str, *, index: int, step: int) -> bytes:
     except ImageDamaged as exc:
         raise InvalidEpisode("image.decodable", str(exc), path=f"{STEPS_PATH}[{index}].image", step=step) from None
     return data
+
+
+def decode_images(texts: Sequence[str | bytes | memoryview]) -> list[bytes] | None:
+    """Each of ``texts`` decoded and checked as :func:`decode_image` does, or None if one does not pass
+    (:func:`decode_image` then says which, and why). One loop over a batch's frames, without a call
+    and an error path per frame."""
+    decode = pybase64.b64decode
+    try:
+        frames = [decode(text, validate=True) for text in texts]
+        for frame in frames:
+            check_image(frame, max_pixels=MAX_IMAGE_PIXELS)
+    except ValueError:  # binascii.Error and ImageDamaged are ValueErrors
+        return None
+    return frames
 
 
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:

@@ -11,6 +11,7 @@ import os
 import select
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class Sender:
         self._broken = False
         self._waited = 0  # messages left for which the child counts as behind (see behind())
 
-    def send(self, data: bytes, pieces: list[bytes] | None = None) -> bool:
+    def send(self, data: bytes, pieces: Sequence[bytes | memoryview] | None = None) -> bool:
         """Queue ``data`` (and, if given, a second message made of ``pieces``, never joined) and write
         what the pipe takes (waiting while too much is queued); False if the pipe broke (the writer died)."""
         if self._broken:
@@ -73,7 +74,7 @@ class Sender:
         self._write(wait=self._pending >= self._limit)
         return not self._broken
 
-    def _queue_message(self, pieces: list[bytes]) -> None:
+    def _queue_message(self, pieces: Sequence[bytes | memoryview]) -> None:
         size = sum(map(len, pieces))
         header = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
         self._queue.append(memoryview(header))

@@ -64,8 +64,9 @@ def small_limits() -> tuple[int, int]:
     return rows, min(BATCH_VALUES, rows * (SMALL_VALUES // SMALL_ROWS))
 
 
-def _put_frames_back(steps: list[dict[str, Any]], lengths: list[int], data: bytes) -> None:
+def _put_frames_back(steps: list[dict[str, Any]], lengths: list[int], chunks: list[bytes]) -> None:
     """Each step's frame back in it, as bytes, from ``frames`` (see :meth:`EpisodeTables.add_steps`)."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     start = 0
     for step, length in zip(steps, lengths, strict=True):
         if length >= 0:
@@ -131,13 +132,13 @@ class EpisodeTables:
         self._unit_totals: list[Any] = []
 
     def add_steps(self, steps: list[dict[str, Any]], first: int, raw: bool = False,
-                  frames: tuple[list[int], bytes] | None = None, text_bytes: int = 0) -> None:
+                  frames: tuple[list[int], list[bytes]] | None = None, text_bytes: int = 0) -> None:
         """:meth:`add_step` of each of consecutive checked steps (``first``: the index of the first).
 
         ``raw``: the agent steps kept their 1-D ``observation_space`` (see
         :meth:`pipeline.ingestion.rules.EpisodeChecker.check_steps`) instead of ``observation`` and its shape.
         ``frames``: the steps' decoded frames, taken out of them, as lengths (-1: none) and the
-        bytes joined (see :class:`ImageColumn`).
+        bytes, joined in one or more chunks (see :class:`ImageColumn`).
         ``text_bytes``: how much of the file the steps came from (see :data:`BATCH_TEXT_BYTES`).
         Steps whose numbers increase past every number seen go through in bulk; others one by one.
         """
@@ -161,7 +162,7 @@ class EpisodeTables:
         if frames is None:
             images = [step.get("image") for step in steps]
             if images.count(None) == len(images):
-                column.extend_joined([-1] * len(images), b"")
+                column.extend_joined([-1] * len(images), [])
             else:
                 for image in images:
                     column.append(image)
@@ -169,10 +170,10 @@ class EpisodeTables:
                 self._pending_values += sum(size >> 3 for size in sizes)
                 self._image_bytes += sum(sizes)
         else:
-            lengths, data = frames
-            column.extend_joined(lengths, data)
+            lengths, chunks = frames
+            column.extend_joined(lengths, chunks)
             self._pending_values += sum(n >> 3 for n in lengths if n > 0)
-            self._image_bytes += len(data)
+            self._image_bytes += sum(map(len, chunks))
         self.images += column.count - before
         self.steps += len(steps)
         if self.first_step is None:

@@ -22,7 +22,7 @@ from pipeline.ingestion import parallel, parts
 from pipeline.lake.check import check
 from pipeline.lake.layout import list_episodes
 from pipeline.lake.maintenance import gc
-from tests.helpers import PNG, PNG_B64, episode, full_episode, write_json
+from tests.helpers import PNG, PNG_B64, episode, full_episode, png_bytes, write_json
 from tests.ingestion.test_bad_input import BUGS as KNOWN_LIMITATIONS
 from tests.ingestion.test_roundtrip import pixel_episode
 from tests.lake.test_reliability import big_episode, episode_is_whole
@@ -483,3 +483,66 @@ def test_small_rows_are_checked_by_the_reader_only_when_the_fast_walk_parses():
     assert parallel.checks_here(small) is False
     assert parallel.checks_here(large, fast_reader=True) is False
     assert parallel.checks_here([{"number": 0}], fast_reader=True) is False  # no agent steps: nothing to weigh
+
+
+def _frames_document(variant: str) -> tuple[dict[str, object], str]:
+    """An episode of 1,000 steps (several batches of the fast walk) with frames of many colours, and
+    the way it is written (see test_frames_kept_apart_...)."""
+    frames = [base64.b64encode(png_bytes(4, 3, (i, 255 - i, (7 * i) % 256))).decode() for i in range(64)]
+    if variant == "escaped-slashes":
+        frames = [frame for frame in frames if "/" in frame] or frames
+        assert any("/" in frame for frame in frames)
+    document = episode(1000)
+    for i, step in enumerate(document["inference"]["steps"]):
+        step["image"] = None if i % 7 == 3 else frames[i % len(frames)]
+        if variant == "metric-named-image" and i == 600:
+            step["agent_steps"][0]["custom_metrics"] = {"image": frames[0]}
+    return document, variant
+
+
+@pytest.mark.parametrize("variant", ["compact", "indented", "escaped-slashes", "metric-named-image"])
+def test_frames_kept_apart_by_the_reader_are_stored_as_in_one_process(tmp_path, monkeypatch, variant):
+    """The two-process reader hands frames over as their text, apart from the steps (framesapart.py); a
+    file whose frames cannot all be cut (escaped slashes, a metric named image) is parsed whole from
+    where that shows. Either way the lake holds what one process stores, frame for frame."""
+    sent_apart = []
+    send_apart = parallel._send_apart
+    monkeypatch.setattr(parallel, "_send_apart", lambda sender, steps, first: (sent_apart.append(first),
+                                                                                send_apart(sender, steps, first)))
+    document, how = _frames_document(variant)
+    text = json.dumps(document, indent=2 if how == "indented" else None,
+                      separators=(",", ": ") if how == "indented" else (",", ":"))
+    if how == "escaped-slashes":
+        text = text.replace("/", "\\/")
+    path = tmp_path / "e.json"
+    path.write_text(text)
+    single = ingest(path, lake=tmp_path / "one", parallel=False)
+    split = ingest(path, lake=tmp_path / "two", parallel=True)
+    assert single.status == split.status == "ingested", (single.error, split.error)
+    one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table
+    # Apart from the second batch on (the first step alone decides who checks); from the batch with
+    # the metric on, whole; never with escaped slashes.
+    if how == "escaped-slashes":
+        assert sent_apart == []
+    else:
+        assert sent_apart[0] == 1 and len(sent_apart) > 1
+        assert max(sent_apart) < 600 if how == "metric-named-image" else max(sent_apart) > 600
+    images = one["steps"].column("image").to_pylist()
+    assert images.count(None) == sum(1 for i in range(1000) if i % 7 == 3)
+    assert images[0] == base64.b64decode(document["inference"]["steps"][0]["image"])
+
+
+@pytest.mark.parametrize("where", [3, 700], ids=["first-batch", "later-batch"])
+def test_a_damaged_frame_kept_apart_is_refused_with_the_usual_error(tmp_path, where):
+    document, _ = _frames_document("compact")
+    steps = document["inference"]["steps"]
+    frame = base64.b64decode(steps[where - 1]["image"])
+    steps[where]["image"] = base64.b64encode(frame[:-5] + b"\x00" * 5).decode()  # IEND damaged
+    path = write_json(tmp_path / "e.json", document)
+    single = validate(path, parallel=False)
+    split = validate(path, parallel=True)
+    assert single.status == split.status == "invalid"
+    assert str(split.error) == str(single.error)
+    assert split.error.path == f"inference.steps[{where}].image"

@@ -139,17 +139,20 @@ def test_image_column_holds_every_frame_byte_for_byte(images):
     assert batch.column("image").to_pylist() == images
 
 
-@given(st.lists(st.tuples(st.booleans(), st.lists(st.one_of(st.binary(max_size=200), st.none()), max_size=12)),
+@given(st.lists(st.tuples(st.sampled_from(["joined", "pieces", "one by one"]),
+                          st.lists(st.one_of(st.binary(max_size=200), st.none()), max_size=12)),
                 max_size=12))
 @settings(max_examples=200, deadline=None)
 def test_image_column_from_frames_joined_equals_frames_one_by_one(runs):
-    """The two-process writer gets a batch's frames as lengths and one bytes object; the column
-    holds the same values, nulls in place, as when each frame is appended on its own."""
+    """The two-process writer gets a batch's frames as lengths and one bytes object (frames the reader
+    decoded), or a list of frames (frames it decoded from their text); the column holds the same values,
+    nulls in place, as when each frame is appended on its own."""
     column, expected = ImageColumn(), []
-    for joined, images in runs:
-        if joined:
+    for how, images in runs:
+        frames = [i for i in images if i is not None]
+        if how != "one by one":
             column.extend_joined([-1 if i is None else len(i) for i in images],
-                                 b"".join(i for i in images if i is not None))
+                                 [b"".join(frames)] if how == "joined" else frames)
         else:
             for image in images:
                 column.append(image)

@@ -17,7 +17,9 @@ checked here too, and cross as a message of their own (:func:`_frames_out`). Eit
 schema check of plain batches (1-D float observations, no image, no metrics) to the child. The
 other way round, while the child is behind (:meth:`Sender.behind`), the reader takes the checks
 that need no state from the batches it leaves to the child (decoding the frames, the schema check):
-either side can run those. The
+either side can run those. When the fast walk parses and the child checks, the frames' base64 text
+is not parsed at all (:mod:`.framesapart`): it crosses the pipe as it was read, one message after its
+steps, and is decoded by the child, or by the reader while the child is behind (:func:`_send_apart`). The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
 messages go to a non-blocking pipe (:class:`Sender`), so the parser goes on while the writer is busy

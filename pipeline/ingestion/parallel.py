@@ -38,7 +38,8 @@ content hash, and the commit. Errors still come in file order: the child checks 
 order and stops at its first error; before reporting an error of its own (a parse error, a part
 it checked), which always lies later in the file than what it sent, the reader asks the child for
 an earlier one. Header parts that come before the first steps wait for the choice of who checks;
-if the file ends in an error before any step, the reader checks them first.
+the fast walk's first step waits too, for the batch after it (the choice weighs a batch of steps,
+not one); if the file ends in an error before the choice, the reader checks what waited first.
 """
 
 from __future__ import annotations
@@ -199,37 +200,52 @@ def _feed_through(sender: Sender, src: Source, progress: Callable[[int, int | No
 
     conn = sender.conn
     checks: EpisodeChecks | None = None  # set when this process checks the parts (see checks_here)
-    headers: list[tuple[str, Any]] = []  # parts before the first steps, until the choice is made
+    held: list[tuple[str, Any]] = []  # the parts before the choice of who checks: headers, first steps
     chosen = False
     steps = 0
     flush_due = flush_ahead_due(src)
     walk = walk or read_batches
     # The fast walk keeps the frames apart from the parse once the child is to check the steps.
     apart = FramesApart() if walk is fast_batches else None
+
+    def send(part: str, value: Any) -> None:
+        nonlocal steps
+        if part != STEPS:
+            _send_part(sender, checks, part, value)
+            return
+        _send_steps(sender, checks, value, steps)
+        if flush_due():
+            _send(sender, ("ahead",))
+        before, steps = steps, steps + len(value)
+        if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
+            progress(src.bytes_read, src.size)
+
+    def choose() -> EpisodeChecks | None:
+        """Who checks (see checks_here), on the steps held: the exact walk's first batch, or the fast
+        walk's first step and the batch after it (it hands the first step over alone)."""
+        first_steps = [step for part, value in held if part == STEPS for step in value]
+        here = bool(first_steps) and checks_here(first_steps, fast_reader=walk is not read_batches)
+        if apart is not None:
+            apart.enabled = not here
+        return EpisodeChecks(integer_rows=False) if here else None
+
     try:
         parts = fast_batches(src, frames_apart=apart) if apart is not None else walk(src)
-        for part, value in _parts_before_errors(parts, headers):
-            if part == STEPS:
-                if not chosen:  # the first steps: choose who checks, then send what waited
-                    # Checked here, integer observations cross the pipe as bytes (see checks_here).
-                    here = checks_here(value, fast_reader=walk is not read_batches)
-                    checks = EpisodeChecks(integer_rows=False) if here else None
-                    if apart is not None:
-                        apart.enabled = not here
-                    for name, header in headers:
-                        _send_part(sender, checks, name, header)
-                    headers.clear()
-                    chosen = True
-                _send_steps(sender, checks, value, steps)
-                if flush_due():
-                    _send(sender, ("ahead",))
-                before, steps = steps, steps + len(value)
-                if progress is not None and steps // PROGRESS_EVERY != before // PROGRESS_EVERY:
-                    progress(src.bytes_read, src.size)
-            elif not chosen:
-                headers.append((part, value))
-            else:
-                _send_part(sender, checks, part, value)
+        for part, value in _parts_before_errors(parts, held):
+            if chosen:
+                send(part, value)
+                continue
+            held.append((part, value))
+            if part == STEPS and (apart is None or sum(len(v) for p, v in held if p == STEPS) > 1):
+                checks, chosen = choose(), True
+                for held_part, held_value in held:
+                    send(held_part, held_value)
+                held.clear()
+        if not chosen:  # the file ended first: choose on what there is
+            checks, chosen = choose(), True
+            for held_part, held_value in held:
+                send(held_part, held_value)
+            held.clear()
         digest = src.reader.hexdigest()
         _send(sender, ("finish", (src.name, digest, src.reader.consumed)))
         if not sender.flush():  # all of it, "finish" last, must be written before its reply can come
@@ -345,17 +361,21 @@ def _frames_decoded_here(steps: list[Any], first: int) -> tuple[list[int], list[
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],
                          waiting: list[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
-    """``parts``; if they end in an error while header parts still wait for the first steps
-    (``waiting``, emptied once sent), check those first (here), so that one of them that is invalid
-    is reported before the later error."""
+    """``parts``; if they end in an error while parts still wait for the choice of who checks
+    (``waiting``, emptied once sent: header parts, and the fast walk's first steps), check those first
+    (here), so that one of them that is invalid is reported before the later error."""
     try:
         yield from parts
     except PipelineError:
         from .builder import EpisodeChecks
+        from .parts import STEPS
 
         checks = EpisodeChecks()
         for name, value in waiting:
-            checks.part(name, value)
+            if name == STEPS:
+                checks.steps_batch(value)
+            else:
+                checks.part(name, value)
         raise
 
 

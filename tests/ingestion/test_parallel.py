@@ -495,7 +495,9 @@ def _frames_document(variant: str) -> tuple[dict[str, object], str]:
     document = episode(1000)
     for i, step in enumerate(document["inference"]["steps"]):
         step["image"] = None if i % 7 == 3 else frames[i % len(frames)]
-        if variant == "metric-named-image" and i == 600:
+        # Rows of more than parallel.SMALL_ROW_BYTES, which the child checks.
+        step["agent_steps"][0]["observation_space"] = [i + j / 8 for j in range(24)]
+        if variant == "metric-named-image" and i == 900:
             step["agent_steps"][0]["custom_metrics"] = {"image": frames[0]}
     return document, variant
 
@@ -522,13 +524,13 @@ def test_frames_kept_apart_by_the_reader_are_stored_as_in_one_process(tmp_path, 
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     for table in TABLES:
         assert one[table].equals(two[table]), table
-    # Apart from the second batch on (the first step alone decides who checks); from the batch with
-    # the metric on, whole; never with escaped slashes.
+    # Apart after the first step and batch (on which the choice of who checks is made); from the
+    # batch with the metric on, whole; never with escaped slashes.
     if how == "escaped-slashes":
         assert sent_apart == []
     else:
-        assert sent_apart[0] == 1 and len(sent_apart) > 1
-        assert max(sent_apart) < 600 if how == "metric-named-image" else max(sent_apart) > 600
+        assert sent_apart[0] > 1 and len(sent_apart) > 1
+        assert max(sent_apart) < 900 if how == "metric-named-image" else max(sent_apart) > 900
     images = one["steps"].column("image").to_pylist()
     assert images.count(None) == sum(1 for i in range(1000) if i % 7 == 3)
     assert images[0] == base64.b64decode(document["inference"]["steps"][0]["image"])
@@ -546,3 +548,28 @@ def test_a_damaged_frame_kept_apart_is_refused_with_the_usual_error(tmp_path, wh
     assert single.status == split.status == "invalid"
     assert str(split.error) == str(single.error)
     assert split.error.path == f"inference.steps[{where}].image"
+
+
+def test_who_checks_weighs_the_first_batch_not_the_first_step(tmp_path, monkeypatch):
+    """The fast walk hands the first step over alone; a first step unlike the rest (here: no frame yet)
+    must not decide who checks the whole file."""
+    document, _ = _frames_document("compact")
+    first = document["inference"]["steps"][0]
+    first["image"] = None
+    first["agent_steps"][0]["observation_space"] = [0.5]
+    assert parallel._row_bytes([json.loads(json.dumps(first))]) <= parallel.SMALL_ROW_BYTES  # alone: "here"
+    chosen, sent_apart = [], []
+    checks_here, send_apart = parallel.checks_here, parallel._send_apart
+    monkeypatch.setattr(parallel, "checks_here", lambda steps, **kw: chosen.append((len(steps), checks_here(steps, **kw)))
+                        or chosen[-1][1])
+    monkeypatch.setattr(parallel, "_send_apart", lambda sender, steps, first: (sent_apart.append(first),
+                                                                                send_apart(sender, steps, first)))
+    path = write_json(tmp_path / "e.json", document)
+    single = ingest(path, lake=tmp_path / "one", parallel=False)
+    split = ingest(path, lake=tmp_path / "two", parallel=True)
+    assert single.status == split.status == "ingested"
+    ((weighed, here),) = chosen
+    assert weighed > 1 and not here and sent_apart
+    one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    for table in TABLES:
+        assert one[table].equals(two[table]), table

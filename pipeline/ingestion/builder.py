@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..version import __version__
-from .rules import UNPLANNED, EpisodeChecker, json_text
+from .framesapart import StepsApart
+from .rules import UNPLANNED, EpisodeChecker, decode_frame_texts, json_text
 from .schema import check_part, check_step, steps_are_valid
 
 # What EpisodeChecks.steps_batch returns, for EpisodeTabulator.steps_batch: the agent steps were
@@ -240,8 +241,12 @@ class EpisodeBuilder:
 
     def steps_batch(self, steps: list[Any], text_bytes: int = 0) -> None:
         """The next steps of ``inference.steps``, in order (a batch from :func:`~.parts.read_batches`,
-        read from ``text_bytes`` of the file)."""
-        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps), text_bytes=text_bytes)
+        read from ``text_bytes`` of the file; or from the fast walk, with the frames' text apart:
+        a :class:`~.framesapart.StepsApart`, whose frames are decoded first)."""
+        frames = None
+        if type(steps) is StepsApart:
+            frames = decode_frame_texts(steps.lengths, steps.texts, self._checks.steps, steps)
+        self._tabulator.steps_batch(steps, self._checks.steps_batch(steps), frames, text_bytes=text_bytes)
 
     def flush_ahead(self) -> None:
         self._tabulator.flush_ahead()

@@ -20,8 +20,9 @@ Nothing is cut that would be parsed otherwise:
 - A batch parsed again whole turns the cutting off for the rest of the file: a writer that escapes its
   frames' slashes (``\\/``) would otherwise have every batch parsed twice.
 
-Only the two-process ingest enables it, once its child is to check the steps (see :mod:`.parallel`);
-every other walk gets the steps as the exact walk makes them.
+An ingest in one process (and a batch run's group commits) enables it from the start (``run._parts``):
+:class:`~.builder.EpisodeBuilder` decodes the frames. The two-process ingest enables it once its child is
+to check the steps (see :mod:`.parallel`). Any other walk gets the steps as the exact walk makes them.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class StepsApart(list[Any]):
 class FramesApart:
     """The fast walk's switch and parser for frames kept apart (see the module doc)."""
 
-    def __init__(self) -> None:
-        self.enabled = False
+    def __init__(self, *, enabled: bool = False) -> None:
+        self.enabled = enabled
         self._stand_in = os.urandom(16).hex()
         self._stand_in_text = self._stand_in.encode()
 

@@ -290,37 +290,16 @@ def _send_steps(sender: Sender, checks: EpisodeChecks | None, steps: list[Any], 
 def _send_apart(sender: Sender, steps: StepsApart, first: int) -> None:
     """Send steps whose frames the fast walk kept apart: with the frames decoded here while the child is
     behind (as :func:`_send_steps` would, if they all pass), else with their text, for the child to decode."""
+    from .rules import decode_frame_texts
     from .schema import steps_are_valid
 
     plain = list(steps)  # marshal takes lists, not their subclasses
     if sender.behind():
-        decoded = _texts_decoded(steps.lengths, steps.texts, first)
+        decoded = decode_frame_texts(steps.lengths, steps.texts, first)
         if decoded is not None:
             _send(sender, ("check", plain, steps_are_valid(plain), decoded[0]), decoded[1])
             return
     _send(sender, ("texts", plain, steps.lengths), steps.texts)
-
-
-def _texts_decoded(lengths: list[int], texts: Sequence[bytes | memoryview], first: int,
-                   steps: list[Any] | None = None) -> tuple[list[int], list[bytes]] | None:
-    """The frames whose base64 texts are ``texts`` (of the steps from ``first`` on; ``lengths``: the
-    texts', -1 for a step without one), decoded and checked: their lengths (-1: none) and the frames;
-    None if one does not pass, unless the ``steps`` are given: then its error is raised."""
-    from .rules import decode_image, decode_images
-
-    frames = decode_images(texts)
-    if frames is None:
-        if steps is None:
-            return None
-        at = 0
-        for i, length in enumerate(lengths):  # again, one by one, for the first error
-            if length >= 0:
-                number = steps[i].get("number")
-                decode_image(texts[at], index=first + i, step=number if type(number) is int else 0)
-                at += 1
-        raise AssertionError("decode_images refused a frame that decode_image accepts")  # pragma: no cover
-    sizes = iter(map(len, frames))
-    return [-1 if length < 0 else next(sizes) for length in lengths], frames
 
 
 def _frames_out(steps: list[Any]) -> tuple[list[int], list[bytes]] | None:
@@ -495,6 +474,7 @@ def _stop(sender: Sender) -> PipelineError | None:
 
 def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
     from .builder import EpisodeChecks, EpisodeTabulator, Facts
+    from .rules import decode_frame_texts
 
     for fd in close_in_child:
         os.close(fd)
@@ -518,7 +498,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             elif kind == "texts":  # steps without their frames, whose base64 text is the next message
                 texts = conn.recv_bytes()
                 steps, lengths = message[1], message[2]
-                decoded = _texts_decoded(lengths, _cut_at(texts, lengths), checks.steps, steps)
+                decoded = decode_frame_texts(lengths, _cut_at(texts, lengths), checks.steps, steps)
                 state = checks.steps_batch(steps)
                 tabulator.steps_batch(steps, state, decoded, text_bytes=len(data) + len(texts))
             elif kind == "steps":

@@ -112,6 +112,27 @@ def decode_images(texts: Sequence[str | bytes | memoryview]) -> list[bytes] | No
     return frames
 
 
+def decode_frame_texts(lengths: list[int], texts: Sequence[bytes | memoryview], first: int,
+                       steps: list[Any] | None = None) -> tuple[list[int], list[bytes]] | None:
+    """The frames whose base64 texts are ``texts`` (of the steps from ``first`` on; ``lengths``: the
+    texts', -1 for a step without one; see :mod:`.framesapart`), decoded and checked: their lengths
+    (-1: none) and the frames. None if one does not pass, unless the ``steps`` are given: then the
+    first such frame's error is raised, as :func:`decode_image` words it."""
+    frames = decode_images(texts)
+    if frames is None:
+        if steps is None:
+            return None
+        at = 0
+        for i, length in enumerate(lengths):  # again, one by one, for the first error
+            if length >= 0:
+                number = steps[i].get("number")
+                decode_image(texts[at], index=first + i, step=number if type(number) is int else 0)
+                at += 1
+        raise AssertionError("decode_images refused a frame that decode_image accepts")  # pragma: no cover
+    sizes = iter(map(len, frames))
+    return [-1 if length < 0 else next(sizes) for length in lengths], frames
+
+
 def flatten_observation(obs: list[Any], *, path: str, step: int) -> tuple[bytearray | list[Any], list[int]]:
     """Flatten a schema-valid observation row-major; return the values and the shape.
 

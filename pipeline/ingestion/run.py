@@ -229,7 +229,7 @@ def _tabulate(source: str, result: IngestResult, walk: Walk) -> dict[str, Any]:
         try:
             with _gc_paused():
                 builder = EpisodeBuilder(None, collect=True)
-                for part, value in walk(src):
+                for part, value in _parts(src, walk):
                     if part == STEPS:
                         builder.steps_batch(value)
                     else:
@@ -269,7 +269,7 @@ def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | N
     reader, read = src.reader, 0
     flush_due = flush_ahead_due(src)
     try:
-        for part, value in walk(src):
+        for part, value in _parts(src, walk):
             if part == STEPS:
                 before = builder.steps
                 builder.steps_batch(value, reader.consumed - read)
@@ -284,6 +284,18 @@ def _build_here(src: Source, folder: Path | None, progress: ProgressCallback | N
     except BaseException:
         builder.abort()
         raise
+
+
+def _parts(src: Source, walk: Walk) -> Iterator[tuple[str, Any]]:
+    """``walk(src)``, for one process: the fast walk keeps the frames' base64 text apart from its parse
+    (:mod:`.framesapart`), and the builder decodes it."""
+    from .fastwalk import fast_batches
+
+    if walk is fast_batches:
+        from .framesapart import FramesApart
+
+        return fast_batches(src, frames_apart=FramesApart(enabled=True))
+    return walk(src)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import pipeline.ingestion.parts as parts
 from benchmarks.generate import write_episode
 from pipeline import PipelineError, ingest
 from pipeline.ingestion.fastwalk import NotFast, fast_batches
+from pipeline.ingestion.framesapart import FramesApart, StepsApart
 from pipeline.ingestion.parts import STEPS, read_batches
 from pipeline.ingestion.source import open_source
 
@@ -35,29 +36,45 @@ def _document(profile: str, seed: int, steps: int) -> dict[str, Any]:
     return json.loads(buffer.getvalue())
 
 
-def _flat(walk: Any, path: Path, **options: Any) -> tuple[list[tuple[str, str]], int]:
+def _flat(walk: Any, path: Path, *, null_images: bool = True, **options: Any) -> tuple[list[tuple[str, str]], int]:
     """What ``walk`` hands over for ``path``: (part, value as canonical JSON text) per header part and per
-    step (a float stays a float, -0.0 stays -0.0), and how many batches."""
+    step (a float stays a float, -0.0 stays -0.0), and how many batches. Frames handed over apart
+    (framesapart.StepsApart) are put back in their steps; ``null_images=False`` writes an image of null as
+    none (apart, the two are one)."""
     out, batches = [], 0
     with open_source(path) as source:
         for part, value in walk(source, **options):
             if part == STEPS:
                 batches += 1
-                out += [("step", json.dumps(step, sort_keys=True)) for step in value]
+                steps = _with_frames(value)
+                if not null_images:
+                    steps = [{k: v for k, v in step.items() if k != "image" or v is not None} for step in steps]
+                out += [("step", json.dumps(step, sort_keys=True)) for step in steps]
             else:
                 out.append((part, json.dumps(value, sort_keys=True)))
     return out, batches
 
 
-def _exact(path: Path) -> list[tuple[str, str]] | None:
+def _with_frames(steps: list[Any]) -> list[Any]:
+    if type(steps) is not StepsApart:
+        return steps
+    texts = iter(steps.texts)
+    return [{**step, "image": bytes(next(texts)).decode()} if length >= 0 else step
+            for step, length in zip(steps, steps.lengths, strict=True)]
+
+
+def _exact(path: Path, *, null_images: bool = True) -> list[tuple[str, str]] | None:
     try:
-        return _flat(read_batches, path)[0]
+        return _flat(read_batches, path, null_images=null_images)[0]
     except PipelineError:
         return None
 
 
-def _fast(path: Path, batch_bytes: int = parts.BATCH_BYTES) -> list[tuple[str, str]] | None:
+def _fast(path: Path, batch_bytes: int = parts.BATCH_BYTES, *, apart: bool = False) -> list[tuple[str, str]] | None:
     try:
+        if apart:  # frames apart from the first batch on, as one process walks (run._parts)
+            return _flat(fast_batches, path, null_images=False, batch_bytes=batch_bytes,
+                         frames_apart=FramesApart(enabled=True))[0]
         return _flat(fast_batches, path, batch_bytes=batch_bytes)[0]
     except NotFast:
         return None
@@ -91,6 +108,7 @@ def test_the_fast_walk_reads_what_generators_write_exactly_as_the_exact_walk(tmp
     assert exact is not None
     for batch_bytes in (parts.BATCH_BYTES, 300):  # 300: cut after nearly every step, windows doubled
         assert _fast(path, batch_bytes) == exact, (style, batch_bytes)
+        assert _fast(path, batch_bytes, apart=True) == _exact(path, null_images=False), (style, batch_bytes, "apart")
 
 
 @pytest.mark.parametrize(("profile", "steps"), [("vector", 3000), ("teams_metrics", 200)])
@@ -316,14 +334,16 @@ def test_numbers_are_read_bit_for_bit_as_the_exact_walk_reads_them(tmp_path: Pat
         assert fast is not None  # only -2**63 and its window (int64min) are the exact walk's alone
 
 
+@pytest.mark.parametrize("profile", ["teams_metrics", "frames64"])
 def test_a_group_commits_small_files_through_the_fast_walk_with_the_same_tables(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile: str) -> None:
     """Batch runs tabulate small files in memory for a group commit (run.tabulate_file): a valid local
-    file takes the fast walk, with the tables the exact walk makes; a doubtful one the exact walk."""
+    file takes the fast walk (frames apart, decoded by the builder), with the tables the exact walk makes;
+    a doubtful one the exact walk."""
     from pipeline.ingestion.run import IngestResult, _tabulate, tabulate_file
 
     path = tmp_path / "e.json"
-    path.write_bytes(_dumps(_document("teams_metrics", 0, 30), "indented"))
+    path.write_bytes(_dumps(_document(profile, 0, 300 if profile == "frames64" else 30), "indented"))
     exact = _tabulate(str(path), IngestResult(source="", status="failed"), read_batches)
     calls = []
     monkeypatch.setattr(parts, "read_batches", lambda *a, **k: calls.append(1) or read_batches(*a, **k))

@@ -323,19 +323,20 @@ def _frames_decoded_here(steps: list[Any], first: int) -> tuple[list[int], list[
     """Decode and check the frames of ``steps`` (the batch from step ``first`` on) here, and take them
     out of the steps as :func:`_frames_out` does; None, with the steps left whole, if no step has a
     frame or one does not pass (the child then decodes them and reports the file's first error)."""
-    from .rules import decode_image
+    from .rules import decode_frame_texts
 
     try:
-        texts = [step.get("image") for step in steps]
-        if texts.count(None) == len(texts):
+        images = [step.get("image") for step in steps]
+        if images.count(None) == len(images):
             return None
-        frames = [None if text is None else decode_image(text, index=first + i, step=0)  # its error: not used
-                  for i, text in enumerate(texts)]
-    except (PipelineError, TypeError, AttributeError, ValueError):
+        decoded = decode_frame_texts([-1 if image is None else 0 for image in images],
+                                     [image for image in images if image is not None], first)
+    except (TypeError, AttributeError):  # not schema-valid (a step or an image of another type)
         return None
-    for step in steps:
-        step.pop("image", None)
-    return [-1 if frame is None else len(frame) for frame in frames], [frame for frame in frames if frame is not None]
+    if decoded is not None:
+        for step in steps:
+            step.pop("image", None)
+    return decoded
 
 
 def _parts_before_errors(parts: Iterator[tuple[str, Any]],

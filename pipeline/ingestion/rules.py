@@ -112,12 +112,12 @@ def decode_images(texts: Sequence[str | bytes | memoryview]) -> list[bytes] | No
     return frames
 
 
-def decode_frame_texts(lengths: list[int], texts: Sequence[bytes | memoryview], first: int,
+def decode_frame_texts(lengths: list[int], texts: Sequence[str | bytes | memoryview], first: int,
                        steps: list[Any] | None = None) -> tuple[list[int], list[bytes]] | None:
-    """The frames whose base64 texts are ``texts`` (of the steps from ``first`` on; ``lengths``: the
-    texts', -1 for a step without one; see :mod:`.framesapart`), decoded and checked: their lengths
-    (-1: none) and the frames. None if one does not pass, unless the ``steps`` are given: then the
-    first such frame's error is raised, as :func:`decode_image` words it."""
+    """The frames whose base64 texts are ``texts`` (of the steps from ``first`` on; ``lengths``: -1 for a
+    step without one, any other number for a step with one; see :mod:`.framesapart`), decoded and
+    checked: their lengths (-1: none) and the frames. None if one does not pass, unless the ``steps``
+    are given: then the first such frame's error is raised, as :func:`decode_image` words it."""
     frames = decode_images(texts)
     if frames is None:
         if steps is None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .fastwalk import parse_checked
+from .fastwalk import BATCH_AROUND, parse_checked
 
 _KEY = b'"image"'
 _WHITESPACE = b" \t\r\n"
@@ -60,13 +60,13 @@ class FramesApart:
         """The steps whose text (whole steps and what separates them) is ``body``; a :class:`StepsApart`
         if frames were cut from it. Raises what :func:`.fastwalk.parse_checked` raises."""
         if not self.enabled:
-            return parse_checked(b"[" + body + b"]")
+            return parse_checked(b"[" + body + b"]", BATCH_AROUND)
         text = bytes(body)
         spans = _image_strings(text)
         if not spans:
             if spans is None:  # a frame with a backslash in it: escaped slashes, most likely, in every one
                 self.enabled = False
-            return parse_checked(b"[" + text + b"]")
+            return parse_checked(b"[" + text + b"]", BATCH_AROUND)
         view = memoryview(text)
         pieces: list[bytes | memoryview] = [b"["]
         at = 0
@@ -75,12 +75,12 @@ class FramesApart:
             pieces += (view[at:start], stand_in)
             at = end
         pieces += (view[at:], b"]")
-        steps = parse_checked(b"".join(pieces))
+        steps = parse_checked(b"".join(pieces), BATCH_AROUND)
         images = [step.get("image") if type(step) is dict else 0 for step in steps]
         cut = images.count(self._stand_in)
         if cut != len(spans) or cut + images.count(None) != len(images):
             self.enabled = False  # a cut string was not a step's frame, or a step's frame was not cut
-            return parse_checked(b"[" + text + b"]")
+            return parse_checked(b"[" + text + b"]", BATCH_AROUND)
         for step in steps:
             step.pop("image", None)
         sizes = iter([end - start for start, end in spans])

@@ -103,3 +103,15 @@ class DepthGuard:
                 if deepest > MAX_DEPTH:
                     raise TooDeep
         self.depth += net
+
+
+def check_depth(text: bytes | bytearray, around: int) -> None:
+    """Raise :class:`TooDeep` if the whole JSON text ``text``, inside ``around`` levels of arrays and
+    objects, nests deeper than ``MAX_DEPTH`` (and :class:`LoneSurrogate` as :class:`DepthGuard` does).
+
+    For a parser that checks the text it parses rather than the stream (the fast walk): text whose
+    frames were cut out is a tenth of the file on a file of frames."""
+    guard = DepthGuard()
+    guard.depth = around
+    guard.feed(text)
+    guard.feed(b"")

@@ -123,6 +123,13 @@ class HashingReader:
         self._limit = MAX_PART_BYTES
         self._depth = DepthGuard()
         self.standins = StandIns()
+        self._guarded = True
+
+    def leave_guards_to_parser(self) -> None:
+        """Stop the raw-text guards and the -2**63 rewrite, before the first read: for a parser that
+        refuses lone surrogates, reads -2**63 as itself, and checks the depth of what it parses
+        (the fast walk, :mod:`.fastwalk`). The hash and the bound on a part's span stay."""
+        self._guarded = False
 
     def mark(self) -> None:
         self._limit = self.consumed + MAX_PART_BYTES
@@ -162,6 +169,9 @@ class HashingReader:
                 in_string, carry = self._depth.in_string, self._depth.carry
                 count = self._fill(buffer, start)
             end = start + count
+            if not self._guarded:
+                hold = 0
+                break
             hold = self.standins.scan(buffer, end, start, in_string, carry, final=not count)
             if hold < end or not count:
                 break
@@ -173,7 +183,7 @@ class HashingReader:
         count = min(len(buffer) - start, len(self._pending))
         piece, self._pending = self._pending[:count], self._pending[count:]
         buffer[start : start + count] = piece
-        if self._pending:  # handed over in pieces: the state before the next one
+        if self._pending and self._guarded:  # handed over in pieces: the state before the next one
             guard = DepthGuard()
             guard.in_string, guard.carry = self._pending_state
             guard.feed(piece)
@@ -195,10 +205,11 @@ class HashingReader:
             self.consumed += count
             data = buffer if count == len(buffer) else bytes(buffer[start : start + count])
             self._hash.update(data)
-            self._depth.feed(data)
+            if self._guarded:
+                self._depth.feed(data)
             if self.consumed > self._limit:
                 raise PartTooLarge
-        else:
+        elif self._guarded:
             self._depth.feed(b"")
         return count
 
@@ -225,7 +236,8 @@ class HashingReader:
             raise self._corrupt(exc) from exc
         self.consumed += len(data)
         self._hash.update(data)
-        self._depth.feed(data)
+        if self._guarded:
+            self._depth.feed(data)
         return data
 
     def first_byte(self) -> bytes:

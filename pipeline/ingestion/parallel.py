@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from ..cores import usable_cores
 from ..errors import LakeError, PipelineError
 from .nopandas import keep_pandas_out
+from .receiver import Receiver
 from .sender import Sender
 
 if TYPE_CHECKING:
@@ -170,6 +171,10 @@ class _Channel:
 
     def recv_bytes(self) -> bytes:
         return self._in.recv_bytes()
+
+    def receiver(self) -> Receiver:
+        """The incoming pipe read as :class:`~.receiver.Receiver` does (the child's end)."""
+        return Receiver(self._in.fileno())
 
     def recv(self) -> Any:
         return self._in.recv()
@@ -484,32 +489,35 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
     tabulator = EpisodeTabulator(folder)
     checks = EpisodeChecks()  # for the parts the reader leaves to us ("check", "part")
     conn.send(_STARTED)
+    receiver = conn.receiver()
     try:
         while True:
-            data = conn.recv_bytes()
+            data = receiver.recv_view()  # until the next read: marshal copies what it loads
+            size = len(data)
             message = marshal.loads(data)
             kind = message[0]
             # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
                 lengths = message[3]
-                decoded = None if lengths is None else (lengths, [conn.recv_bytes()])  # frames the reader decoded
+                # Frames the reader decoded, stored as they are: memory of their own.
+                decoded = None if lengths is None else (lengths, [receiver.recv_bytes()])
                 state = checks.steps_batch(message[1], schema_valid=message[2])
                 tabulator.steps_batch(message[1], state, decoded,
-                                      text_bytes=len(data) + (len(decoded[1][0]) if decoded is not None else 0))
+                                      text_bytes=size + (len(decoded[1][0]) if decoded is not None else 0))
             elif kind == "texts":  # steps without their frames, whose base64 text is the next message
-                texts = conn.recv_bytes()
+                texts = receiver.recv_view()  # decoded at once
                 steps, lengths = message[1], message[2]
                 decoded = decode_frame_texts(lengths, _cut_at(texts, lengths), checks.steps, steps)
                 state = checks.steps_batch(steps)
-                tabulator.steps_batch(steps, state, decoded, text_bytes=len(data) + len(texts))
+                tabulator.steps_batch(steps, state, decoded, text_bytes=size + len(texts))
             elif kind == "steps":
                 lengths = message[3]
                 if lengths is None:
-                    tabulator.steps_batch(message[1], message[2], text_bytes=len(data))
+                    tabulator.steps_batch(message[1], message[2], text_bytes=size)
                 else:  # the batch's frames: the next message (see _frames_out)
-                    frames = conn.recv_bytes()
+                    frames = receiver.recv_bytes()
                     tabulator.steps_batch(message[1], message[2], (lengths, [frames]),
-                                          text_bytes=len(data) + len(frames))
+                                          text_bytes=size + len(frames))
             elif kind == "part":
                 tabulator.header(checks.part(message[1], message[2]))
             elif kind == "header":
@@ -536,7 +544,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
         conn.close()
 
 
-def _cut_at(data: bytes, lengths: list[int]) -> list[memoryview]:
+def _cut_at(data: bytes | memoryview, lengths: list[int]) -> list[memoryview]:
     """``data`` cut into pieces of ``lengths`` (those of -1 skipped)."""
     view, at, pieces = memoryview(data), 0, []
     for length in lengths:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import math
 import os
@@ -46,7 +47,7 @@ from PIL import Image, ImageDraw
 PROFILES = ("frames", "teams", "pixels", "vector")
 # Shapes added for issue 15 (per-step and per-row costs that the first three under-weight); kept apart
 # from PROFILES, whose files the smoke test holds to 200 KB (a long_floats step alone is ~140 KB).
-SHAPES = ("teams_metrics", "teams_plain", "teams_nounits", "long_floats", "frames64", "random")
+SHAPES = ("teams_metrics", "teams_plain", "teams_nounits", "long_floats", "frames64", "frames_jpeg", "random")
 ALL_PROFILES = PROFILES + SHAPES
 # Bump when the bytes a profile writes change, so cached benchmark files are regenerated.
 GENERATOR_VERSION = 1
@@ -423,7 +424,8 @@ def _bounce(position: float, velocity: float, low: float, high: float) -> tuple[
 # most loggers round), custom metrics on every agent step and on each team's first unit every 10
 # steps (teams_metrics), none (teams_plain), or no unit steps at all (teams_nounits, with the
 # metrics); long_floats: one agent with an 84x84 observation of float64 values written in full
-# (~140 KB a step); frames64: the lander with a 64x64 PNG on every step (~2.6 KB a step);
+# (~140 KB a step); frames64: the lander with a 64x64 PNG on every step (~2.6 KB a step); frames_jpeg:
+# with an 84x84 JPEG (quality 90) instead, as a camera or a video's frames are stored (~2.9 KB a step);
 # random: shapes drawn from the seed (agents, observation shape and number style, reward kind,
 # units, metrics, frames), so that other seeds give other files.
 
@@ -513,8 +515,10 @@ SMALL_FRAME = (64, 64)
 
 
 @cache
-def small_frame_pool(seed: int, frames: int = FRAME_POOL, size: tuple[int, int] = SMALL_FRAME) -> tuple[str, ...]:
-    """``frames`` distinct base64 PNGs of ``size``: the lander scene scaled down, with a little noise."""
+def small_frame_pool(seed: int, frames: int = FRAME_POOL, size: tuple[int, int] = SMALL_FRAME,
+                     image_format: str = "PNG") -> tuple[str, ...]:
+    """``frames`` distinct base64 PNGs (or JPEGs, of quality 90) of ``size``: the lander scene scaled
+    down, with a little noise."""
     rng = np.random.default_rng([seed, 6])
     out = []
     for text in frame_pool(seed, frames):
@@ -523,13 +527,15 @@ def small_frame_pool(seed: int, frames: int = FRAME_POOL, size: tuple[int, int] 
         speckle = rng.random(small.shape[:2]) < 0.05  # sensor noise on 5% of the pixels: ~1.8 KB at 64x64
         noisy = np.clip(small + speckle[..., None] * rng.integers(-8, 9, small.shape), 0, 255).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(noisy, "RGB").save(buffer, format="PNG")
+        options = {"quality": 90} if image_format == "JPEG" else {}
+        Image.fromarray(noisy, "RGB").save(buffer, format=image_format, **options)
         out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return tuple(out)
 
 
-def _frames64_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
-    pool = small_frame_pool(seed)
+def _frames64_profile(seed: int, environment: str | None, *, size: tuple[int, int] = SMALL_FRAME,
+                      image_format: str = "PNG") -> tuple[bytes, Iterator[bytes]]:
+    pool = small_frame_pool(seed, size=size, image_format=image_format)
 
     def steps() -> Iterator[bytes]:
         for i, agent_step in enumerate(_lander_agent_steps(seed)):
@@ -635,6 +641,7 @@ _PROFILE_BUILDERS = {
     "teams_nounits": _teams_variant(metrics=True, units=False),
     "long_floats": _long_floats_profile,
     "frames64": _frames64_profile,
+    "frames_jpeg": functools.partial(_frames64_profile, size=(84, 84), image_format="JPEG"),
     "random": _random_profile,
 }
 

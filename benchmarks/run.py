@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 pipeline_root = REPO
 PROFILES = ALL_PROFILES
 # Profiles with a frame on every step: their target is the frames reference (frames_work), not the floor.
-FRAME_PROFILES = ("frames", "frames64")
+FRAME_PROFILES = ("frames", "frames64", "frames_jpeg")
 # Sizes of 1 GB and more are run for these only (the memory targets' profiles), unless --large-profiles;
 # frames64 and vector are the shapes whose memory grew from 100 MB to 1 GB (issue 15: footer, step numbers).
 LARGE_PROFILES = ("frames", "teams", "pixels", "frames64", "vector")
@@ -768,7 +768,8 @@ def render(report: dict[str, Any]) -> str:
         "`teams_metrics`: the teams battle with 3-decimal numbers and `custom_metrics` on every agent step and "
         "on some units (~4.7 KB a step); `teams_plain`: the same without `custom_metrics`; `teams_nounits`: the "
         "same without unit steps; `long_floats`: one agent, 84x84 float64 values written in full (~140 KB a "
-        "step); `frames64`: `frames` with a 64x64 PNG (~1.8 KB) instead; `random`: a shape drawn from the seed "
+        "step); `frames64`: `frames` with a 64x64 PNG (~1.8 KB) instead; `frames_jpeg`: with an 84x84 JPEG "
+        "(quality 90, ~2.1 KB) instead; `random`: a shape drawn from the seed "
         "(`benchmarks.generate.random_shape`: agents, observation shape and number style, reward kind, units, "
         "metrics, frames).",
         "- **ingest**: the whole `ingest-pipeline run FILE --lake LAKE --jobs 1 --json` command, start-up "

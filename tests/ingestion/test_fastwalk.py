@@ -26,7 +26,7 @@ from pipeline.ingestion.framesapart import FramesApart, StepsApart
 from pipeline.ingestion.parts import STEPS, read_batches
 from pipeline.ingestion.source import open_source
 
-PROFILES = [("vector", 0, 300), ("teams_metrics", 0, 40), ("pixels", 0, 6), ("frames64", 0, 30),
+PROFILES = [("vector", 0, 300), ("teams_metrics", 0, 40), ("pixels", 0, 6), ("frames64", 0, 30), ("frames_jpeg", 0, 30),
             ("random", 0, 40), ("random", 1, 20), ("random", 4, 40), ("random", 8, 200)]
 
 

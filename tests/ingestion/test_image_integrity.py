@@ -618,3 +618,44 @@ def test_an_episode_of_whole_frames_is_ingested_and_every_frame_decodes(tmp_path
     lake = tmp_path / "lake"
     assert ingest(write_json(tmp_path / "ok.json", doc), lake=lake).status == "ingested"
     assert lake_snapshot(lake)
+
+
+_JPEGS = ["jpeg", "jpeg-grey", "jpeg-444", "jpeg-progressive", "jpeg-restart-markers", "jpeg-cmyk", "mpo"]
+
+
+def _verdict(data: bytes, max_pixels: int = 64 * 1024 * 1024) -> tuple[Any, ...]:
+    try:
+        return ("ok", *check_image(data, max_pixels=max_pixels))
+    except ImageDamaged as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(_JPEGS), mutation=st.sampled_from(["flip", "cut", "append", "insert", "replace tail"]),
+       where=st.floats(0, 1), byte=st.integers(0, 255), count=st.integers(1, 40), small_limit=st.booleans())
+def test_a_jpeg_whose_header_was_walked_before_gets_the_walks_verdict(
+        name: str, mutation: str, where: float, byte: int, count: int, small_limit: bool) -> None:
+    """Frames that share a header known from an earlier frame are walked from their scan data on (the
+    JPEG header cache): for any damage, anywhere, the verdict is the one the walk from SOI gives."""
+    from pipeline.ingestion.images import jpeg
+
+    data = samples()[name]
+    at = int(where * len(data))
+    if mutation == "flip":
+        damaged = data[:at] + bytes([data[at % len(data)] ^ (byte or 1)]) + data[at + 1:]
+    elif mutation == "cut":
+        damaged = data[: max(3, len(data) - count)]
+    elif mutation == "append":
+        damaged = data + bytes([byte]) * count
+    elif mutation == "insert":
+        damaged = data[:at] + bytes([byte]) * count + data[at:]
+    else:  # another scan's data and end, as a later frame of the same encoder would have
+        damaged = data[: len(data) - 2 - count] + bytes([byte]) * count + b"\xff\xd9"
+    limit = 100 if small_limit else 64 * 1024 * 1024  # 100 pixels: less than any sample holds
+    jpeg._KNOWN_HEADERS.clear()
+    jpeg._KNOWN_LENGTHS.clear()
+    walked = _verdict(damaged, limit)  # no header known: the whole walk
+    _verdict(data)  # an undamaged frame of the same encoder: its header becomes known, if it can be
+    assert _verdict(damaged, limit) == walked
+    if name in ("jpeg", "jpeg-grey", "jpeg-444", "jpeg-restart-markers", "jpeg-cmyk"):
+        assert jpeg._KNOWN_HEADERS  # one scan then EOI: remembered (a progressive or MPO file is not)

@@ -21,6 +21,9 @@ What is checked instead, per format:
   marker that ends it. Damage inside entropy-coded data is not an error to libjpeg (it decodes
   what it can), so it is not to us. Coding processes other than 8-bit Huffman DCT (arithmetic,
   lossless, hierarchical) are walked and then decoded with Pillow; ``deep=True`` decodes all.
+  An episode's frames share their header (tables from one encoder at one quality): a header walked
+  once is known, and a frame starting with it is walked from its scan data on (~4 us at 84x84,
+  against ~34 us walked whole; see ``jpeg._KNOWN_HEADERS``).
 - **GIF, BMP, WebP**: the container (GIF blocks through the trailer; BMP file size and pixel
   array bounds; WebP's RIFF size and chunks), then a full decode with Pillow: these are rare as
   frames and have no checksums to lean on (~0.03 to 2 ms a frame).

@@ -25,7 +25,8 @@ outside int64 (which yajl refuses and orjson would accept, as an integer or a fl
 :data:`~.source.MAX_PART_BYTES`, and everything the reader's guards refuse. The caller
 (:mod:`.run`) then starts over with the exact walk, which reports what is wrong with its usual message;
 so the fast walk is only ever the reason an episode is *accepted* sooner, never how it is refused.
-Only files that can be read again from the start take it (local paths).
+Local files are opened again for the exact walk; an input read once (a URL, a pipe) is kept in a file as
+the fast walk reads it (:mod:`.keptcopy`).
 
 The reader's guards on the raw text are the walk's own (:meth:`.source.HashingReader.leave_guards_to_parser`):
 orjson refuses every lone surrogate, and reads -2**63 as itself (so :mod:`.int64min`'s rewrite, which

@@ -23,6 +23,7 @@ from .parallel import build_in_two_processes, split_pays
 
 if TYPE_CHECKING:
     from .builder import Built
+    from .keptcopy import KeptCopy
     from .source import Source
 
 # The parser, the rules and Arrow (source, builder) are imported by the first ingest, not with this
@@ -127,8 +128,8 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     result = IngestResult(source=label, status="failed")
     started = time.perf_counter()
     try:
-        _walked(source, lambda walk: _attempt(source, lake=lake, name=name, result=result, progress=progress,
-                                              parallel=parallel, walk=walk))
+        _walked(source, lake, name, lambda opened, label, size, walk: _attempt(
+            opened, lake=lake, name=label, size=size, result=result, progress=progress, parallel=parallel, walk=walk))
     except (PipelineError, OSError) as exc:
         error = _record_error(result, exc)
         if raise_errors:
@@ -140,18 +141,52 @@ def _run(source: SourceLike, *, lake: Path | None, name: str | None, raise_error
     return result
 
 
-def _walked(source: SourceLike, attempt: Callable[[Walk], _T]) -> _T:
-    """``attempt(walk)``: with the fast walk first when ``source`` can be read again, and with the exact
-    walk, from the start, if the fast walk could not vouch for the file or the file is invalid. The
-    fast walk accepts what it can vouch for; every doubt and every refusal is the exact walk's, so
-    an error is always reported with its usual message (see fastwalk)."""
+def _walked(source: SourceLike, lake: Path | None, name: str | None,
+            attempt: Callable[[SourceLike, str | None, int | None, Walk], _T]) -> _T:
+    """``attempt(opened, name, size, walk)``: with the fast walk first, and with the exact walk, from the
+    start, if the fast walk could not vouch for the file or the file is invalid. The fast walk accepts
+    what it can vouch for; every doubt and every refusal is the exact walk's, so an error is always
+    reported with its usual message (see fastwalk).
+
+    A local file is opened again for the exact walk. An input that can be read only once (a URL, a
+    pipe, a stream) is read once still: with a lake, the fast walk keeps a copy of what it reads, which
+    the exact walk reads first (:mod:`.keptcopy`); without one (a validation), only the exact walk
+    reads it. ``opened`` is ``source`` or the stream over it, ``name`` the label to give it, ``size``
+    its size as stored if known."""
     from .fastwalk import NotFast, fast_batches
     from .parts import read_batches
 
     if _can_read_again(source):
         with suppress(NotFast, InvalidEpisode):
-            return attempt(fast_batches)
-    return attempt(read_batches)
+            return attempt(source, name, None, fast_batches)
+        return attempt(source, name, None, read_batches)
+    if lake is None:
+        return attempt(source, name, None, read_batches)
+    if name is None and isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)  # the label a path or URL gets, and its compression
+    with _kept_copy(source, lake, name) as (kept, size):
+        with suppress(NotFast, InvalidEpisode):
+            return attempt(kept.first(), name, size, fast_batches)
+        return attempt(kept.again(), name, size, read_batches)
+
+
+@contextmanager
+def _kept_copy(source: SourceLike, lake: Path, name: str | None) -> Iterator[tuple[KeptCopy, int | None]]:
+    """``source`` opened as stored, with a copy kept in a staging folder of ``lake`` (see :mod:`.keptcopy`)."""
+    from .keptcopy import KeptCopy
+    from .source import open_input
+
+    if isinstance(source, (str, os.PathLike)):
+        raw, size = open_input(os.fspath(source))
+        close: Callable[[], None] | None = raw.close
+    else:
+        raw, size, close = source, None, None
+    try:
+        with Staging(lake) as holder, open(holder.root / "input", "w+b") as copy:
+            yield KeptCopy(raw, copy, name or "<stream>"), size
+    finally:
+        if close is not None:
+            close()
 
 
 def _can_read_again(source: SourceLike) -> bool:
@@ -167,12 +202,13 @@ def _can_read_again(source: SourceLike) -> bool:
         return False
 
 
-def _attempt(source: SourceLike, *, lake: Path | None, name: str | None, result: IngestResult,
+def _attempt(source: SourceLike, *, lake: Path | None, name: str | None, size: int | None, result: IngestResult,
              progress: ProgressCallback | None, parallel: bool | None, walk: Walk) -> None:
-    """Open ``source`` and ingest (or, without a lake, validate) it with ``walk``; fill ``result``."""
+    """Open ``source`` (of ``size`` bytes as stored, if known and a stream) and ingest (or, without a
+    lake, validate) it with ``walk``; fill ``result``."""
     from .source import open_source
 
-    with open_source(source, name=name) as src:
+    with open_source(source, name=name, size=size) as src:
         result.source = src.name
         if parallel is None:
             parallel = split_pays(src.size)
@@ -209,7 +245,7 @@ def tabulate_file(source: str) -> tuple[IngestResult, dict[str, Any] | None]:
     started = time.perf_counter()
     tables = None
     try:
-        tables = _walked(source, lambda walk: _tabulate(source, result, walk))
+        tables = _walked(source, None, None, lambda opened, name, size, walk: _tabulate(source, result, walk))
     except (PipelineError, OSError) as exc:
         _record_error(result, exc)
     finally:

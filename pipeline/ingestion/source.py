@@ -302,9 +302,10 @@ def _opening(name: str) -> Iterator[None]:
 class _OpenedSource:
     """Context manager returned by :func:`open_source`; closes everything it opened."""
 
-    def __init__(self, source: str | os.PathLike[str] | IO[bytes], name: str | None) -> None:
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes], name: str | None, size: int | None) -> None:
         self._source = source
         self._name = name
+        self._size = size
         self._closers: list[Callable[[], None]] = []
 
     def __enter__(self) -> Source:
@@ -330,7 +331,7 @@ class _OpenedSource:
             if not isinstance(name, str):
                 name = "<stream>"
             compression = _infer_compression(name) if self._name else None
-            raw, size = src, None
+            raw, size = src, self._size
         else:
             name = self._name or os.fspath(src)
             raw, size = self._open_path(name)
@@ -365,44 +366,54 @@ class _OpenedSource:
         return Source(name=name, reader=reader, size=size, _raw_counter=counter)
 
     def _open_path(self, name: str) -> tuple[IO[bytes], int | None]:
-        if _is_plain_local_path(name):
-            return self._open_local(name)
-        with _opening(name):
-            import fsspec.core
-
-            fs, path = fsspec.core.url_to_fs(name)
-            protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-            options = {}
-            if "http" in protocols or "https" in protocols:
-                # A plain stream: one GET, read front to back. fsspec's default random-access
-                # file would fetch 5 MiB ranges, which servers without Range support refuse.
-                options["block_size"] = 0
-            elif fs.isdir(path):
-                raise SourceError("is a directory, not an episode file", source=name)
-            raw = fs.open(path, "rb", **options)
+        raw, size = open_input(name)
         self._closers.append(raw.close)
-        try:
-            size = fs.size(path)
-        except Exception:
-            size = None
-        return raw, size
-
-    def _open_local(self, name: str) -> tuple[IO[bytes], int | None]:
-        """What fsspec's local filesystem does for a plain path (same errors), without importing fsspec."""
-        with _opening(name):
-            if os.path.isdir(name):
-                raise SourceError("is a directory, not an episode file", source=name)
-            raw = open(name, "rb")  # noqa: SIM115 - closed by _close
-        self._closers.append(raw.close)
-        try:
-            size: int | None = os.fstat(raw.fileno()).st_size
-        except Exception:
-            size = None
         return raw, size
 
 
-def open_source(source: str | os.PathLike[str] | IO[bytes], *, name: str | None = None) -> _OpenedSource:
-    """Open ``source`` for one streaming read: ``with open_source("ep.json.gz") as src: ...``."""
-    return _OpenedSource(source, name)
+def open_input(name: str) -> tuple[IO[bytes], int | None]:
+    """The input ``name`` (a path or a URL) as stored, opened for reading, and its size if known;
+    SourceError with a message a person can act on if it cannot be opened. The caller closes it."""
+    if _is_plain_local_path(name):
+        return _open_local(name)
+    with _opening(name):
+        import fsspec.core
+
+        fs, path = fsspec.core.url_to_fs(name)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        options = {}
+        if "http" in protocols or "https" in protocols:
+            # A plain stream: one GET, read front to back. fsspec's default random-access
+            # file would fetch 5 MiB ranges, which servers without Range support refuse.
+            options["block_size"] = 0
+        elif fs.isdir(path):
+            raise SourceError("is a directory, not an episode file", source=name)
+        raw = fs.open(path, "rb", **options)
+    try:
+        size = fs.size(path)
+    except Exception:
+        size = None
+    return raw, size
+
+
+def _open_local(name: str) -> tuple[IO[bytes], int | None]:
+    """What fsspec's local filesystem does for a plain path (same errors), without importing fsspec."""
+    with _opening(name):
+        if os.path.isdir(name):
+            raise SourceError("is a directory, not an episode file", source=name)
+        raw = open(name, "rb")  # noqa: SIM115 - closed by the caller
+    try:
+        size: int | None = os.fstat(raw.fileno()).st_size
+    except Exception:
+        size = None
+    return raw, size
+
+
+def open_source(source: str | os.PathLike[str] | IO[bytes], *, name: str | None = None,
+                size: int | None = None) -> _OpenedSource:
+    """Open ``source`` for one streaming read: ``with open_source("ep.json.gz") as src: ...``.
+
+    ``size``: of a stream, as stored, if known (a path's is looked up)."""
+    return _OpenedSource(source, name, size)
 
 

@@ -151,3 +151,47 @@ def test_steps_without_images_keep_zstd(tmp_path: Path) -> None:
         schema=STEPS))
     writer.close()
     assert _codec_names(tmp_path / "steps.parquet", "step") == {"ZSTD"}
+
+
+def test_floats_are_split_by_byte_and_statistics_kept_where_readers_prune(tmp_path: Path) -> None:
+    """Every float column and list of floats in BYTE_STREAM_SPLIT pages; min/max on the scalar columns
+    (step, agent, rewards: what readers and filters prune by) and none on lists; and the values read back
+    the same with pyarrow, polars and DuckDB, negative zeros, NaNs, infinities and nulls included."""
+    import duckdb
+    import polars as pl
+
+    from pipeline.lake.tables import AGENT_STEPS
+
+    n = 500
+    floats = [float(v) for v in range(n)]
+    floats[:5] = [-0.0, float("nan"), float("inf"), -1e308, 5e-324]
+    columns = {
+        "step": pa.array(range(n), pa.int64()),
+        "agent": pa.array(["a"] * n, pa.string()),
+        "action": pa.array(floats, pa.float64()),
+        "reward": pa.array([None if i % 7 == 0 else v / 3 for i, v in enumerate(floats)], pa.float64()),
+        "total_reward": pa.array(floats, pa.float64()),
+        "observation": pa.array([[v, v / 7, -v] for v in floats], pa.list_(pa.float64())),
+        "observation_shape": pa.array([[3]] * n, pa.list_(pa.int32())),
+    }
+    rows = pa.RecordBatch.from_arrays(
+        [columns.get(field.name, pa.nulls(n, field.type)) for field in AGENT_STEPS], schema=AGENT_STEPS)
+    writer = EpisodeWriter(tmp_path)
+    writer.write("agent_steps", rows)
+    writer.close()
+    path = tmp_path / "agent_steps.parquet"
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    for name in ("action", "reward", "total_reward", "observation.list.element", "health"):
+        assert "BYTE_STREAM_SPLIT" in chunks[name].encodings, name
+    assert "BYTE_STREAM_SPLIT" not in chunks["step"].encodings
+    assert chunks["step"].statistics.has_min_max and chunks["reward"].statistics.has_min_max
+    assert chunks["observation.list.element"].statistics is None
+    written = pa.Table.from_batches([rows])
+    assert repr(pq.read_table(path).to_pylist()) == repr(written.to_pylist())  # as text: NaN != NaN
+    assert repr(pl.read_parquet(path).to_dicts()) == repr(pl.from_arrow(written).to_dicts())
+    ((count, negative_zeros, observations),) = duckdb.sql(
+        f"select count(*), count(*) filter (where action = 0 and sign(1 / action) < 0), "
+        f"sum(list_sum(observation)) filter (where step > 4) from '{path}'").fetchall()
+    assert (count, negative_zeros) == (n, 1)
+    assert observations == pytest.approx(sum(v + v / 7 - v for v in floats[5:]))

@@ -191,7 +191,7 @@ class EpisodeWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .tables import F64, LIST_F64, SCHEMAS
+        from .tables import SCHEMAS
 
         schema = SCHEMAS[table]
         names = schema.names
@@ -200,18 +200,15 @@ class EpisodeWriter:
         # 173k agent steps of 128 values (measured alone).
         statistics = [field.name for field in schema if field.name not in _IMAGE_COLUMNS
                       and not pa.types.is_list(field.type)]
-        # Floats in BYTE_STREAM_SPLIT pages (each value's bytes spread over one stream per byte), which
-        # zstd compresses better and faster than plain doubles: the same agent steps took 0.53 s of the
-        # writer's CPU against 0.92 s, in 26.3 MiB against 32.9 (measured alone). pyarrow, polars and
-        # DuckDB read them.
-        split = [field.name if field.type == F64 else f"{field.name}.list.element"
-                 for field in schema if field.type in (F64, LIST_F64)]
+        # Not BYTE_STREAM_SPLIT for floats: on pixel values it halved the writer's CPU and shrank the
+        # file by a fifth, but on short decimals that repeat (3-place rewards and health) it broke up the
+        # whole doubles zstd matches, and teams_plain's episode grew from 23.1 to 53.6 MB (measured).
         # pyarrow's own file (written without the GIL), opened here so that its descriptor is known.
         sink = self._sinks[table] = pa.OSFile(str(self.path(table)), "wb")
         return pq.ParquetWriter(
             sink, schema, compression=table_compression(
                 names, IMAGE_CODEC if compress_images else None, image_groups=image_groups),
-            use_dictionary=_DICTIONARY_COLUMNS, write_statistics=statistics, use_byte_stream_split=split or False,
+            use_dictionary=_DICTIONARY_COLUMNS, write_statistics=statistics,
             # A CRC32 per page, so that readers which verify them (``check --deep``, the engine's
             # pyarrow reads) tell a damaged page from data: without them most flipped bytes in a
             # zstd page decode silently to wrong values (measured: 32 of 40 200-byte flips).

@@ -653,7 +653,6 @@ def test_a_jpeg_whose_header_was_walked_before_gets_the_walks_verdict(
         damaged = data[: len(data) - 2 - count] + bytes([byte]) * count + b"\xff\xd9"
     limit = 100 if small_limit else 64 * 1024 * 1024  # 100 pixels: less than any sample holds
     jpeg._KNOWN_HEADERS.clear()
-    jpeg._KNOWN_LENGTHS.clear()
     walked = _verdict(damaged, limit)  # no header known: the whole walk
     _verdict(data)  # an undamaged frame of the same encoder: its header becomes known, if it can be
     assert _verdict(damaged, limit) == walked

@@ -35,19 +35,17 @@ _MAX_BLOCKS_IN_MCU = 10  # libjpeg's D_MAX_BLOCKS_IN_MCU
 # there, its scan data up to the marker that ends it, which must be its EOI, its last two bytes; the
 # verdict is the walk's. Anything else is walked whole.
 _KNOWN_HEADERS: dict[bytes, tuple[int, int]] = {}
-_KNOWN_LENGTHS: dict[int, None] = {}  # the lengths of the known headers, in the order first seen
-_MAX_KNOWN = 16  # then the cache starts again (each frame looks up at most this many lengths)
+_MAX_KNOWN = 16  # then the cache starts again (each frame is compared with at most this many)
 
 
 def _jpeg(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
     if not deep and type(data) is bytes:
-        for length in _KNOWN_LENGTHS:
-            known = _KNOWN_HEADERS.get(data[:length])
-            if known is not None:
-                found = _JPEG_SCAN_END.search(data, length)
+        for header, (width, height) in _KNOWN_HEADERS.items():
+            if data.startswith(header):
+                found = _JPEG_SCAN_END.search(data, len(header))
                 if (found is not None and found.start() == len(data) - 2 and data[-1] == 0xD9
-                        and known[0] * known[1] <= max_pixels):
-                    return "JPEG", known[0], known[1]
+                        and width * height <= max_pixels):
+                    return "JPEG", width, height
                 break  # the walk says what is wrong
     end, width, height, undecoded, pictures, header_end, scan_end = _walk_jpeg(data, 0, max_pixels)
     size = len(data)
@@ -64,9 +62,7 @@ def _jpeg(data: bytes, max_pixels: int, deep: bool) -> tuple[str, int, int]:
     elif pictures == 1 and scan_end == size - 2 and type(data) is bytes:  # one scan, then EOI
         if len(_KNOWN_HEADERS) >= _MAX_KNOWN:
             _KNOWN_HEADERS.clear()
-            _KNOWN_LENGTHS.clear()
         _KNOWN_HEADERS[data[:header_end]] = (width, height)
-        _KNOWN_LENGTHS[header_end] = None
     return "JPEG", width, height
 
 

@@ -336,6 +336,28 @@ def test_gc_removes_dead_staging_folders_and_reports_them(lake):
     assert bad.exit_code == 2 and "is not a duration such as 90s" in bad.stderr
 
 
+def test_the_command_in_its_own_process_leaves_every_line_and_its_status(bad, tmp_path):
+    """`run` and `validate` end their own process without the interpreter's teardown (cli._leave):
+    what they printed to a file (fully buffered) is all there, in order, and the status is theirs."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    files = [str(write_json(tmp_path / f"e{k:02d}.json", episode(steps=2 + k))) for k in range(12)]
+    lake = str(tmp_path / "lake")
+    for args, status, lines in [(("run", *files, "--jobs", "1", "--lake", lake, "--json"), 0, 12),
+                                (("validate", *files, str(bad), "--json"), 1, 13),
+                                (("run", *files, "--lake", lake, "--json"), 0, 12)]:
+        out = tmp_path / "out.txt"
+        with out.open("w") as sink:
+            done = subprocess.run([sys.executable, "cli.py", *args], cwd=root, stdout=sink, stderr=subprocess.PIPE,
+                                  text=True)
+        printed = [json.loads(line) for line in out.read_text().splitlines()]
+        assert done.returncode == status, done.stderr
+        assert [Path(row["source"]).name for row in printed] == [Path(f).name for f in args if f.endswith(".json")][:lines]
+    assert len(episode_folders(Path(lake))) == 12
+
+
 def test_the_command_in_its_own_process_ingests_without_pandas(good, bad, tmp_path):
     """`ingest-pipeline run` and `validate` keep pyarrow from importing pandas in their own process
     and in the workers (0.2-0.27 s a run): one file here, several in workers, all still work."""

@@ -112,6 +112,10 @@ def build_in_two_processes(src: Source, folder: Path | None,
     """
     import multiprocessing
 
+    # Both processes check parts (EpisodeChecks): imported before the fork, the child has it for free
+    # (the schema validator and the rules are ~25 ms of imports, which each process paid after the fork).
+    from . import builder  # noqa: F401
+
     context = multiprocessing.get_context("fork")
     down_out, down_in = context.Pipe(duplex=False)  # parts, to the child
     up_out, up_in = context.Pipe(duplex=False)  # its replies

@@ -47,7 +47,8 @@ from PIL import Image, ImageDraw
 PROFILES = ("frames", "teams", "pixels", "vector")
 # Shapes added for issue 15 (per-step and per-row costs that the first three under-weight); kept apart
 # from PROFILES, whose files the smoke test holds to 200 KB (a long_floats step alone is ~140 KB).
-SHAPES = ("teams_metrics", "teams_plain", "teams_nounits", "long_floats", "frames64", "frames_jpeg", "random")
+SHAPES = ("teams_metrics", "teams_plain", "teams_nounits", "long_floats", "frames64", "frames_jpeg", "random",
+          "sparse_frames", "swarm")
 ALL_PROFILES = PROFILES + SHAPES
 # Bump when the bytes a profile writes change, so cached benchmark files are regenerated.
 GENERATOR_VERSION = 1
@@ -253,6 +254,54 @@ def _vector_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator
     return _lander_header(seed, environment), steps()
 
 
+def _sparse_frames_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+    """The lander, rendered on every :data:`SPARSE_EVERY`-th step only (a video at a lower rate than the
+    environment's): 96x72 PNGs among steps without a frame."""
+    pool = small_frame_pool(seed, 20, (96, 72))
+
+    def steps() -> Iterator[bytes]:
+        for i, agent_step in enumerate(_lander_agent_steps(seed)):
+            step: dict[str, Any] = {"number": i, "agent_steps": [agent_step]}
+            if i % SPARSE_EVERY == 0:
+                step["image"] = pool[(i // SPARSE_EVERY) % len(pool)]
+            yield orjson.dumps(step, option=_NUMPY)
+
+    return _lander_header(seed, environment), steps()
+
+
+SPARSE_EVERY = 20
+SWARM_AGENTS = 32
+
+
+def _swarm_profile(seed: int, environment: str | None) -> tuple[bytes, Iterator[bytes]]:
+    """:data:`SWARM_AGENTS` agents a step (a drone swarm), each with 4 short decimals, an action
+    distribution, health and a value estimate: many small agent rows with the optional columns."""
+    training = {"environment": environment or "Swarm-v0", "algorithm": "MAPPO", "parallel": True, "num_gpus": 0.0,
+                "iterations": 500_000, "config": {"lr": 0.0007, "agents": SWARM_AGENTS}}
+    header = _header({"0": "hover", "1": "advance"}, training, {"seed": seed})
+    names = [f"drone_{k:02d}" for k in range(SWARM_AGENTS)]
+
+    def steps() -> Iterator[bytes]:
+        rng = np.random.default_rng([seed, 9])
+        for start in count(0, BLOCK):
+            obs = np.round(rng.standard_normal((BLOCK, SWARM_AGENTS, 4)), 3)
+            advance = np.round(rng.random((BLOCK, SWARM_AGENTS)), 3)
+            rewards = np.round(rng.standard_normal((BLOCK, SWARM_AGENTS)) * 0.1, 3).tolist()
+            health = np.round(rng.random((BLOCK, SWARM_AGENTS)) * 100, 1).tolist()
+            values = np.round(rng.standard_normal((BLOCK, SWARM_AGENTS)), 3).tolist()
+            for j in range(BLOCK):
+                agent_steps = [
+                    {"agent": name, "action": int(advance[j, a] > 0.5), "reward": rewards[j][a],
+                     "observation_space": obs[j, a],
+                     "action_distribution": [round(1 - advance[j, a], 3), advance[j, a]],
+                     "health": health[j][a], "value_estimate": values[j][a]}
+                    for a, name in enumerate(names)
+                ]
+                yield orjson.dumps({"number": start + j, "agent_steps": agent_steps}, option=_NUMPY)
+
+    return header, steps()
+
+
 # -- teams: two teams of units ---------------------------------------------------------------------
 
 TEAMS = ("team_red", "team_blue")
@@ -428,6 +477,9 @@ def _bounce(position: float, velocity: float, low: float, high: float) -> tuple[
 # with an 84x84 JPEG (quality 90) instead, as a camera or a video's frames are stored (~2.9 KB a step);
 # random: shapes drawn from the seed (agents, observation shape and number style, reward kind,
 # units, metrics, frames), so that other seeds give other files.
+#
+# sparse_frames: the lander rendered on every 20th step only, a 96x72 PNG among steps without a frame;
+# swarm: 32 agents a step with the optional columns (action distribution, health, value estimate).
 
 
 def _teams_variant(metrics: bool, units: bool) -> Any:
@@ -643,6 +695,8 @@ _PROFILE_BUILDERS = {
     "frames64": _frames64_profile,
     "frames_jpeg": functools.partial(_frames64_profile, size=(84, 84), image_format="JPEG"),
     "random": _random_profile,
+    "sparse_frames": _sparse_frames_profile,
+    "swarm": _swarm_profile,
 }
 
 

@@ -771,7 +771,9 @@ def render(report: dict[str, Any]) -> str:
         "step); `frames64`: `frames` with a 64x64 PNG (~1.8 KB) instead; `frames_jpeg`: with an 84x84 JPEG "
         "(quality 90, ~2.1 KB) instead; `random`: a shape drawn from the seed "
         "(`benchmarks.generate.random_shape`: agents, observation shape and number style, reward kind, units, "
-        "metrics, frames).",
+        "metrics, frames). Added in session 12: `sparse_frames`: `vector` with a 96x72 PNG on every 20th step "
+        "only (measured against the parse floor: not every step has a frame); `swarm`: 32 agents a step, each "
+        "with 4 short decimals, an action distribution, health and a value estimate (~5.5 KB a step).",
         "- **ingest**: the whole `ingest-pipeline run FILE --lake LAKE --jobs 1 --json` command, start-up "
         "included: parse, validate, build batches, write zstd Parquet (frames with LZ4, and only when it "
         "shrinks them: PNG and JPEG are compressed already), commit. **CPU/wall** above 1 means more than one "

@@ -27,7 +27,8 @@ from pipeline.ingestion.parts import STEPS, read_batches
 from pipeline.ingestion.source import open_source
 
 PROFILES = [("vector", 0, 300), ("teams_metrics", 0, 40), ("pixels", 0, 6), ("frames64", 0, 30), ("frames_jpeg", 0, 30),
-            ("random", 0, 40), ("random", 1, 20), ("random", 4, 40), ("random", 8, 200)]
+            ("random", 0, 40), ("random", 1, 20), ("random", 4, 40), ("random", 8, 200), ("sparse_frames", 0, 45),
+            ("swarm", 0, 6)]
 
 
 def _document(profile: str, seed: int, steps: int) -> dict[str, Any]:

@@ -18,8 +18,10 @@ schema check of plain batches (1-D float observations, no image, no metrics) to 
 other way round, while the child is behind (:meth:`Sender.behind`), the reader takes the checks
 that need no state from the batches it leaves to the child (decoding the frames, the schema check):
 either side can run those. When the fast walk parses and the child checks, the frames' base64 text
-is not parsed at all (:mod:`.framesapart`): it crosses the pipe as it was read, one message after its
-steps, and is decoded by the child, or by the reader while the child is behind (:func:`_send_apart`). The
+is not parsed at all (:mod:`.framesapart`): it goes to the child as it was read, after its steps, and is
+decoded by the child, or by the reader while the child is behind (:func:`_send_apart`). Frames, as text
+or decoded, go in slots of memory the two processes share (:mod:`.sharedtext`) rather than through the
+pipe, which would copy them into the kernel and out again; the pipe carries the rest. The
 reader imports neither pyarrow nor the tables, not even after its commit (the batch counts entries
 before it imports compaction): the child imports them while the reader parses. The reader's
 messages go to a non-blocking pipe (:class:`Sender`), so the parser goes on while the writer is busy
@@ -59,6 +61,7 @@ from ..errors import LakeError, PipelineError
 from .nopandas import keep_pandas_out
 from .receiver import Receiver
 from .sender import Sender
+from .sharedtext import TextSlots
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -121,20 +124,23 @@ def build_in_two_processes(src: Source, folder: Path | None,
     up_out, up_in = context.Pipe(duplex=False)  # its replies
     _widen(down_in.fileno())
     ours, theirs = _Channel(up_out, down_in), _Channel(down_out, up_in)
+    slots = TextSlots()  # the frames' text, in memory both processes share (see sharedtext)
     # The child inherits our ends of the pipes too; unless it closes them, it never sees us hang up.
     close_in_child = (*close_in_child, *ours.filenos())
-    child = context.Process(target=_child, args=(theirs, folder, close_in_child), name="ingest-builder",
+    child = context.Process(target=_child, args=(theirs, folder, close_in_child, slots), name="ingest-builder",
                             daemon=True)
     child.start()
     theirs.close()
+    slots.as_reader()
     try:
-        return _feed(ours, src, progress, walk)
+        return _feed(ours, src, progress, walk, slots)
     finally:
         ours.close()
         child.join(timeout=60)
         if child.is_alive():  # pragma: no cover - only if the child hangs
             child.kill()
             child.join()
+        slots.close()
 
 
 def _widen(fd: int) -> None:
@@ -192,8 +198,9 @@ class _Channel:
 
 
 def _feed(conn: _Channel, src: Source, progress: Callable[[int, int | None], None] | None,
-          walk: Callable[[Source], Iterator[tuple[str, Any]]] | None) -> Built:
+          walk: Callable[[Source], Iterator[tuple[str, Any]]] | None, slots: TextSlots | None = None) -> Built:
     sender = Sender(conn)
+    sender.slots = slots
     try:
         return _feed_through(sender, src, progress, walk)
     finally:
@@ -298,12 +305,13 @@ def _send_steps(sender: Sender, checks: EpisodeChecks | None, steps: list[Any], 
 
 def _send_apart(sender: Sender, steps: StepsApart, first: int) -> None:
     """Send steps whose frames the fast walk kept apart: with the frames decoded here while the child is
-    behind (as :func:`_send_steps` would, if they all pass), else with their text, for the child to decode."""
+    behind (as :func:`_send_steps` would, if they all pass), else with their text, for the child to decode.
+    Every slot of shared memory taken (:mod:`.sharedtext`) means the child is behind too."""
     from .rules import decode_frame_texts
     from .schema import steps_are_valid
 
     plain = list(steps)  # marshal takes lists, not their subclasses
-    if sender.behind():
+    if sender.behind() or (sender.slots is not None and sender.slots.full()):
         decoded = decode_frame_texts(steps.lengths, steps.texts, first)
         if decoded is not None:
             _send(sender, ("check", plain, steps_are_valid(plain), decoded[0]), decoded[1])
@@ -446,12 +454,20 @@ class _ChildReported(Exception):
 
 
 def _send(sender: Sender, message: tuple[Any, ...], frames: Sequence[bytes | memoryview] | None = None) -> None:
-    """Send ``message`` (and ``frames``, the message after it; see :func:`_frames_out`)."""
+    """Send ``message`` and its second part, ``frames`` (decoded frames, or their text; see
+    :func:`_frames_out`): in a slot of shared memory when one is free (:mod:`.sharedtext`), the
+    message then saying which, else as the message after it."""
     conn = sender.conn
     if sender.replied():  # the child has started, or stopped at an error (then nothing after it matters)
         reply = _receive(conn, started=sender)
         if reply != _STARTED:
             raise _ChildReported(reply[1])
+    slots = sender.slots
+    if frames is not None and slots is not None:
+        size = sum(map(len, frames))
+        slot = slots.put(frames, size)
+        if slot is not None:
+            message, frames = ("slot", slot, size, message), None
     if not sender.send(marshal.dumps(message), frames):
         raise _ChildReported(_receive(conn)[1])
 
@@ -482,12 +498,13 @@ def _stop(sender: Sender) -> PipelineError | None:
     return reply[1] if reply[0] == "error" and reply[1] is not None else None
 
 
-def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...]) -> None:
+def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...], slots: TextSlots) -> None:
     from .builder import EpisodeChecks, EpisodeTabulator, Facts
     from .rules import decode_frame_texts
 
     for fd in close_in_child:
         os.close(fd)
+    slots.as_child()
     keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
@@ -499,27 +516,34 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
             data = receiver.recv_view()  # until the next read: marshal copies what it loads
             size = len(data)
             message = marshal.loads(data)
+            slot, length = None, 0
+            if message[0] == "slot":  # its second part is in shared memory, not the next message (_send)
+                _, slot, length, message = message
             kind = message[0]
             # The message's size stands for the text the steps came from (see tabulate.BATCH_TEXT_BYTES).
             if kind == "check":
                 lengths = message[3]
                 # Frames the reader decoded, stored as they are: memory of their own.
-                decoded = None if lengths is None else (lengths, [receiver.recv_bytes()])
+                decoded = None if lengths is None else (lengths, [_attachment(receiver, slots, slot, length)])
                 state = checks.steps_batch(message[1], schema_valid=message[2])
                 tabulator.steps_batch(message[1], state, decoded,
                                       text_bytes=size + (len(decoded[1][0]) if decoded is not None else 0))
-            elif kind == "texts":  # steps without their frames, whose base64 text is the next message
-                texts = receiver.recv_view()  # decoded at once
+            elif kind == "texts":  # steps without their frames, whose base64 text is the second part
+                texts = _attachment(receiver, slots, slot, length, keep=False)
                 steps, lengths = message[1], message[2]
-                decoded = decode_frame_texts(lengths, _cut_at(texts, lengths), checks.steps, steps)
+                try:  # decoded into frames of their own: the slot can be used again at once
+                    decoded = decode_frame_texts(lengths, _cut_at(texts, lengths), checks.steps, steps)
+                finally:
+                    if slot is not None:
+                        slots.release(slot)
                 state = checks.steps_batch(steps)
                 tabulator.steps_batch(steps, state, decoded, text_bytes=size + len(texts))
             elif kind == "steps":
                 lengths = message[3]
                 if lengths is None:
                     tabulator.steps_batch(message[1], message[2], text_bytes=size)
-                else:  # the batch's frames: the next message (see _frames_out)
-                    frames = receiver.recv_bytes()
+                else:  # the batch's frames: the second part (see _frames_out)
+                    frames = _attachment(receiver, slots, slot, length)
                     tabulator.steps_batch(message[1], message[2], (lengths, [frames]),
                                           text_bytes=size + len(frames))
             elif kind == "part":
@@ -546,6 +570,21 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...])
         _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
+
+
+def _attachment(receiver: Receiver, slots: TextSlots, slot: int | None, length: int, *,
+                keep: bool = True) -> Any:
+    """A message's second part (see :func:`_send`): the ``length`` bytes in shared ``slot``, or the next
+    message if ``slot`` is None. ``keep``: as bytes of its own (and the slot given back), else a view
+    that is valid until the next message is read, or until the caller gives the slot back."""
+    if slot is None:
+        return receiver.recv_bytes() if keep else receiver.recv_view()
+    view = slots.view(slot, length)
+    if not keep:
+        return view
+    data = bytes(view)
+    slots.release(slot)
+    return data
 
 
 def _cut_at(data: bytes | memoryview, lengths: list[int]) -> list[memoryview]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .parallel import _Channel
+    from .sharedtext import TextSlots
 
 # At most this many buffers a writev call (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = 64
@@ -62,6 +63,7 @@ class Sender:
         self._pending = 0
         self._broken = False
         self._waited = 0  # messages left for which the child counts as behind (see behind())
+        self.slots: TextSlots | None = None  # shared memory beside the pipe, for the frames' text (sharedtext)
 
     def send(self, data: bytes, pieces: Sequence[bytes | memoryview] | None = None) -> bool:
         """Queue ``data`` (and, if given, a second message made of ``pieces``, never joined) and write

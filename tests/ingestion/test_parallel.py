@@ -502,11 +502,38 @@ def _frames_document(variant: str) -> tuple[dict[str, object], str]:
     return document, variant
 
 
+# Shared slots for the frames' text (sharedtext.py), as (slots, bytes each): the usual ones; one slot (often
+# taken: the reader decodes the batch itself); slots smaller than any batch's text
+# (every text through the pipe).
+SLOT_SIZES = {"slots": None, "one-slot": (1, 256 * 1024), "no-slot-fits": (2, 64)}
+
+
+def _slot_sizes(monkeypatch, how: str) -> list[int]:
+    """Use the slots ``how`` names (see SLOT_SIZES); the list returned counts the texts put in one."""
+    from pipeline.ingestion import sharedtext
+
+    if SLOT_SIZES[how] is not None:
+        monkeypatch.setattr(sharedtext, "SLOTS", SLOT_SIZES[how][0])
+        monkeypatch.setattr(sharedtext, "SLOT_BYTES", SLOT_SIZES[how][1])
+    put, puts = sharedtext.TextSlots.put, []
+
+    def counted(self, pieces, size):
+        slot = put(self, pieces, size)
+        puts.extend([] if slot is None else [slot])
+        return slot
+
+    monkeypatch.setattr(sharedtext.TextSlots, "put", counted)
+    return puts
+
+
+@pytest.mark.parametrize("slots", list(SLOT_SIZES))
 @pytest.mark.parametrize("variant", ["compact", "indented", "escaped-slashes", "metric-named-image"])
-def test_frames_kept_apart_by_the_reader_are_stored_as_in_one_process(tmp_path, monkeypatch, variant):
-    """The two-process reader hands frames over as their text, apart from the steps (framesapart.py); a
-    file whose frames cannot all be cut (escaped slashes, a metric named image) is parsed whole from
-    where that shows. Either way the lake holds what one process stores, frame for frame."""
+def test_frames_kept_apart_by_the_reader_are_stored_as_in_one_process(tmp_path, monkeypatch, variant, slots):
+    """The two-process reader hands frames over as their text, apart from the steps (framesapart.py),
+    in shared slots or through the pipe; a file whose frames cannot all be cut (escaped slashes, a metric
+    named image) is parsed whole from where that shows. Either way the lake holds what one process
+    stores, frame for frame."""
+    puts = _slot_sizes(monkeypatch, slots)
     sent_apart = []
     send_apart = parallel._send_apart
     monkeypatch.setattr(parallel, "_send_apart", lambda sender, steps, first: (sent_apart.append(first),
@@ -534,6 +561,23 @@ def test_frames_kept_apart_by_the_reader_are_stored_as_in_one_process(tmp_path, 
     images = one["steps"].column("image").to_pylist()
     assert images.count(None) == sum(1 for i in range(1000) if i % 7 == 3)
     assert images[0] == base64.b64decode(document["inference"]["steps"][0]["image"])
+    assert (len(puts) > 0) == (slots != "no-slot-fits" and how != "escaped-slashes")
+
+
+@pytest.mark.parametrize("slots", list(SLOT_SIZES))
+@pytest.mark.parametrize("first,second", [(10, 700), (700, 10), (0, 899)])
+@pytest.mark.parametrize("kinds", [("base64", "damaged"), ("damaged", "schema")], ids="-then-".join)
+def test_frames_in_shared_slots_report_the_first_error_in_file_order(tmp_path, monkeypatch, kinds, first, second,
+                                                                     slots):
+    _slot_sizes(monkeypatch, slots)
+    document, _ = _frames_document("compact")
+    for kind, at in zip(kinds, (first, second), strict=True):
+        _BREAKS[kind](document["inference"]["steps"][at])
+    path = write_json(tmp_path / "frames.json", document)
+    single, split = validate(path, parallel=False), validate(path, parallel=True)
+    assert single.status == split.status == "invalid"
+    assert (split.error.rule, split.error.path, str(split.error)) == \
+        (single.error.rule, single.error.path, str(single.error))
 
 
 @pytest.mark.parametrize("where", [3, 700], ids=["first-batch", "later-batch"])

@@ -4,7 +4,8 @@
 
 The same as ``ingest-pipeline run FILE ...`` (``cli.py``'s ``main()``, run as a script, so the working
 tree's ``pipeline`` is imported lazily as the command does), with one addition for the benchmark:
-on exit it writes to MEMORY_FILE this process's peak RSS (VmHWM) and, when the two-process ingest
+on exit (also through ``os._exit``, as ``run`` and ``validate`` leave) it writes to MEMORY_FILE this
+process's peak RSS (VmHWM) and, when the two-process ingest
 forked a child, the child's VmHWM and the pages it still shared with this process as it finished
 (see ``benchmarks/measure.py``). The hook costs no import: it is set with ``os.register_at_fork``
 and only touches ``multiprocessing.util``, which the two-process ingest has imported already.
@@ -43,10 +44,25 @@ def _in_forked_child(path: str) -> None:
     setattr(util, "_exit_function", exit_function)  # noqa: B010 - private, absent from the stubs
 
 
+def _record_before_leaving(path: str, parent: int) -> None:
+    """Record this process's memory also when the command ends it at once (``cli._leave``: run and
+    validate leave through ``os._exit``, past the ``finally`` below); a forked child's ``os._exit`` is
+    left alone (its memory is recorded by :func:`_in_forked_child`)."""
+    leave = os._exit
+
+    def record_and_leave(code: int) -> None:
+        if os.getpid() == parent:
+            _write(path, {"hwm_kib": status_kib(b"VmHWM:")})
+        leave(code)
+
+    os._exit = record_and_leave  # type: ignore[assignment]
+
+
 def main() -> None:
     path, *argv = sys.argv[1:]
     parent = os.getpid()
     os.register_at_fork(after_in_child=lambda: _in_forked_child(path) if os.getppid() == parent else None)
+    _record_before_leaving(path, parent)
     # The runner starts us in the checkout it measures (``--pipeline``); its cli.py is the command.
     root = os.getcwd() if os.path.exists("cli.py") else REPO
     sys.argv = [os.path.join(root, "cli.py"), *argv]

@@ -108,6 +108,15 @@ def test_one_ingest_measurement_in_a_fresh_process(files: dict[str, Path], tmp_p
     assert result.keys() >= MEASURED
     assert result["input_bytes"] == files["teams"].stat().st_size
     assert result["steps"] > 1 and result["lake_bytes"] > 0
+    # The command's own peak memory, recorded although `run` leaves through os._exit (cli._leave).
+    assert result["peak_rss_mib"] > 15
+
+
+def test_start_up_measurements_record_the_commands_memory() -> None:
+    for how in ("help", "run"):
+        result = measure.startup(Path(__file__).resolve().parent.parent / "examples" / "lunar_lander.json", how)
+        assert result["status"] == "ok", result
+        assert result["peak_rss_mib"] > 15, how
 
 
 def test_reference_measurements_agree_on_the_steps(files: dict[str, Path]) -> None:

@@ -30,6 +30,8 @@ class TextSlots:
 
     def __init__(self, slots: int | None = None, slot_bytes: int | None = None) -> None:
         slots = slots or SLOTS
+        if slots > 256:  # a slot is given back as one byte
+            raise ValueError(f"at most 256 slots, not {slots}")
         self.slot_bytes = slot_bytes = slot_bytes or SLOT_BYTES
         self._memory = mmap.mmap(-1, slots * slot_bytes)  # anonymous and shared: the child sees the same pages
         self._view = memoryview(self._memory)

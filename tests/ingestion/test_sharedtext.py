@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,9 @@ def test_the_child_sees_what_the_reader_put_and_gives_slots_back(tmp_path):
         assert slots.put([b"x" * 1025], 1025) is None  # larger than a slot
     finally:
         slots.close()
+
+
+def test_slots_are_numbered_in_one_byte():
+    with pytest.raises(ValueError, match="at most 256 slots"):
+        TextSlots(257, 16)
+    TextSlots(256, 16).close()

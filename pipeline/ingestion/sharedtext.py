@@ -1,4 +1,5 @@
-"""The frames' base64 text of the two-process ingest, handed to the child in shared memory, not the pipe.
+"""The frames of the two-process ingest (their base64 text, or decoded), handed to the child in shared
+memory, not through the pipe.
 
 A file of frames is mostly their text (93 of 100 MB on the frames profile), which the reader cuts out of
 the parse (:mod:`.framesapart`) and the child decodes. Through the pipe, the reader's ``writev`` copies
@@ -6,7 +7,8 @@ it into the kernel and the child's ``readv`` out again: 100 MB cost ~0.11 s of C
 alone, 256 KB writes into a 1 MB pipe), a tenth of a frames ingest's CPU. Here the reader copies a batch's
 frames' text into a slot of memory both processes map (an anonymous shared ``mmap``, made before the
 fork), and the pipe carries only the batch's steps and the slot's number; the child decodes the text
-where it lies and gives the slot back, by writing its number to a second pipe.
+where it lies and gives the slot back, by writing its number to a second pipe. Frames the reader
+decoded itself go the same way (the child copies them out, to keep).
 
 When no slot is free the child is behind, and the reader decodes that batch's frames itself
 (:func:`.parallel._send_apart`); a text larger than a slot goes through the pipe as before.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -86,6 +85,8 @@ class BatchBar:
         if summary.done == self._done and now - self._drawn_at < 0.1:
             return  # redraw at most ten times a second between files
         self._done, self._drawn_at = summary.done, now
+        import shutil  # here: only a bar drawn on a terminal needs it (~4 ms of start-up)
+
         self._text = bar_text(summary, shutil.get_terminal_size().columns - 1)
         self._draw()
 

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 import pipeline.lake.commit
+import pipeline.lake.tables
 import pipeline.lake.writer
 from pipeline import InvalidEpisode, LakeError, PipelineError, SourceError, ingest
 from pipeline.lake.layout import ENV_VAR, resolve_lake
@@ -83,6 +84,7 @@ import json, os, sys, time
 from pathlib import Path
 import pipeline
 import pipeline.lake.commit
+import pipeline.lake.tables
 
 original_commit = pipeline.lake.commit.Staging.commit
 hold = None
@@ -321,3 +323,56 @@ def test_ingest_without_a_lake_uses_the_environment_variable_then_dot_lake(tmp_p
     monkeypatch.delenv(ENV_VAR)
     assert ingest(path).status == "ingested"
     assert len(episode_folders(tmp_path / "lake")) == 1
+
+
+@pytest.mark.parametrize("layout", ["files", "nested", "missing"])
+def test_a_staging_folder_is_removed_whole_without_following_links(tmp_path, layout):
+    """commit._remove_tree: files alone (a committed ingest's lock and kept copy) without shutil, anything
+    else through it; a link is removed, never what it points to."""
+    from pipeline.lake.commit import _remove_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    root = tmp_path / "staging"
+    if layout != "missing":
+        root.mkdir()
+        (root / "owner.lock").write_text("host 1\n")
+        (root / "input").write_bytes(b"x" * 1000)
+        (root / "link").symlink_to(outside, target_is_directory=True)
+        if layout == "nested":
+            (root / "episode" / "deep").mkdir(parents=True)
+            (root / "episode" / "deep" / "steps.parquet").write_bytes(b"PAR1")
+    _remove_tree(root)
+    assert not root.exists() and not root.is_symlink()
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_a_staging_folder_removal_cut_short_keeps_its_lock_so_gc_removes_it_at_once(tmp_path, monkeypatch):
+    """The owner lock goes last: killed after removing some files, the folder still has its lock, and gc
+    (which spares a fresh unlocked folder for a minute, as maybe being created) removes it straight away."""
+    import pipeline.lake.commit as commit_module
+    from pipeline.lake.maintenance import gc
+
+    lake = tmp_path / "lake"
+    root = lake / "_staging" / "token"
+    root.mkdir(parents=True)
+    names = ["owner.lock", *(f"file{i}" for i in range(11))]
+    for name in names:
+        (root / name).write_text(name)
+    real_unlink = os.unlink
+    removed: list[str] = []
+
+    def unlink_then_die(path, *args, **kwargs):
+        if len(removed) == len(names) - 1:
+            raise KeyboardInterrupt  # stands for the process being killed before its last removal
+        removed.append(os.path.basename(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(commit_module.os, "unlink", unlink_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        commit_module._remove_tree(root)
+    monkeypatch.setattr(commit_module.os, "unlink", real_unlink)
+    assert "owner.lock" not in removed and (root / "owner.lock").exists()
+    report = gc(lake)
+    assert report.removed == [root] and not root.exists()

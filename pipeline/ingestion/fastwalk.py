@@ -309,12 +309,19 @@ def _object(text: _Text, reader: Any, depth: int, prefix: str, parts: frozenset[
             raise NotFast
 
 
-def _steps_text(body: bytes | bytearray) -> list[Any]:
+def _steps_text(body: bytes) -> list[Any]:
     """The steps whose text, without the array's brackets, is ``body``."""
-    return parse_checked(b"[" + body + b"]", BATCH_AROUND)
+    return parse_checked(b"".join((b"[", body, b"]")), BATCH_AROUND)  # one copy, where + made two
 
 
-_StepsParser = Callable[[bytearray], list[Any]]
+_StepsParser = Callable[[bytes], list[Any]]
+
+
+def _text_between(data: bytearray, start: int, end: int) -> bytes:
+    """``data[start:end]`` as bytes, copied once (a bytearray's slice is a bytearray: ``bytes()`` of it
+    copied the text a second time)."""
+    with memoryview(data) as view:
+        return view[start:end].tobytes()
 
 
 def _steps(text: _Text, reader: Any, batch_bytes: int, parse: _StepsParser) -> Iterator[tuple[str, Any]]:
@@ -407,7 +414,7 @@ def _cut(text: _Text, needle: bytes, separator: int, limit: int, parse: _StepsPa
         if at < 0:
             return found
         try:
-            steps = parse(text.data[text.pos : at + 1])
+            steps = parse(_text_between(text.data, text.pos, at + 1))
         except _NotJson:  # inside a string, or inside a step: an earlier one
             high, found = at + len(needle) - 1, _NO_CUT
             continue
@@ -428,7 +435,7 @@ def _last_batch(text: _Text, parse: _StepsParser) -> list[Any]:
         if close < 0:
             break
         high = close
-        body = data[text.pos : close].rstrip(_WHITESPACE)
+        body = _text_between(data, text.pos, close).rstrip(_WHITESPACE)
         if body.endswith(b"}"):
             try:
                 steps = parse(body)

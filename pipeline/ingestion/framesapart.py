@@ -60,13 +60,13 @@ class FramesApart:
         """The steps whose text (whole steps and what separates them) is ``body``; a :class:`StepsApart`
         if frames were cut from it. Raises what :func:`.fastwalk.parse_checked` raises."""
         if not self.enabled:
-            return parse_checked(b"[" + body + b"]", BATCH_AROUND)
-        text = bytes(body)
+            return parse_checked(b"".join((b"[", body, b"]")), BATCH_AROUND)
+        text = bytes(body)  # the same object if it is bytes already (the fast walk's): no copy
         spans = _image_strings(text)
         if not spans:
             if spans is None:  # a frame with a backslash in it: escaped slashes, most likely, in every one
                 self.enabled = False
-            return parse_checked(b"[" + text + b"]", BATCH_AROUND)
+            return parse_checked(b"".join((b"[", text, b"]")), BATCH_AROUND)
         view = memoryview(text)
         pieces: list[bytes | memoryview] = [b"["]
         at = 0
@@ -80,7 +80,7 @@ class FramesApart:
         cut = images.count(self._stand_in)
         if cut != len(spans) or cut + images.count(None) != len(images):
             self.enabled = False  # a cut string was not a step's frame, or a step's frame was not cut
-            return parse_checked(b"[" + text + b"]", BATCH_AROUND)
+            return parse_checked(b"".join((b"[", text, b"]")), BATCH_AROUND)
         for step in steps:
             step.pop("image", None)
         sizes = iter([end - start for start, end in spans])

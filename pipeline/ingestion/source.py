@@ -139,11 +139,24 @@ class HashingReader:
         if size == 0:  # ijson probes with read(0) to tell bytes from text
             return b""
         want = READ_SIZE if size < 0 else size
+        if not self._guarded and not self._out:
+            return self._read_unguarded(want)
         buffer = bytearray(max(want, _MIN_BUFFER))
         count = self.readinto(buffer)
         if count > want:
             self._out, count = bytes(buffer[want:count]) + self._out, want
         return bytes(buffer[:count])
+
+    def _read_unguarded(self, size: int) -> bytes:
+        """:meth:`read` for the fast walk (no guards, nothing held back): the stream's own bytes object,
+        without the zeroed buffer and the two copies out of it that ijson's reads need."""
+        if self._pending:  # what first_byte read: hashed already
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        data = self._read(size)
+        if self.consumed > self._limit:
+            raise PartTooLarge
+        return data
 
     def readinto(self, buffer: bytearray) -> int:
         """:meth:`read` into ``buffer``, which ijson's parser hands over and reuses for every read.

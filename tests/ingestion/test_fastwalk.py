@@ -439,3 +439,25 @@ def test_the_fast_walk_checks_nesting_where_the_exact_walk_would(tmp_path: Path,
         assert exact is None and fast is None
     else:
         assert fast == exact
+
+
+@pytest.mark.parametrize("where", ["header string", "step string"])
+def test_a_value_that_never_ends_stops_the_fast_walk_within_a_part_of_reading(tmp_path, monkeypatch, where):
+    """A string that goes on and on (no closing quote in sight) is read no further than a part's bound
+    (source.MAX_PART_BYTES, here 1 MiB) past where its part began: the fast walk gives up there, and
+    its memory with it, instead of holding the whole file."""
+    import pipeline.ingestion.source as source_module
+
+    monkeypatch.setattr(source_module, "MAX_PART_BYTES", 1024 * 1024)
+    endless = b"A" * (8 * 1024 * 1024)
+    if where == "header string":
+        text = b'{"training": {"note": "' + endless + b'"}}'
+    else:
+        text = b'{"training": {}, "inference": {"steps": [{"number": 0}, {"number": 1, "image": "' + endless + b'"}]}}'
+    path = tmp_path / "endless.json"
+    path.write_bytes(text)
+    with open_source(path) as source:
+        with pytest.raises(NotFast):
+            for _ in fast_batches(source, frames_apart=FramesApart(enabled=True)):
+                pass
+        assert source.reader.consumed <= 2 * 1024 * 1024 + parts.READ_SIZE

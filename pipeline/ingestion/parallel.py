@@ -87,6 +87,16 @@ SPLIT_MIN_BYTES = 32 * 1024 * 1024
 # write, 0.75 s of the child's in read, measured). With room for four batches they overlap.
 PIPE_BYTES = 1024 * 1024
 
+# The child's malloc keeps what it frees, up to these sizes, for its next allocations (glibc's mallopt):
+# by default a block of 128 KiB or more is a fresh mmap, each of whose pages faults in, zeroed, when
+# first written, and is unmapped when freed. The child frees and makes again blocks of a batch's size
+# all the time (the image column's join: ~8 MB a batch of frames). Joining 70 MB of 2.5 KB frames
+# in 8 MB pieces took 0.050 s of CPU and 15,700 page faults, 0.026 s for twice as much with these
+# settings (measured alone); frames 100 MB, whole command 0.604 -> 0.585 s (8 pairs), 1 GB 4.40-4.54
+# -> 4.21-4.35 s, for 5-10 MB more peak RSS in the child (see BENCHMARKS.md, session 13).
+_MMAP_THRESHOLD = (-3, 16 * 1024 * 1024)  # M_MMAP_THRESHOLD: blocks below this come from the heap
+_TRIM_THRESHOLD = (-1, 32 * 1024 * 1024)  # M_TRIM_THRESHOLD: free memory kept at the heap's top
+
 
 def split_pays(size: int | None) -> bool:
     """Whether ``ingest(parallel=None)`` splits a file of ``size`` bytes (None: unknown, a stream)."""
@@ -506,6 +516,7 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...],
         os.close(fd)
     slots.as_child()
     keep_pandas_out()  # pyarrow would import it on our first pa.array while the reader waits
+    _keep_freed_memory()
     gc.disable()  # as in the single-process path: parsed JSON is acyclic
     tabulator = EpisodeTabulator(folder)
     checks = EpisodeChecks()  # for the parts the reader leaves to us ("check", "part")
@@ -570,6 +581,17 @@ def _child(conn: _Channel, folder: Path | None, close_in_child: tuple[int, ...],
         _report(conn, LakeError(f"writing the episode failed unexpectedly: {exc!r}"))
     finally:
         conn.close()
+
+
+def _keep_freed_memory() -> None:
+    """Have malloc reuse the blocks this process frees (see _MMAP_THRESHOLD); only in the child, which
+    is ours alone (a library does not change its caller's malloc). glibc only: elsewhere nothing."""
+    import ctypes  # pyarrow, imported next, imports it too
+
+    with contextlib.suppress(OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt
+        for option, value in (_MMAP_THRESHOLD, _TRIM_THRESHOLD):
+            mallopt(option, value)
 
 
 def _attachment(receiver: Receiver, slots: TextSlots, slot: int | None, length: int, *,

@@ -116,12 +116,18 @@ def fork_is_safe() -> bool:
 def build_in_two_processes(src: Source, folder: Path | None,
                            progress: Callable[[int, int | None], None] | None,
                            close_in_child: tuple[int, ...] = (),
-                           walk: Callable[[Source], Iterator[tuple[str, Any]]] | None = None) -> Built:
+                           walk: Callable[[Source], Iterator[tuple[str, Any]]] | None = None,
+                           exiting: list[Any] | None = None) -> Built:
     """Parse ``src`` here (with ``walk``, by default the exact :func:`~.parts.read_batches`) and build
     the episode in a forked child; return what was built.
 
     ``close_in_child`` names inherited file descriptors the child must not keep: the staging
     lock, so that once this process dies the lock dies with it and ``gc`` can clean up.
+
+    ``exiting``: where to leave a child that built the episode, instead of waiting here for it to exit;
+    the caller commits meanwhile and then waits (:func:`join_children`). Its files are closed and fsynced
+    before it replies, and it writes nothing after; its exit (the kernel freeing ~130 MB of mappings)
+    took ~6 ms of the frames profile's command, measured between its reply and the join.
     """
     import multiprocessing
 
@@ -142,15 +148,28 @@ def build_in_two_processes(src: Source, folder: Path | None,
     child.start()
     theirs.close()
     slots.as_reader()
+    built = None
     try:
-        return _feed(ours, src, progress, walk, slots)
+        built = _feed(ours, src, progress, walk, slots)
+        return built
     finally:
         ours.close()
+        if built is not None and exiting is not None:
+            exiting.append(child)
+        else:
+            join_children([child])
+        slots.close()
+
+
+def join_children(children: list[Any]) -> None:
+    """Wait for each child process in ``children`` to exit (kill one that has not after a minute); empty
+    the list."""
+    while children:
+        child = children.pop()
         child.join(timeout=60)
         if child.is_alive():  # pragma: no cover - only if the child hangs
             child.kill()
             child.join()
-        slots.close()
 
 
 def _widen(fd: int) -> None:

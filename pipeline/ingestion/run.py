@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 from ..errors import InvalidEpisode, LakeError, PipelineError
 from ..lake.commit import Staging
 from ..lake.layout import resolve_lake
-from .parallel import build_in_two_processes, split_pays
+from .parallel import build_in_two_processes, join_children, split_pays
 
 if TYPE_CHECKING:
     from .builder import Built
@@ -208,22 +208,25 @@ def _attempt(source: SourceLike, *, lake: Path | None, name: str | None, size: i
     lake, validate) it with ``walk``; fill ``result``."""
     from .source import open_source
 
+    exiting: list[Any] = []  # the two-process ingest's child, once it has built the episode
     with open_source(source, name=name, size=size) as src:
         result.source = src.name
         if parallel is None:
             parallel = split_pays(src.size)
         try:
             if lake is None:
-                _build(src, None, result, progress, parallel, walk=walk)
+                _build(src, None, result, progress, parallel, walk=walk, exiting=exiting)
                 result.status = "valid"
             else:
                 with Staging(lake) as staging:
                     inherited = (staging.lock_fd,) if staging.lock_fd is not None else ()
-                    built = _build(src, staging.folder, result, progress, parallel, inherited, walk=walk)
+                    built = _build(src, staging.folder, result, progress, parallel, inherited, walk=walk,
+                                   exiting=exiting)
                     committed = staging.commit(built.environment, result.episode_id or "")
                     result.status = "ingested" if committed else "exists"
         finally:
             result.bytes_read = src.bytes_read
+            join_children(exiting)  # after the commit: it only exits, it writes nothing more
 
 
 def _record_error(result: IngestResult, exc: PipelineError | OSError) -> PipelineError:
@@ -282,11 +285,13 @@ def _tabulate(source: str, result: IngestResult, walk: Walk) -> dict[str, Any]:
 
 
 def _build(src: Source, folder: Path | None, result: IngestResult, progress: ProgressCallback | None,
-           parallel: bool, inherited: tuple[int, ...] = (), *, walk: Walk) -> Built:
-    """Read the whole document with ``walk`` and build the episode (writing it under ``folder``, if given)."""
+           parallel: bool, inherited: tuple[int, ...] = (), *, walk: Walk, exiting: list[Any] | None = None) -> Built:
+    """Read the whole document with ``walk`` and build the episode (writing it under ``folder``, if given);
+    a child process that built it is left in ``exiting`` (see :func:`.parallel.build_in_two_processes`)."""
     with _gc_paused():
         if parallel:
-            built = build_in_two_processes(src, folder, progress, close_in_child=inherited, walk=walk)
+            built = build_in_two_processes(src, folder, progress, close_in_child=inherited, walk=walk,
+                                           exiting=exiting)
         else:
             built = _build_here(src, folder, progress, walk)
     result.environment = built.environment

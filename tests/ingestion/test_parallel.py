@@ -617,3 +617,36 @@ def test_who_checks_weighs_the_first_batch_not_the_first_step(tmp_path, monkeypa
     one, two = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     for table in TABLES:
         assert one[table].equals(two[table]), table
+
+
+@pytest.mark.parametrize("outcome", ["ingested", "exists", "valid", "invalid"])
+def test_the_child_is_waited_for_whatever_the_outcome(tmp_path, monkeypatch, outcome):
+    """The child that built the episode is left to exit while the reader commits, and waited for after:
+    when ingest returns no child of ours is left running (nor unreaped), whatever the outcome."""
+    import multiprocessing
+
+    joined: list[object] = []
+    real_join = parallel.join_children
+
+    def counting(children):
+        joined.extend(children)
+        real_join(children)
+
+    monkeypatch.setattr(parallel, "join_children", counting)
+    monkeypatch.setattr("pipeline.ingestion.run.join_children", counting)
+    document = episode(steps=30)
+    if outcome == "invalid":
+        document["inference"]["steps"][20]["reward"] = "much"
+    path = write_json(tmp_path / "episode.json", document)
+    lake = tmp_path / "lake"
+    if outcome == "exists":
+        ingest(path, lake=lake, parallel=True)
+        joined.clear()
+    result = validate(path, parallel=True) if outcome == "valid" else ingest(path, lake=lake, parallel=True)
+    assert result.status == outcome
+    # Each child waited for once (an invalid file is walked twice: fast, then exact, one child each).
+    assert joined and len({child.pid for child in joined}) == len(joined)
+    assert multiprocessing.active_children() == []  # reaped: no zombie, no process still running
+    if outcome in ("ingested", "exists"):
+        (location,) = list_episodes(lake)
+        assert episode_is_whole(location)

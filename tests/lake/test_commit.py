@@ -84,7 +84,6 @@ import json, os, sys, time
 from pathlib import Path
 import pipeline
 import pipeline.lake.commit
-import pipeline.lake.tables
 
 original_commit = pipeline.lake.commit.Staging.commit
 hold = None
